@@ -1,0 +1,318 @@
+"""NumPy reference backend: the oracle every fast kernel is checked against.
+
+Plain loops over time, written to be read. Each cell has a forward that returns
+``(outputs, final state, cache)`` and a backward that consumes the cache, as in
+Karpathy's ``lstm.py``. Shapes use the contract's names (DESIGN.md):
+
+    x: (T, B, I)   W: (I, G*H)   R: (H, G*H)   b: (G*H,)   h0, c0: (B, H)
+
+Variable lengths: ``active[t, b] = t < lengths[b]``. Where a row is inactive its
+state is carried unchanged, its output is zero and no gradient flows through the
+step. Caches store post-activation gates, so every derivative is taken from an
+output (``sigmoid' = s(1-s)``, ``tanh' = 1-t^2``).
+
+Every backward accepts ``per_step=True`` and then also returns ``steps``: each
+step's own contribution to every parameter gradient, ``steps[k]: (T, *shape)``,
+with ``steps[k].sum(0) == grads[k]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._validate import Dims, check_activation, check_backward, check_forward
+
+Cache = dict[str, Any]
+Grads = dict[str, np.ndarray]
+
+
+xp = np  # the array module this backend computes with
+
+
+def is_available() -> bool:
+    return True
+
+
+# ----------------------------------------------------------------------------
+# shared helpers
+
+
+def sigmoid(v: np.ndarray) -> np.ndarray:
+    # the two branches keep exp() from overflowing for large |v|
+    e = np.exp(-np.abs(v))
+    return np.where(v >= 0, 1 / (1 + e), e / (1 + e)).astype(v.dtype, copy=False)
+
+
+ACTIVATIONS = {
+    "tanh": np.tanh,
+    "relu": lambda v: np.maximum(v, 0),
+    "identity": lambda v: v,
+}
+
+# derivative of each activation, written in terms of its output a = f(v)
+ACTIVATION_GRADS = {
+    "tanh": lambda a: 1 - a * a,
+    "relu": lambda a: (a > 0).astype(a.dtype),
+    "identity": lambda a: np.ones_like(a),
+}
+
+
+def active_mask(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
+    """active: (T, B, 1) bool, True where step t of row b is inside the sequence."""
+    if lengths is None:
+        return np.ones((T, B, 1), dtype=bool)
+    return (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+
+
+def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.zeros(shape, dtype) if a is None else a
+
+
+def param_grads(
+    x: np.ndarray, h_prev: np.ndarray, dgx: np.ndarray, dgh: np.ndarray, per_step: bool
+) -> tuple[Grads, Grads | None]:
+    """Weight gradients from the gate gradients of all steps at once.
+
+    x: (T, B, I) inputs   h_prev: (T, B, H) state entering each step
+    dgx: (T, B, G*H) gradient of the input-side pre-activations (x @ W + b)
+    dgh: (T, B, G*H) gradient of the recurrent pre-activations (h @ R); equal to
+         dgx except for the GRU candidate, where r multiplies the recurrent part.
+    Returns grads {W, R, b} and, with per_step, steps {W, R, b} of shape (T, ...).
+    """
+    steps = {
+        "W": np.einsum("tbi,tbg->tig", x, dgx),
+        "R": np.einsum("tbh,tbg->thg", h_prev, dgh),
+        "b": dgx.sum(axis=1),
+    }
+    grads = {k: v.sum(axis=0) for k, v in steps.items()}
+    return grads, (steps if per_step else None)
+
+
+def _finish(dx: np.ndarray, dstate: Any, grads: Grads, steps: Grads | None) -> tuple:
+    return (dx, dstate, grads) if steps is None else (dx, dstate, grads, steps)
+
+
+# ----------------------------------------------------------------------------
+# Elman RNN:  h_t = act(x_t @ W + h_{t-1} @ R + b)
+
+
+def rnn_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    activation: str = "tanh",
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Cache]:
+    """Elman RNN over a whole sequence.
+
+    x: (T, B, I) inputs   h0: (B, H) or None (zeros)   W: (I, H)   R: (H, H)   b: (H,)
+    activation: "tanh" | "relu" | "identity"   lengths: (B,) int or None
+    Returns y: (T, B, H) outputs, hT: (B, H) final state, cache.
+    """
+    d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
+    act = ACTIVATIONS[check_activation(activation)]
+    T, B, H = d.T, d.B, d.H
+    active = active_mask(lengths, T, B)                     # (T, B, 1)
+    gx = x @ W + b                                          # (T, B, H) input projection
+    h = np.empty((T + 1, B, H), d.dtype)                    # h[t] enters step t
+    h[0] = _zeros_or(h0, (B, H), d.dtype)
+    a = np.empty((T, B, H), d.dtype)                        # post-activation of each step
+    y = np.empty((T, B, H), d.dtype)
+    for t in range(T):
+        a[t] = act(gx[t] + h[t] @ R)
+        h[t + 1] = np.where(active[t], a[t], h[t])
+        y[t] = np.where(active[t], a[t], 0)
+    cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
+                 h=h, a=a, active=active)
+    return y, h[T].copy(), cache
+
+
+def rnn_backward(
+    dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False
+) -> tuple:
+    """BPTT for ``rnn_forward``.
+
+    dy: (T, B, H) or None   dhT: (B, H) or None
+    Returns dx: (T, B, I), dh0: (B, H), grads {W, R, b} (+ steps with per_step).
+    """
+    d: Dims = cache["dims"]
+    check_backward(d, dy=dy, dhT=dhT)
+    T, B, H = d.T, d.B, d.H
+    x, W, R, h, a, active = (cache[k] for k in ("x", "W", "R", "h", "a", "active"))
+    act_grad = ACTIVATION_GRADS[cache["activation"]]
+    dy = _zeros_or(dy, (T, B, H), d.dtype)
+    dh = _zeros_or(dhT, (B, H), d.dtype).copy()             # gradient w.r.t. h[t+1]
+    da = np.empty((T, B, H), d.dtype)                       # pre-activation gradients
+    for t in reversed(range(T)):
+        da[t] = np.where(active[t], dy[t] + dh, 0) * act_grad(a[t])
+        dh = np.where(active[t], 0, dh) + da[t] @ R.T
+    dx = da @ W.T
+    grads, steps = param_grads(x, h[:-1], da, da, per_step)
+    return _finish(dx, dh, grads, steps)
+
+
+# ----------------------------------------------------------------------------
+# LSTM, gate order (i, f, g, o):
+#   c_t = f * c_{t-1} + i * g      h_t = o * tanh(c_t)
+
+
+def lstm_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    c0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
+    """LSTM over a whole sequence.
+
+    x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
+    lengths: (B,) int or None
+    Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
+    """
+    d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
+    T, B, H = d.T, d.B, d.H
+    active = active_mask(lengths, T, B)                     # (T, B, 1)
+    gx = x @ W + b                                          # (T, B, 4H)
+    h = np.empty((T + 1, B, H), d.dtype)                    # h[t], c[t] enter step t
+    c = np.empty((T + 1, B, H), d.dtype)
+    h[0] = _zeros_or(h0, (B, H), d.dtype)
+    c[0] = _zeros_or(c0, (B, H), d.dtype)
+    gates = np.empty((T, B, 4 * H), d.dtype)                # post-activation i, f, g, o
+    tanh_c = np.empty((T, B, H), d.dtype)                   # tanh of each step's new cell
+    y = np.empty((T, B, H), d.dtype)
+    for t in range(T):
+        pre = gx[t] + h[t] @ R
+        gates[t, :, : 2 * H] = sigmoid(pre[:, : 2 * H])
+        gates[t, :, 2 * H : 3 * H] = np.tanh(pre[:, 2 * H : 3 * H])
+        gates[t, :, 3 * H :] = sigmoid(pre[:, 3 * H :])
+        i, f, g, o = np.split(gates[t], 4, axis=1)
+        c_new = f * c[t] + i * g
+        tanh_c[t] = np.tanh(c_new)
+        h_new = o * tanh_c[t]
+        c[t + 1] = np.where(active[t], c_new, c[t])
+        h[t + 1] = np.where(active[t], h_new, h[t])
+        y[t] = np.where(active[t], h_new, 0)
+    cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates,
+                 tanh_c=tanh_c, active=active)
+    return y, (h[T].copy(), c[T].copy()), cache
+
+
+def lstm_backward(
+    dy: np.ndarray | None,
+    dstate: tuple[np.ndarray | None, np.ndarray | None] | None,
+    cache: Cache,
+    per_step: bool = False,
+) -> tuple:
+    """BPTT for ``lstm_forward``.
+
+    dy: (T, B, H) or None   dstate: (dhT, dcT), each (B, H) or None
+    Returns dx: (T, B, I), (dh0, dc0): (B, H) each, grads {W, R, b} (+ steps).
+    """
+    d: Dims = cache["dims"]
+    dhT, dcT = (None, None) if dstate is None else dstate
+    check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
+    T, B, H = d.T, d.B, d.H
+    x, W, R, h, c, gates, tanh_c, active = (
+        cache[k] for k in ("x", "W", "R", "h", "c", "gates", "tanh_c", "active"))
+    dy = _zeros_or(dy, (T, B, H), d.dtype)
+    dh = _zeros_or(dhT, (B, H), d.dtype).copy()             # gradient w.r.t. h[t+1]
+    dc = _zeros_or(dcT, (B, H), d.dtype).copy()             # gradient w.r.t. c[t+1]
+    dgates = np.empty((T, B, 4 * H), d.dtype)               # pre-activation gradients
+    for t in reversed(range(T)):
+        i, f, g, o = np.split(gates[t], 4, axis=1)
+        tc = tanh_c[t]
+        dh_new = np.where(active[t], dy[t] + dh, 0)
+        dc_new = np.where(active[t], dc, 0) + dh_new * o * (1 - tc * tc)
+        dgates[t, :, :H] = dc_new * g * i * (1 - i)
+        dgates[t, :, H : 2 * H] = dc_new * c[t] * f * (1 - f)
+        dgates[t, :, 2 * H : 3 * H] = dc_new * i * (1 - g * g)
+        dgates[t, :, 3 * H :] = dh_new * tc * o * (1 - o)
+        dc = np.where(active[t], dc_new * f, dc)
+        dh = np.where(active[t], 0, dh) + dgates[t] @ R.T
+    dx = dgates @ W.T
+    grads, steps = param_grads(x, h[:-1], dgates, dgates, per_step)
+    return _finish(dx, (dh, dc), grads, steps)
+
+
+# ----------------------------------------------------------------------------
+# GRU, gate order (r, z, n), PyTorch's formulation:
+#   r = s(x W_r + h R_r + b_r)   z = s(x W_z + h R_z + b_z)
+#   n = tanh(x W_n + b_n + r * (h R_n + b_hn))   h' = (1 - z) * n + z * h
+
+
+def gru_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    b_hn: np.ndarray,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Cache]:
+    """GRU over a whole sequence.
+
+    x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
+    lengths: (B,) int or None
+    Returns y: (T, B, H), hT: (B, H), cache.
+    """
+    d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
+    T, B, H = d.T, d.B, d.H
+    active = active_mask(lengths, T, B)                     # (T, B, 1)
+    gx = x @ W + b                                          # (T, B, 3H)
+    h = np.empty((T + 1, B, H), d.dtype)
+    h[0] = _zeros_or(h0, (B, H), d.dtype)
+    gates = np.empty((T, B, 3 * H), d.dtype)                # post-activation r, z, n
+    hn = np.empty((T, B, H), d.dtype)                       # h @ R_n + b_hn, what r gates
+    y = np.empty((T, B, H), d.dtype)
+    for t in range(T):
+        gh = h[t] @ R                                       # (B, 3H)
+        gates[t, :, : 2 * H] = sigmoid(gx[t, :, : 2 * H] + gh[:, : 2 * H])
+        r, z = gates[t, :, :H], gates[t, :, H : 2 * H]
+        hn[t] = gh[:, 2 * H :] + b_hn
+        n = gates[t, :, 2 * H :] = np.tanh(gx[t, :, 2 * H :] + r * hn[t])
+        h_new = (1 - z) * n + z * h[t]
+        h[t + 1] = np.where(active[t], h_new, h[t])
+        y[t] = np.where(active[t], h_new, 0)
+    cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, active=active)
+    return y, h[T].copy(), cache
+
+
+def gru_backward(
+    dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False
+) -> tuple:
+    """BPTT for ``gru_forward``.
+
+    dy: (T, B, H) or None   dhT: (B, H) or None
+    Returns dx: (T, B, I), dh0: (B, H), grads {W, R, b, b_hn} (+ steps).
+    """
+    d: Dims = cache["dims"]
+    check_backward(d, dy=dy, dhT=dhT)
+    T, B, H = d.T, d.B, d.H
+    x, W, R, h, gates, hn, active = (
+        cache[k] for k in ("x", "W", "R", "h", "gates", "hn", "active"))
+    dy = _zeros_or(dy, (T, B, H), d.dtype)
+    dh = _zeros_or(dhT, (B, H), d.dtype).copy()
+    dgx = np.empty((T, B, 3 * H), d.dtype)                  # d(x W + b)
+    dgh = np.empty((T, B, 3 * H), d.dtype)                  # d(h R); candidate part is r * ...
+    for t in reversed(range(T)):
+        r, z, n = np.split(gates[t], 3, axis=1)
+        dh_new = np.where(active[t], dy[t] + dh, 0)
+        dn = dh_new * (1 - z) * (1 - n * n)
+        dgx[t, :, :H] = dn * hn[t] * r * (1 - r)
+        dgx[t, :, H : 2 * H] = dh_new * (h[t] - n) * z * (1 - z)
+        dgx[t, :, 2 * H :] = dn
+        dgh[t, :, : 2 * H] = dgx[t, :, : 2 * H]
+        dgh[t, :, 2 * H :] = dn * r
+        dh = np.where(active[t], dh_new * z, dh) + dgh[t] @ R.T
+    dx = dgx @ W.T
+    grads, steps = param_grads(x, h[:-1], dgx, dgh, per_step)
+    grads["b_hn"] = dgh[:, :, 2 * H :].sum(axis=(0, 1))
+    if steps is not None:
+        steps["b_hn"] = dgh[:, :, 2 * H :].sum(axis=1)
+    return _finish(dx, dh, grads, steps)

@@ -1,0 +1,40 @@
+"""The ``rnnkern`` command: ``gradcheck``, ``bench`` and ``demo``.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them up. Bad arguments get argparse's
+usage message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "gradcheck": ("rnnkern.gradcheck_cli", "run the gradient-check suite; non-zero exit on failure"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return importlib.import_module(args._module).run(args)
+    except ValueError as e:  # a bad option value that argparse could not see
+        parser.exit(2, f"rnnkern {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Gradient checks: finite differences, the per-step (untied weights) check, parity.
+
+Every check runs one random *problem*: a cell, its sizes and options, random
+inputs and parameters, and random output gradients ``dy, dhT, dcT``. The scalar
+
+    L = sum(dy * y) + sum(dhT * hT) + sum(dcT * cT)
+
+has exactly the gradient that ``<cell>_backward(dy, dhT/(dhT, dcT), cache)``
+returns, so central differences of ``L`` check the whole backward at once.
+
+- ``fd_check``: central differences, element by element, per tensor
+  (parameters and the inputs ``x``, ``h0``, ``c0``), worst relative error each.
+- ``directional_check``: one random direction ``v`` per tensor,
+  ``(L(p + eps v) - L(p - eps v)) / 2 eps`` against ``<grad, v>``; for big tensors.
+- ``per_step_check``: untie the weights into one copy per step, finite-difference
+  each copy, and compare with the ``per_step=True`` contributions and their sum.
+- ``parity``: any backend (any dtype, any variant) against the float64 NumPy oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from ._validate import GATES
+
+#: parameter names per cell, in the order of the forward's signature
+PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
+#: the finite-difference acceptance bound (float64)
+FD_TOL = 1e-6
+#: normwise relative tolerance of a backend against the float64 oracle, per dtype
+PARITY_TOL = {"float32": 1e-4, "float64": 1e-10}
+#: denominators below this are treated as this (a floor for tiny gradients)
+FLOOR = 1e-6
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """A host copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def rel_error(a: Any, ref: Any, floor: float = FLOOR) -> float:
+    """Worst element-wise ``|a - ref| / max(|a|, |ref|, floor)``."""
+    a, ref = to_numpy(a).astype(np.float64), to_numpy(ref).astype(np.float64)
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(ref)), floor)
+    return float(np.max(np.abs(a - ref) / denom)) if a.size else 0.0
+
+
+def norm_error(a: Any, ref: Any) -> float:
+    """Normwise ``max|a - ref| / max|ref|``: the parity measure, robust to tiny entries."""
+    a, ref = to_numpy(a).astype(np.float64), to_numpy(ref).astype(np.float64)
+    scale = max(float(np.max(np.abs(ref))), 1e-30) if ref.size else 1.0
+    return float(np.max(np.abs(a - ref))) / scale if a.size else 0.0
+
+
+# ----------------------------------------------------------------------------
+# problems: random instances of one call
+
+
+@dataclass
+class Problem:
+    """One random call of a cell's forward and backward, with everything it needs.
+
+    inputs: x: (T, B, I), h0/c0: (B, H) or absent   params: W, R, b (, b_hn)
+    out_grads: dy: (T, B, H), dhT/dcT: (B, H) or absent   lengths: (B,) or None
+    """
+
+    cell: str
+    activation: str
+    inputs: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    out_grads: dict[str, np.ndarray]
+    lengths: np.ndarray | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # extra backend kwargs (variant=)
+
+    @property
+    def T(self) -> int:
+        return self.inputs["x"].shape[0]
+
+    def astype(self, dtype: Any) -> Problem:
+        def cast(d: dict) -> dict:
+            return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in d.items()}
+
+        return replace(self, inputs=cast(self.inputs), params=cast(self.params),
+                       out_grads=cast(self.out_grads))
+
+
+def make_problem(
+    cell: str,
+    T: int = 4,
+    B: int = 3,
+    I: int = 3,  # noqa: E741
+    H: int = 5,
+    activation: str = "tanh",
+    lengths: bool = False,
+    h0: bool = True,
+    dstate: bool = True,
+    seed: int = 0,
+    scale: float = 0.5,
+) -> Problem:
+    """A float64 random problem. ``lengths=True`` draws lengths in [1, T] (one row full)."""
+    rng = np.random.default_rng(seed)
+    G = GATES[cell]
+
+    def rand(*shape: int, s: float = 1.0) -> np.ndarray:
+        return rng.uniform(-s, s, size=shape)
+
+    inputs = {"x": rand(T, B, I)}
+    params = {"W": rand(I, G * H, s=scale), "R": rand(H, G * H, s=scale),
+              "b": rand(G * H, s=0.2)}
+    if cell == "gru":
+        params["b_hn"] = rand(H, s=0.2)
+    out_grads = {"dy": rand(T, B, H)}
+    if h0:
+        inputs["h0"] = rand(B, H, s=0.5)
+        if cell == "lstm":
+            inputs["c0"] = rand(B, H, s=0.5)
+    if dstate:
+        out_grads["dhT"] = rand(B, H)
+        if cell == "lstm":
+            out_grads["dcT"] = rand(B, H)
+    lens = None
+    if lengths:
+        lens = rng.integers(1, T + 1, size=B)
+        lens[0] = T
+    return Problem(cell, activation, inputs, params, out_grads, lens)
+
+
+def forward(be: Any, p: Problem, inputs: dict | None = None, params: dict | None = None,
+            lengths: Any = "problem") -> tuple:
+    """Run ``be.<cell>_forward`` on the problem; returns (y, state tuple, cache)."""
+    inputs = p.inputs if inputs is None else inputs
+    params = p.params if params is None else params
+    lengths = p.lengths if isinstance(lengths, str) else lengths
+    x, h0, c0 = inputs["x"], inputs.get("h0"), inputs.get("c0")
+    W, R, b = params["W"], params["R"], params["b"]
+    if p.cell == "rnn":
+        y, hT, cache = be.rnn_forward(x, h0, W, R, b, activation=p.activation,
+                                      lengths=lengths, **p.options)
+        return y, (hT,), cache
+    if p.cell == "lstm":
+        y, (hT, cT), cache = be.lstm_forward(x, h0, c0, W, R, b, lengths=lengths, **p.options)
+        return y, (hT, cT), cache
+    y, hT, cache = be.gru_forward(x, h0, W, R, b, params["b_hn"], lengths=lengths, **p.options)
+    return y, (hT,), cache
+
+
+def backward(be: Any, p: Problem, cache: Any, per_step: bool = False) -> dict[str, Any]:
+    """Run ``be.<cell>_backward``; returns a flat dict: dx, dh0 (, dc0), grads (, steps)."""
+    g = p.out_grads
+    dstate = (g.get("dhT"), g.get("dcT")) if p.cell == "lstm" else g.get("dhT")
+    fn = getattr(be, f"{p.cell}_backward")
+    out = fn(g["dy"], dstate, cache, per_step=per_step, **p.options)
+    dx, ds0, grads = out[:3]
+    res = {"dx": dx, "dh0": ds0[0] if p.cell == "lstm" else ds0, "grads": grads}
+    if p.cell == "lstm":
+        res["dc0"] = ds0[1]
+    if per_step:
+        res["steps"] = out[3]
+    return res
+
+
+def _loss_of(y: np.ndarray, state: tuple, p: Problem) -> float:
+    g = p.out_grads
+    total = float(np.sum(g["dy"] * y))
+    for name, s in zip(("dhT", "dcT"), state):
+        if name in g:
+            total += float(np.sum(g[name] * s))
+    return total
+
+
+def loss(be: Any, p: Problem, inputs: dict | None = None, params: dict | None = None) -> float:
+    y, state, _ = forward(be, p, inputs, params)
+    return _loss_of(to_numpy(y), tuple(map(to_numpy, state)), p)
+
+
+def _scored(p: Problem, y: np.ndarray, state: tuple) -> tuple[float, Any]:
+    """(loss, kinks): kinks marks where relu outputs are positive (None when smooth)."""
+    return _loss_of(y, state, p), (y > 0 if p.activation == "relu" else None)
+
+
+def _loss_and_kinks(be: Any, p: Problem) -> tuple[float, Any]:
+    y, state, _ = forward(be, p)
+    return _scored(p, to_numpy(y), tuple(map(to_numpy, state)))
+
+
+# ----------------------------------------------------------------------------
+# finite differences
+
+
+def _central(f: Callable[[], tuple[float, Any]], a: np.ndarray, idx: tuple, eps: float) -> float:
+    """d f / d a[idx] by the fourth-order central stencil.
+
+    (-f(+2e) + 8 f(+e) - 8 f(-e) + f(-2e)) / 12e: truncation error O(eps^4), so
+    eps can be large enough (1e-3) that float64 round-off in f stays ~1e-13.
+    ``f`` returns (loss, kinks): where the stencil changes ``kinks`` (the sign
+    pattern of a relu's pre-activations) it straddles a kink, and the step shrinks.
+    """
+    old = a[idx]
+    base_kinks = f()[1]
+    while True:
+        vals, same = [], True
+        for k in (2, 1, -1, -2):
+            a[idx] = old + k * eps
+            value, kinks = f()
+            vals.append(value)
+            same = same and (kinks is None or np.array_equal(kinks, base_kinks))
+        a[idx] = old
+        if same or eps < 1e-7:
+            return (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * eps)
+        eps /= 10
+
+
+def _tensors(p: Problem) -> dict[str, tuple[dict, str]]:
+    """name -> (the dict holding it, key): every differentiable tensor of a problem."""
+    out = {k: (p.inputs, k) for k in p.inputs}
+    out.update({k: (p.params, k) for k in p.params})
+    return out
+
+
+def _analytic(res: dict, name: str) -> Any:
+    return res["grads"][name] if name in res["grads"] else res["d" + name]
+
+
+def fd_check(p: Problem, backend: str = "numpy", eps: float = 1e-3) -> dict[str, float]:
+    """Element-wise central differences (float64) for every tensor; worst rel. error each."""
+    be = backends.get(backend)
+    p = p.astype(np.float64)
+    res = backward(be, p, forward(be, p)[2])
+    errors = {}
+    for name, (holder, key) in _tensors(p).items():
+        a = holder[key]
+        num = np.zeros_like(a)
+        for idx in np.ndindex(*a.shape):
+            num[idx] = _central(lambda: _loss_and_kinks(be, p), a, idx, eps)
+        errors[name] = rel_error(_analytic(res, name), num)
+    return errors
+
+
+def directional_check(p: Problem, backend: str = "numpy", eps: float = 1e-5,
+                      seed: int = 0) -> dict[str, float]:
+    """Per tensor, one random unit direction v: central difference vs ``<grad, v>``."""
+    be = backends.get(backend)
+    p = p.astype(np.float64)
+    res = backward(be, p, forward(be, p)[2])
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, (holder, key) in _tensors(p).items():
+        a = holder[key]
+        v = rng.standard_normal(a.shape)
+        v /= np.linalg.norm(v)
+        base = a.copy()
+        holder[key] = base + eps * v
+        lp = loss(be, p)
+        holder[key] = base - eps * v
+        lm = loss(be, p)
+        holder[key] = base
+        num = (lp - lm) / (2 * eps)
+        errors[name] = rel_error(np.sum(to_numpy(_analytic(res, name)) * v), num)
+    return errors
+
+
+# ----------------------------------------------------------------------------
+# the per-step check: untied weights
+
+
+def untied_loss(be: Any, p: Problem, steps: dict[str, np.ndarray]) -> tuple[float, Any]:
+    """(``L``, kinks) when step t uses its own copy ``steps[k][t]`` of every parameter.
+
+    steps: name -> (T, *param.shape). Runs the backend one step at a time and
+    applies the variable-length rule (inactive rows keep their state, output 0)
+    itself, so it checks the backend's ``lengths`` handling independently.
+    """
+    x = p.inputs["x"]
+    T, B = x.shape[:2]
+    H = p.params["R"].shape[0]
+    state = [p.inputs.get("h0", np.zeros((B, H))), p.inputs.get("c0", np.zeros((B, H)))]
+    lens = np.full(B, T) if p.lengths is None else np.asarray(p.lengths)
+    y = np.zeros((T, B, H))
+    for t in range(T):
+        inputs = {"x": x[t : t + 1], "h0": state[0], "c0": state[1]}
+        params = {k: v[t] for k, v in steps.items()}
+        y_t, new_state, _ = forward(be, p, inputs, params, lengths=None)
+        act = (t < lens)[:, None]
+        y[t] = np.where(act, to_numpy(y_t)[0], 0)
+        for j, s in enumerate(new_state):
+            state[j] = np.where(act, to_numpy(s), state[j])
+    return _scored(p, y, tuple(state))
+
+
+def per_step_check(p: Problem, backend: str = "numpy", eps: float = 1e-3) -> dict[str, dict]:
+    """Per parameter: ``fd``: worst rel. error of the per-step contributions against
+    finite differences on the untied copies; ``sum``: worst rel. error of
+    ``steps.sum(0)`` against the total gradient."""
+    be = backends.get(backend)
+    p = p.astype(np.float64)
+    res = backward(be, p, forward(be, p)[2], per_step=True)
+    T = p.T
+    untied = {k: np.repeat(v[None], T, axis=0) for k, v in p.params.items()}
+    out = {}
+    for name, copies in untied.items():
+        num = np.zeros_like(copies)
+        for idx in np.ndindex(*copies.shape):
+            num[idx] = _central(lambda: untied_loss(be, p, untied), copies, idx, eps)
+        got = to_numpy(res["steps"][name])
+        out[name] = {"fd": rel_error(got, num),
+                     "sum": rel_error(got.sum(axis=0), res["grads"][name])}
+    return out
+
+
+# ----------------------------------------------------------------------------
+# cross-backend parity
+
+
+def parity(p: Problem, backend: str, dtype: Any = np.float32,
+           per_step: bool = False) -> dict[str, float]:
+    """Normwise error of ``backend`` in ``dtype`` against the float64 NumPy oracle.
+
+    The oracle runs on the very values the backend sees (cast to ``dtype`` and
+    back), so only the arithmetic differs. Compares y, the final state, dx, the
+    initial-state gradients and every parameter gradient (and steps if per_step).
+    """
+    be = backends.get(backend)
+    ref_be = backends.get("numpy")
+    low = p.astype(dtype)
+    ref_p = replace(low.astype(np.float64), options={})
+    dev = replace(low, inputs=_to(be, low.inputs), params=_to(be, low.params),
+                  out_grads=_to(be, low.out_grads),
+                  lengths=None if low.lengths is None else be.xp.asarray(low.lengths))
+
+    def run(b: Any, q: Problem) -> dict[str, Any]:
+        y, state, cache = forward(b, q)
+        r = backward(b, q, cache, per_step=per_step)
+        flat = {"y": y, "hT": state[0], "dx": r["dx"], "dh0": r["dh0"]}
+        if q.cell == "lstm":
+            flat.update(cT=state[1], dc0=r["dc0"])
+        flat.update({"d" + k: v for k, v in r["grads"].items()})
+        if per_step:
+            flat.update({"steps_" + k: v for k, v in r["steps"].items()})
+        return flat
+
+    got, ref = run(be, dev), run(ref_be, ref_p)
+    for k, v in got.items():
+        if to_numpy(v).dtype != np.dtype(dtype):
+            raise AssertionError(f"{backend}: {k} came back as {to_numpy(v).dtype}, not {dtype}")
+    return {k: norm_error(got[k], ref[k]) for k in ref}
+
+
+def _to(be: Any, d: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {k: be.xp.asarray(v) for k, v in d.items()}
