@@ -352,3 +352,65 @@ def parity(p: Problem, backend: str, dtype: Any = np.float32,
 
 def _to(be: Any, d: dict[str, np.ndarray]) -> dict[str, Any]:
     return {k: be.xp.asarray(v) for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------
+# the suite behind `rnnkern gradcheck`
+
+#: (cell, activation) pairs the suite covers
+CASES = (("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh"), ("gru", "tanh"))
+
+
+@dataclass
+class Row:
+    """One line of the report: the worst error of one check on one tensor."""
+
+    cell: str
+    activation: str
+    backend: str
+    dtype: str
+    options: str
+    check: str  # "fd" | "per-step" | "per-step-sum" | "parity"
+    tensor: str
+    error: float
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.error <= self.tol)  # False for NaN too
+
+
+def run_suite(
+    cells: tuple[str, ...] = ("rnn", "lstm", "gru"),
+    backend_names: tuple[str, ...] | None = None,
+    lengths_opts: tuple[bool, ...] = (False, True),
+    state_opts: tuple[bool, ...] = (False, True),
+    sizes: tuple[int, int, int, int] = (4, 3, 3, 5),
+    seed: int = 0,
+) -> list[Row]:
+    """Finite differences, the per-step check and (for fast backends) parity, per case.
+
+    sizes: (T, B, I, H). state: with/without h0 (and c0) and dhT (and dcT).
+    """
+    T, B, I, H = sizes
+    rows = []
+    for name in backend_names or tuple(backends.available()):
+        for cell, act in (c for c in CASES if c[0] in cells):
+            for lengths in lengths_opts:
+                for state in state_opts:
+                    opts = f"lengths={'yes' if lengths else 'no'} state={'yes' if state else 'no'}"
+                    p = make_problem(cell, T, B, I, H, activation=act, lengths=lengths,
+                                     h0=state, dstate=state, seed=seed)
+
+                    def add(check: str, errs: dict, dtype: str, tol: float) -> None:
+                        rows.extend(Row(cell, act, name, dtype, opts, check, k, v, tol)  # noqa: B023
+                                    for k, v in errs.items())
+
+                    add("fd", fd_check(p, name), "float64", FD_TOL)
+                    steps = per_step_check(p, name)
+                    add("per-step", {k: v["fd"] for k, v in steps.items()}, "float64", FD_TOL)
+                    add("per-step-sum", {k: v["sum"] for k, v in steps.items()}, "float64", 1e-12)
+                    if name != "numpy":
+                        for dt in ("float32", "float64"):
+                            add("parity", parity(p, name, dt, per_step=True), dt, PARITY_TOL[dt])
+    return rows
