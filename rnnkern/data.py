@@ -1,0 +1,86 @@
+"""Layout helpers: rnnkern is time-major, ``(T, B, F)``; data often is not.
+
+- ``from_batch_first`` / ``to_batch_first``: (B, T, F), the PyTorch ``batch_first``
+  and Keras layout;
+- ``from_flux`` / ``to_flux``: (F, T, B), the layout of Flux.jl's recurrent
+  layers (features first, column-major thinking);
+- ``from_sequences`` / ``to_sequences``: a list of variable-length sequences,
+  each (T_b, F) or (T_b,), padded into (T, B, F) plus ``lengths: (B,)``.
+
+Every ``from_`` returns a new C-contiguous array (the layout the kernels need);
+the dtype is kept unless ``dtype`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._validate import array_module, check_lengths
+
+
+def _rank3(name: str, a: Any, spec: str) -> Any:
+    if not hasattr(a, "ndim"):
+        raise ValueError(f"{name}: expected an array of shape {spec}, got {type(a).__name__}")
+    if a.ndim != 3:
+        raise ValueError(f"{name}: expected a 3-d array of shape {spec}, "
+                         f"got shape {tuple(a.shape)}")
+    return a
+
+
+def _contiguous(a: Any, dtype: Any) -> Any:
+    return array_module(a=a).ascontiguousarray(a, dtype=dtype)
+
+
+def from_batch_first(x: Any, dtype: Any = None) -> Any:
+    """x: (B, T, F) -> (T, B, F) C-contiguous."""
+    return _contiguous(_rank3("x", x, "(B, T, F)").transpose(1, 0, 2), dtype)
+
+
+def to_batch_first(y: Any) -> Any:
+    """y: (T, B, F) -> (B, T, F) C-contiguous."""
+    return _contiguous(_rank3("y", y, "(T, B, F)").transpose(1, 0, 2), None)
+
+
+def from_flux(x: Any, dtype: Any = None) -> Any:
+    """x: (F, T, B), Flux's recurrent layout -> (T, B, F) C-contiguous."""
+    return _contiguous(_rank3("x", x, "(F, T, B)").transpose(1, 2, 0), dtype)
+
+
+def to_flux(y: Any) -> Any:
+    """y: (T, B, F) -> (F, T, B) C-contiguous."""
+    return _contiguous(_rank3("y", y, "(T, B, F)").transpose(2, 0, 1), None)
+
+
+def from_sequences(seqs: Sequence[Any], dtype: Any = "float32", pad: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A list of B sequences, each (T_b, F) or (T_b,) (F = 1) -> (x, lengths).
+
+    x: (T, B, F) with T = max T_b, rows padded with ``pad`` after their end;
+    lengths: (B,) int64 true lengths (pass both to the model, the loss and fit).
+    """
+    if isinstance(seqs, np.ndarray) or not isinstance(seqs, Sequence) or not seqs:
+        raise ValueError("seqs: expected a non-empty list of sequences (T_b, F) or (T_b,), "
+                         f"got {type(seqs).__name__}")
+    arrays = [np.asarray(s) for s in seqs]
+    arrays = [a[:, None] if a.ndim == 1 else a for a in arrays]
+    F = arrays[0].shape[1] if arrays[0].ndim == 2 else None
+    for b, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != F:
+            raise ValueError(f"seqs[{b}]: expected shape (T_b >= 1, F={F}) or (T_b,), "
+                             f"got shape {np.shape(seqs[b])}")
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    x = np.full((int(lengths.max()), len(arrays), F), pad, dtype=dtype)
+    for b, a in enumerate(arrays):
+        x[: len(a), b] = a
+    return x, lengths
+
+
+def to_sequences(y: Any, lengths: Any = None) -> list[Any]:
+    """y: (T, B, F) and lengths: (B,) -> a list of B arrays (lengths[b], F), copies."""
+    _rank3("y", y, "(T, B, F)")
+    T, B = y.shape[:2]
+    lengths = check_lengths(lengths, T, B, array_module(y=y))
+    return [y[: T if lengths is None else int(lengths[b]), b].copy() for b in range(B)]

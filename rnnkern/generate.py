@@ -1,0 +1,195 @@
+"""Closed loop: a model driving itself with its own outputs, forward and backward.
+
+- ``generate(model, primer, steps)``: warm the state up on the primer, then feed
+  every prediction back as the next input.
+- ``run(model, x, ..., feedback=n)`` / ``backprop(model, dy, tape)``: the forward
+  and the BPTT of free-running training (``feedback=n``): the last ``n`` inputs of
+  each sequence are replaced by the model's own previous outputs.
+
+Free-running runs the teacher-forced prefix as one full-sequence kernel call,
+then steps the whole stack one time step at a time (T=1 calls), keeping each
+step's caches on a *tape*. Backward walks the tape in reverse: the gradient of
+each fed-back output is the loss's gradient at that step plus the input gradient
+of the step it was fed to; then the prefix runs its full-sequence backward with
+the state gradient the loop hands it. Nothing is approximated: the gradients are
+those of the unrolled computation (finite-difference tested).
+
+With ``lengths``, row b is fed back from step ``lengths[b] - n`` on; the loop
+starts at the earliest such step and, for the rows not yet (or no longer) in
+their fed-back part, uses their data input (or carries their state past their end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._validate import array_module, check_array, check_lengths
+from .layers import Layer
+
+
+@dataclass
+class Tape:
+    """What ``backprop`` needs from ``run``.
+
+    T0: steps run as one teacher-forced call (all of them when nothing is fed back)
+    prefix: that call's cache   steps: per looped step ``(cache, active, fed)``,
+    where ``active``/``fed``: (B, 1) bool, or None when every row is active and fed.
+    """
+
+    T0: int
+    prefix: Any
+    steps: list[tuple[Any, Any, Any]] = field(default_factory=list)
+
+
+def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
+                 feedback: int = 0) -> Any:
+    """Validate one call's arguments once, at entry; returns the checked ``lengths``.
+
+    x: (T, B, in_features) of the model's dtype   target: (T, B, out_features) or None
+    lengths: (B,) int or None   feedback: 0 <= n < min(lengths) (or T)
+    """
+    if not isinstance(model, Layer):
+        raise ValueError(f"model: expected an rnnkern layer or Sequential, "
+                         f"got {type(model).__name__}")
+    xp = array_module(x=x, target=target)
+    check_array("x", x, (("T", None), ("B", None), ("in_features", model.in_features)),
+                model.dtype)
+    T, B = x.shape[:2]
+    if target is not None:
+        check_array("target", target, (("T", T), ("B", B), ("out_features", model.out_features)),
+                    model.dtype, contiguous=False)
+    lengths = check_lengths(lengths, T, B, xp)
+    if isinstance(feedback, bool) or not isinstance(feedback, (int, np.integer)):
+        raise ValueError(f"feedback: expected an integer >= 0, got {feedback!r}")
+    if feedback:
+        shortest = T if lengths is None else int(lengths.min())
+        if not 0 < feedback < shortest:
+            raise ValueError(f"feedback: expected 0 <= feedback < {shortest} (the shortest "
+                             f"sequence: at least one step must be the model's own input), "
+                             f"got {feedback}")
+        if model.out_features != model.in_features:
+            raise ValueError(f"feedback: the model's outputs are fed back as inputs, so "
+                             f"out_features={model.out_features} must equal "
+                             f"in_features={model.in_features}")
+    return lengths
+
+
+def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
+    """``where(m, a, b)`` over two state trees (tuples of arrays); None stands for zeros."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        n = len(a) if isinstance(a, tuple) else len(b)
+        a = (None,) * n if a is None else a
+        b = (None,) * n if b is None else b
+        return tuple(_mix(xp, m, u, v) for u, v in zip(a, b, strict=True))
+    if b is None:
+        return a * m
+    if a is None:
+        return b * ~m
+    return xp.where(m, a, b)
+
+
+def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: int = 0,
+        record: bool = True) -> tuple[Any, Any, Tape | None]:
+    """Forward over x: (T, B, I) with the last ``feedback`` inputs of each row replaced
+    by the model's previous outputs; arguments as ``check_inputs`` leaves them.
+
+    Returns y: (T, B, O), the final state, and the tape (None unless ``record``).
+    """
+    if not feedback:
+        y, state, cache = model.forward(x, state, lengths)
+        return y, state, (Tape(x.shape[0], cache) if record else None)
+    xp = array_module(x=x)
+    T, B = x.shape[:2]
+    T0 = T - feedback if lengths is None else int(lengths.min()) - feedback
+    y_pre, state, cache = model.forward(x[:T0], state)  # every row is active before T0
+    tape = Tape(T0, cache) if record else None
+    y = xp.zeros((T, B, model.out_features), model.dtype)
+    y[:T0] = y_pre
+    prev = y_pre[T0 - 1 :]
+    if lengths is None:
+        for t in range(T0, T):
+            prev, state, cache = model.forward(prev, state)
+            y[t] = prev[0]
+            if record:
+                tape.steps.append((cache, None, None))
+        return y, state, tape
+    steps = xp.arange(T)[:, None, None]
+    active_all = steps < lengths[None, :, None]                   # (T, B, 1)
+    fed_all = steps >= (lengths - feedback)[None, :, None]
+    for t in range(T0, int(lengths.max())):
+        active, fed = active_all[t], fed_all[t]                   # (B, 1) each
+        inp = xp.where(fed, prev, x[t : t + 1])
+        out, new_state, cache = model.forward(inp, state)
+        state = _mix(xp, active, new_state, state)
+        prev = out * active
+        y[t] = prev[0]
+        if record:
+            tape.steps.append((cache, active, fed))
+    return y, state, tape
+
+
+def _accumulate(grads: dict[str, Any], g: dict[str, Any]) -> None:
+    for k, v in g.items():
+        if k in grads:
+            grads[k] += v
+        else:
+            grads[k] = v
+
+
+def backprop(model: Layer, dy: Any, tape: Tape, dstate: Any = None) -> tuple[dict, Any]:
+    """BPTT for ``run``: dy: (T, B, O) loss gradient, dstate: gradient of the final
+    state or None. Returns (grads by parameter name, gradient of the initial state)."""
+    if not tape.steps:
+        _, dstate0, grads = model.backward(dy, dstate, tape.prefix)
+        return grads, dstate0
+    xp = array_module(dy=dy)
+    T0 = tape.T0
+    grads: dict[str, Any] = {}
+    dfeed = None  # gradient w.r.t. the output fed into the step after this one
+    for k in reversed(range(len(tape.steps))):
+        cache, active, fed = tape.steps[k]
+        t = T0 + k
+        dy_t = dy[t : t + 1] if dfeed is None else dy[t : t + 1] + dfeed
+        if active is None:
+            dfeed, dstate, g = model.backward(dy_t, dstate, cache)
+        else:
+            d_in = _mix(xp, active, dstate, None)
+            dx, d_prev, g = model.backward(dy_t * active, d_in, cache)
+            dstate = _mix(xp, active, d_prev, dstate)
+            dfeed = dx * fed
+        _accumulate(grads, g)
+    dy_pre = dy[:T0].copy()
+    dy_pre[T0 - 1] += dfeed[0]
+    _, dstate0, g = model.backward(dy_pre, dstate, tape.prefix)
+    _accumulate(grads, g)
+    return grads, dstate0
+
+
+def generate(model: Layer, primer: Any, steps: int, state: Any = None,
+             return_state: bool = False) -> Any:
+    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F).
+
+    ``pred[0]`` is the output after the last primer step, ``pred[k]`` the output
+    after ``pred[k-1]`` was fed in. Keeps no caches. ``state``: the state to start
+    the primer from (None: zeros); ``return_state`` also returns the final state.
+    """
+    check_inputs(model, primer)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    if model.out_features != model.in_features:
+        raise ValueError(f"model: generate feeds outputs back as inputs, so out_features="
+                         f"{model.out_features} must equal in_features={model.in_features}")
+    xp = array_module(primer=primer)
+    y, state, _ = model.forward(primer, state)
+    out = xp.empty((steps, primer.shape[1], model.out_features), model.dtype)
+    prev = y[-1:]
+    out[0] = prev[0]
+    for k in range(1, steps):
+        prev, state, _ = model.forward(prev, state)
+        out[k] = prev[0]
+    return (out, state) if return_state else out

@@ -1,0 +1,442 @@
+"""Model layer: RNN, LSTM, GRU, Dense and Sequential over any registered backend.
+
+Every layer has a hand-written ``forward(x, state, lengths) -> (y, state, cache)``
+and ``backward(dy, dstate, cache) -> (dx, dstate0, grads)``; the recurrent ones
+call the kernels of ``rnnkern.backends.get(backend)``, ``Dense`` is one GEMM and
+a pointwise activation. There is no autograd: ``Sequential`` chains the layers
+forward and their backwards in reverse.
+
+Shapes (time-major, as the kernels): x: (T, B, I) -> y: (T, B, O). State of a
+recurrent layer: ``h: (B, H)`` (RNN, GRU) or ``(h, c)`` (LSTM); of ``Dense``: None;
+of a ``Sequential``: a tuple with one entry per layer.
+
+Initialisation follows PyTorch: cells draw every weight from U(-1/sqrt(H), 1/sqrt(H))
+and, since rnnkern keeps one bias where PyTorch keeps two, ``b`` is the sum of two
+such draws (GRU: ``b_hn`` is PyTorch's ``bias_hh`` for n); Dense draws W and b from
+U(-1/sqrt(in), 1/sqrt(in)), which is what ``torch.nn.Linear``'s Kaiming-uniform
+init with a = sqrt(5) amounts to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from ._validate import GATES, array_module, check_activation, check_array, check_lengths
+
+State = Any
+Cache = Any
+Grads = dict[str, Any]
+
+DENSE_ACTIVATIONS = (None, "relu", "tanh", "sigmoid")
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype, float32 or float64 only."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from e
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _check_size(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def backend_xp(be: Any) -> Any:
+    """The array module a backend computes with (numpy unless the backend says otherwise)."""
+    return getattr(be, "xp", np)
+
+
+def move(a: Any, xp: Any) -> Any:
+    """``a`` on the device of array module ``xp`` (no copy when it is already there)."""
+    if xp is np:
+        return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
+    return xp.asarray(a)
+
+
+def active_rows(lengths: Any, T: int, xp: Any) -> Any:
+    """active: (T, B, 1) bool, True where step t of row b lies inside its sequence."""
+    return (xp.arange(T)[:, None] < lengths[None, :])[:, :, None]
+
+
+class Layer:
+    """Base of every layer: parameters, backend and dtype bookkeeping, calling."""
+
+    in_features: int
+    out_features: int
+
+    def __init__(self, backend: str | None, dtype: Any) -> None:
+        self.dtype = check_dtype(dtype)
+        self.backend = backends.default() if backend is None else backend
+        self._be = backends.get(self.backend)
+        self._params: dict[str, Any] = {}
+
+    # -- parameters -----------------------------------------------------------
+    def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def reset_parameters(self, seed: int | np.random.Generator | None = None) -> None:
+        """Draw fresh parameters (PyTorch's initialisation) from ``seed`` (an int or Generator)."""
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        host = self._init_host(rng)
+        xp = backend_xp(self._be)
+        if self._params:  # refill in place: optimisers hold the live arrays
+            for k, v in host.items():
+                self._params[k][...] = move(v.astype(self.dtype), xp)
+        else:
+            self._params = {k: move(v.astype(self.dtype), xp) for k, v in host.items()}
+
+    def parameters(self) -> dict[str, Any]:
+        """name -> live parameter array (an optimiser updates these in place)."""
+        return dict(self._params)
+
+    def load_parameters(self, params: dict[str, Any]) -> None:
+        """Copy ``params`` (same names, shapes and dtype) into the live parameters."""
+        _load_into(self.parameters(), params, backend_xp(self._be))
+
+    def spec(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (for save/load)."""
+        raise NotImplementedError
+
+    # -- devices --------------------------------------------------------------
+    def to(self, backend: str) -> Layer:
+        """Move the parameters to ``backend``; returns self.
+
+        NumPy and Numba share host arrays (nothing is copied); to or from CuPy
+        each array is copied once. An optimiser made before a device move keeps
+        the old arrays: make it after ``to``.
+        """
+        be = backends.get(backend)
+        xp = backend_xp(be)
+        if xp is not backend_xp(self._be):
+            self._params = {k: move(v, xp) for k, v in self._params.items()}
+        self._be, self.backend = be, backend
+        return self
+
+    # -- computing ------------------------------------------------------------
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        raise NotImplementedError
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        raise NotImplementedError
+
+    def __call__(self, x: Any, lengths: Any = None, state: State = None,
+                 return_state: bool = False) -> Any:
+        """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state."""
+        y, state_out, _ = self.forward(x, state, lengths)
+        return (y, state_out) if return_state else y
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
+        return f"{type(self).__name__}({args}, backend={self.backend!r}, dtype='{self.dtype}')"
+
+
+def _load_into(live: dict[str, Any], params: dict[str, Any], xp: Any) -> None:
+    if set(params) != set(live):
+        raise ValueError(f"params: expected the names {sorted(live)}, got {sorted(params)}")
+    for k, dst in live.items():
+        src = params[k]
+        if tuple(src.shape) != tuple(dst.shape) or src.dtype != dst.dtype:
+            raise ValueError(
+                f"params[{k!r}]: expected shape {tuple(dst.shape)} and dtype {dst.dtype}, "
+                f"got shape {tuple(src.shape)} and dtype {src.dtype}")
+    for k, dst in live.items():
+        dst[...] = move(params[k], xp)
+
+
+# ----------------------------------------------------------------------------
+# recurrent cells
+
+
+class _Cell(Layer):
+    """A recurrent layer over one of the backend's cells."""
+
+    cell: str
+
+    def __init__(self, in_features: int, hidden: int, backend: str | None, dtype: Any,
+                 seed: int | None) -> None:
+        super().__init__(backend, dtype)
+        self.in_features = _check_size("in_features", in_features)
+        self.hidden = self.out_features = _check_size("hidden", hidden)
+        self.reset_parameters(seed)
+
+    def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        k = 1.0 / np.sqrt(self.hidden)
+        GH = GATES[self.cell] * self.hidden
+        out = {"W": rng.uniform(-k, k, (self.in_features, GH)),
+               "R": rng.uniform(-k, k, (self.hidden, GH))}
+        b_ih, b_hh = rng.uniform(-k, k, GH), rng.uniform(-k, k, GH)
+        if self.cell == "gru":  # PyTorch's bias_hh for n sits inside r * (...): keep it apart
+            out["b"] = b_ih + np.concatenate([b_hh[: 2 * self.hidden],
+                                              np.zeros(self.hidden)])
+            out["b_hn"] = b_hh[2 * self.hidden :]
+        else:
+            out["b"] = b_ih + b_hh
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "in_features": self.in_features,
+                "hidden": self.hidden}
+
+
+class RNN(_Cell):
+    """Elman RNN: h_t = act(x_t @ W + h_{t-1} @ R + b); act: "tanh" | "relu" | "identity".
+
+    Parameters: W: (I, H), R: (H, H), b: (H,). State: h: (B, H).
+    """
+
+    cell = "rnn"
+
+    def __init__(self, in_features: int, hidden: int, activation: str = "tanh", *,
+                 backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
+        self.activation = check_activation(activation)
+        super().__init__(in_features, hidden, backend, dtype, seed)
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "activation": self.activation}
+
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
+        p = self._params
+        return self._be.rnn_forward(x, state, p["W"], p["R"], p["b"],
+                                    activation=self.activation, lengths=lengths)
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads {W, R, b}."""
+        return self._be.rnn_backward(dy, dstate, cache)
+
+
+class LSTM(_Cell):
+    """LSTM, gate order (i, f, g, o) as PyTorch.
+
+    Parameters: W: (I, 4H), R: (H, 4H), b: (4H,). State: (h, c), each (B, H).
+    """
+
+    cell = "lstm"
+
+    def __init__(self, in_features: int, hidden: int, *, backend: str | None = None,
+                 dtype: Any = "float32", seed: int | None = None) -> None:
+        super().__init__(in_features, hidden, backend, dtype, seed)
+
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, I), state: (h0, c0) or None -> y: (T, B, H), (hT, cT), cache."""
+        h0, c0 = (None, None) if state is None else state
+        p = self._params
+        return self._be.lstm_forward(x, h0, c0, p["W"], p["R"], p["b"], lengths=lengths)
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, H) or None, dstate: (dhT, dcT) or None -> dx, (dh0, dc0), grads."""
+        return self._be.lstm_backward(dy, dstate, cache)
+
+
+class GRU(_Cell):
+    """GRU, gate order (r, z, n), PyTorch's formulation.
+
+    Parameters: W: (I, 3H), R: (H, 3H), b: (3H,), b_hn: (H,). State: h: (B, H).
+    """
+
+    cell = "gru"
+
+    def __init__(self, in_features: int, hidden: int, *, backend: str | None = None,
+                 dtype: Any = "float32", seed: int | None = None) -> None:
+        super().__init__(in_features, hidden, backend, dtype, seed)
+
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
+        p = self._params
+        return self._be.gru_forward(x, state, p["W"], p["R"], p["b"], p["b_hn"],
+                                    lengths=lengths)
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads."""
+        return self._be.gru_backward(dy, dstate, cache)
+
+
+# ----------------------------------------------------------------------------
+# Dense
+
+
+def _act(name: str | None, z: Any, xp: Any) -> Any:
+    if name is None:
+        return z
+    if name == "relu":
+        return xp.maximum(z, 0)
+    if name == "tanh":
+        return xp.tanh(z)
+    return 0.5 * (1 + xp.tanh(0.5 * z))  # sigmoid without exp overflow
+
+
+def _act_grad(name: str, a: Any) -> Any:
+    """f'(z) written in terms of the output a = f(z)."""
+    if name == "relu":
+        return a > 0
+    if name == "tanh":
+        return 1 - a * a
+    return a * (1 - a)
+
+
+class Dense(Layer):
+    """y = act(x @ W + b) at every step; act: None | "relu" | "tanh" | "sigmoid".
+
+    Parameters: W: (in, out), b: (out,). With ``lengths`` the outputs of the
+    padding steps are zero (as a cell's are) and nothing flows back through them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None, *,
+                 backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
+        if activation not in DENSE_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {DENSE_ACTIVATIONS}, "
+                             f"got {activation!r}")
+        super().__init__(backend, dtype)
+        self.activation = activation
+        self.in_features = _check_size("in_features", in_features)
+        self.out_features = _check_size("out_features", out_features)
+        self.reset_parameters(seed)
+
+    def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        k = 1.0 / np.sqrt(self.in_features)
+        return {"W": rng.uniform(-k, k, (self.in_features, self.out_features)),
+                "b": rng.uniform(-k, k, self.out_features)}
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Dense", "in_features": self.in_features,
+                "out_features": self.out_features, "activation": self.activation}
+
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, in) -> y: (T, B, out), None, cache."""
+        W, b = self._params["W"], self._params["b"]
+        xp = array_module(x=x, W=W)
+        check_array("x", x, (("T", None), ("B", None), ("in", self.in_features)), self.dtype,
+                    contiguous=False)
+        active = None
+        if lengths is not None:
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1], xp)
+            active = active_rows(lengths, x.shape[0], xp)
+        y = _act(self.activation, x @ W + b, xp)
+        if active is not None:
+            y = y * active
+        return y, None, (x, y, active)
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, out) -> dx: (T, B, in), None, grads {W, b}."""
+        x, y, active = cache
+        dz = dy if self.activation is None else dy * _act_grad(self.activation, y)
+        if active is not None:
+            dz = dz * active
+        W = self._params["W"]
+        dz2 = dz.reshape(-1, W.shape[1])
+        grads = {"W": x.reshape(-1, W.shape[0]).T @ dz2, "b": dz2.sum(axis=0)}
+        return dz @ W.T, None, grads
+
+
+# ----------------------------------------------------------------------------
+# Sequential
+
+
+class Sequential(Layer):
+    """Layers applied one after another; parameters are named ``"<index>.<name>"``.
+
+    ``backend``/``dtype`` given: every layer is moved/cast to it; None: the layers
+    must already agree. ``seed`` given: every layer is re-initialised, in order,
+    from one generator seeded with it (reproducible models in one argument).
+    """
+
+    def __init__(self, *layers: Layer, backend: str | None = None, dtype: Any = None,
+                 seed: int | None = None) -> None:
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got none")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer) or isinstance(layer, Sequential):
+                raise ValueError(f"layers[{i}]: expected an RNN, LSTM, GRU or Dense layer, "
+                                 f"got {type(layer).__name__}")
+        for i, (a, b) in enumerate(zip(layers, layers[1:], strict=False)):
+            if a.out_features != b.in_features:
+                raise ValueError(f"layers[{i + 1}]: in_features={b.in_features} does not match "
+                                 f"the previous layer's out_features={a.out_features}")
+        self.layers = list(layers)
+        if dtype is not None:
+            dt = check_dtype(dtype)
+            for layer in self.layers:
+                if layer.dtype != dt:
+                    layer._params = {k: v.astype(dt) for k, v in layer._params.items()}
+                    layer.dtype = dt
+        if backend is not None:
+            for layer in self.layers:
+                layer.to(backend)
+        for name in ("dtype", "backend"):
+            kinds = {str(getattr(layer, name)) for layer in self.layers}
+            if len(kinds) > 1:
+                raise ValueError(f"layers: mixed {name}s {sorted(kinds)}; pass {name}= to "
+                                 f"Sequential or build every layer with the same {name}")
+        self.dtype, self.backend = self.layers[0].dtype, self.layers[0].backend
+        self._be = self.layers[0]._be
+        self.in_features = self.layers[0].in_features
+        self.out_features = self.layers[-1].out_features
+        if seed is not None:
+            self.reset_parameters(seed)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def reset_parameters(self, seed: int | np.random.Generator | None = None) -> None:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.reset_parameters(rng)
+
+    def parameters(self) -> dict[str, Any]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer._params.items()}
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Sequential", "layers": [layer.spec() for layer in self.layers]}
+
+    def to(self, backend: str) -> Sequential:
+        for layer in self.layers:
+            layer.to(backend)
+        self._be, self.backend = self.layers[0]._be, backend
+        return self
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner},\n)"
+
+    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, I), state: tuple (one per layer) or None -> y, state tuple, caches."""
+        if state is not None and (not isinstance(state, (tuple, list))
+                                  or len(state) != len(self.layers)):
+            raise ValueError(f"state: expected a tuple of {len(self.layers)} layer states "
+                             f"(None for Dense), got {type(state).__name__}")
+        states, caches = [], []
+        for i, layer in enumerate(self.layers):
+            x, s, c = layer.forward(x, None if state is None else state[i], lengths)
+            states.append(s)
+            caches.append(c)
+        return x, tuple(states), caches
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, O), dstate: tuple or None -> dx: (T, B, I), dstate0 tuple, grads."""
+        grads = {}
+        dstates = [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            dy, dstates[i], g = self.layers[i].backward(
+                dy, None if dstate is None else dstate[i], cache[i])
+            for k, v in g.items():
+                grads[f"{i}.{k}"] = v
+        return dy, tuple(dstates), grads
