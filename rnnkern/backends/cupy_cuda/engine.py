@@ -1,0 +1,184 @@
+"""The time loops of the CuPy backend, shared by the three cells.
+
+``forward`` and ``backward`` run one cell over a whole sequence with the chosen variant:
+
+- v1: the input projection ``x @ W + b`` for all steps as one GEMM before the loop; per
+  step ``h[t] @ R`` into a preallocated buffer (cuBLAS) and one fused pointwise kernel;
+  backward per step one pointwise kernel and ``dh += dgh[t] @ R.T`` (cuBLAS, beta=1).
+- v2: the same loop inside one persistent launch (persistent.cu).
+
+Both variants read and write the same arrays, so a cache made by either one serves the
+backward of either one. Weight gradients are GEMMs over the gate gradients of all steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from ..._validate import GATES, Dims
+from . import loader
+from .variants import DeviceLimits, PersistentPlan, choose_variant
+
+#: threads per block of the v1 pointwise kernels
+V1_THREADS = 256
+#: cache key of the post-activation gates and of the per-step auxiliary array, per cell
+#: (the names numpy_ref uses)
+GATES_KEY = {"rnn": "a", "lstm": "gates", "gru": "gates"}
+AUX_KEY = {"lstm": "tanh_c", "gru": "hn"}
+_NULL = np.uint64(0)  # a null pointer kernel argument
+
+
+def _ptr(a: Any) -> Any:
+    return _NULL if a is None else a
+
+
+@functools.cache
+def device_limits(device_id: int) -> DeviceLimits:
+    """The numbers ``choose_variant`` needs, read once per device."""
+    import cupy
+
+    attrs = cupy.cuda.Device(device_id).attributes
+    return DeviceLimits(sm_count=attrs["MultiProcessorCount"],
+                        smem_per_block=attrs["MaxSharedMemoryPerBlockOptin"],
+                        cooperative=bool(attrs["CooperativeLaunch"]))
+
+
+def pick(cell: str, d: Dims, direction: str, variant: str | None) -> tuple[str, Any]:
+    """(variant, plan) for this call on the current device."""
+    limits = device_limits(d.xp.cuda.Device().id)
+    return choose_variant(cell, d.B, d.H, d.dtype.itemsize, limits, direction, variant)
+
+
+def _launch_v2(name: str, cell: str, d: Dims, plan: PersistentPlan, args: tuple) -> None:
+    k = loader.kernel(name, d.dtype, cell)
+    if plan.smem_bytes > k.max_dynamic_shared_size_bytes:
+        k.max_dynamic_shared_size_bytes = plan.smem_bytes
+    barrier = d.xp.zeros(2, dtype=np.uint32)
+    i32 = np.int32
+    k((plan.blocks,), (loader.V2_THREADS,),
+      args + (i32(plan.HS), i32(plan.BB), i32(plan.KS), barrier), shared_mem=plan.smem_bytes)
+
+
+def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, R: Any,
+            b: Any, b_hn: Any = None, activation: str = "tanh",
+            variant: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Run ``cell`` forward over x: (T, B, I); returns y: (T, B, H) and the cache.
+
+    The cache holds h: (T+1, B, H) (h[t] enters step t), the post-activation gates
+    (T, B, G*H) under numpy_ref's key, LSTM c: (T+1, B, H) and tanh_c: (T, B, H),
+    GRU hn: (T, B, H), and lengths as int32 (or None).
+    """
+    cp = d.xp
+    from cupy import cublas
+
+    T, B, I, H = d.T, d.B, d.I, d.H
+    GH = GATES[cell] * H
+    chosen, plan = pick(cell, d, "forward", variant)
+    gx = cp.matmul(x.reshape(T * B, I), W).reshape(T, B, GH)
+    gx += b
+    h = cp.empty((T + 1, B, H), d.dtype)
+    h[0] = 0 if h0 is None else h0
+    c = None
+    if cell == "lstm":
+        c = cp.empty((T + 1, B, H), d.dtype)
+        c[0] = 0 if c0 is None else c0
+    gates = cp.empty((T, B, GH), d.dtype)
+    aux = cp.empty((T, B, H), d.dtype) if cell in AUX_KEY else None
+    y = cp.empty((T, B, H), d.dtype)
+    lens = None if lengths is None else cp.ascontiguousarray(lengths, dtype=np.int32)
+    act = np.int32(loader.ACTIVATION_IDS[activation])
+    i32 = np.int32
+    if chosen == "v1":
+        k = loader.kernel("v1_forward_step", d.dtype, cell)
+        gh = cp.empty((B, GH), d.dtype)
+        grid = (math.ceil(B * H / V1_THREADS),)
+        head = (gx, gh, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
+        for t in range(T):
+            cublas.gemm("N", "N", h[t], R, out=gh)
+            k(grid, (V1_THREADS,), head + (i32(t), i32(B), i32(H), act))
+    else:
+        _launch_v2("v2_forward", cell, d, plan,
+                   (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens),
+                    i32(T), i32(B), i32(H), act))
+    cache = {"cell": cell, "dims": d, "activation": activation, "x": x, "W": W, "R": R,
+             "h": h, GATES_KEY[cell]: gates, "lengths": lens}
+    if c is not None:
+        cache["c"] = c
+    if aux is not None:
+        cache[AUX_KEY[cell]] = aux
+    return y, cache
+
+
+def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
+             variant: str | None = None) -> tuple[Any, Any, Any, dict, dict | None]:
+    """BPTT over a forward's cache.
+
+    dy: (T, B, H) or None   dhT, dcT: (B, H) or None (dcT: LSTM only)
+    Returns dx: (T, B, I), dh0: (B, H), dc0: (B, H) (LSTM, else None), grads, steps
+    (steps is None unless per_step).
+    """
+    cell, d = cache["cell"], cache["dims"]
+    cp = d.xp
+    from cupy import cublas
+
+    T, B, I, H = d.T, d.B, d.I, d.H
+    GH = GATES[cell] * H
+    chosen, plan = pick(cell, d, "backward", variant)
+    x, W, R, h = cache["x"], cache["W"], cache["R"], cache["h"]
+    gates, aux, c = cache[GATES_KEY[cell]], cache.get(AUX_KEY.get(cell)), cache.get("c")
+    dh = cp.zeros((B, H), d.dtype) if dhT is None else dhT.copy()
+    dc = None
+    if cell == "lstm":
+        dc = cp.zeros((B, H), d.dtype) if dcT is None else dcT.copy()
+    dgx = cp.empty((T, B, GH), d.dtype)
+    # only the GRU candidate's recurrent part differs (r multiplies it); others share dgx
+    dgh = cp.empty((T, B, GH), d.dtype) if cell == "gru" else dgx
+    act = np.int32(loader.ACTIVATION_IDS[cache["activation"]])
+    lens = cache["lengths"]
+    i32 = np.int32
+    head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
+    if chosen == "v1":
+        k = loader.kernel("v1_backward_step", d.dtype, cell)
+        grid = (math.ceil(B * H / V1_THREADS),)
+        for t in reversed(range(T)):
+            k(grid, (V1_THREADS,), head + (i32(t), i32(B), i32(H), act))
+            cublas.gemm("N", "T", dgh[t], R, out=dh, beta=1.0)
+    else:
+        _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), act))
+    dx = cp.matmul(dgx.reshape(T * B, GH), W.T).reshape(T, B, I)
+    grads, steps = param_grads(cp, x, h[:-1], dgx, dgh, per_step)
+    if cell == "gru":
+        grads["b_hn"] = dgh[:, :, 2 * H:].sum(axis=(0, 1))
+        if steps is not None:
+            steps["b_hn"] = dgh[:, :, 2 * H:].sum(axis=1)
+    return dx, dh, dc, grads, steps
+
+
+def param_grads(cp: Any, x: Any, h_prev: Any, dgx: Any, dgh: Any,
+                per_step: bool) -> tuple[dict, dict | None]:
+    """Weight gradients as GEMMs over all steps at once.
+
+    x: (T, B, I)   h_prev: (T, B, H) state entering each step
+    dgx, dgh: (T, B, G*H) gradients of the input-side and recurrent pre-activations
+    Returns grads {W, R, b} and, with per_step, steps {W, R, b} of shape (T, ...)
+    (one batched GEMM per parameter, a matrix per step).
+    """
+    T, B, I = x.shape
+    H, GH = h_prev.shape[2], dgx.shape[2]
+    grads = {
+        "W": cp.matmul(x.reshape(T * B, I).T, dgx.reshape(T * B, GH)),
+        "R": cp.matmul(h_prev.reshape(T * B, H).T, dgh.reshape(T * B, GH)),
+        "b": dgx.sum(axis=(0, 1)),
+    }
+    if not per_step:
+        return grads, None
+    steps = {
+        "W": cp.matmul(x.transpose(0, 2, 1), dgx),
+        "R": cp.matmul(h_prev.transpose(0, 2, 1), dgh),
+        "b": dgx.sum(axis=1),
+    }
+    return grads, steps

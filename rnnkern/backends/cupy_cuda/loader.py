@@ -1,0 +1,85 @@
+"""Kernel loader: assemble the ``.cu`` sources, compile them once with NVRTC, hand out kernels.
+
+The sources live in ``kernels/`` (shipped as package data). Local ``#include "x.cuh"`` lines
+are inlined here rather than resolved with ``-I``, so CuPy's on-disk compile cache, which
+keys on the source text, sees every header. Each ``.cu`` file becomes one ``cupy.RawModule``
+holding the float and double instantiations of every cell; the persistent (v2) module is
+launched cooperatively so that its grid barrier can rely on every block being resident.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+
+#: C type of each supported dtype
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: rnnkern cell -> the enum constant in common.cuh that selects it in a template
+CELL_ENUMS = {"rnn": "rk::RNN", "lstm": "rk::LSTM", "gru": "rk::GRU"}
+#: RNN activation -> its number in common.cuh's ``Activation`` enum
+ACTIVATION_IDS = {"tanh": 0, "relu": 1, "identity": 2}
+#: threads per block of the v2 kernels (``V2_THREADS`` in persistent.cu)
+V2_THREADS = 256
+
+#: kernel file -> (template kernels it defines, launched cooperatively)
+MODULES = {
+    "pointwise.cu": (("v1_forward_step", "v1_backward_step"), False),
+    "persistent.cu": (("v2_forward", "v2_backward"), True),
+}
+
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
+
+
+def name_expression(kernel: str, dtype: Any, cell: str) -> str:
+    """The C++ name of one template instantiation, e.g. ``v1_forward_step<float, rk::LSTM>``."""
+    return f"{kernel}<{CTYPES[np.dtype(dtype)]}, {CELL_ENUMS[cell]}>"
+
+
+def name_expressions(filename: str) -> list[str]:
+    """Every instantiation the loader takes from ``filename``: each kernel x dtype x cell."""
+    kernels, _ = MODULES[filename]
+    return [name_expression(k, dt, cell) for k in kernels for dt in CTYPES for cell in CELL_ENUMS]
+
+
+def assemble(filename: str) -> str:
+    """The source of ``kernels/<filename>`` with its local includes inlined, each once."""
+    seen: set[str] = set()
+
+    def expand(name: str) -> list[str]:
+        if name in seen:
+            return []
+        seen.add(name)
+        out = []
+        for line in (KERNEL_DIR / name).read_text().splitlines():
+            m = _INCLUDE.match(line)
+            if m:
+                out.extend(expand(m.group(1)))
+            elif line.strip() != "#pragma once":
+                out.append(line)
+        return out
+
+    return "\n".join(expand(filename)) + "\n"
+
+
+@functools.cache
+def module(filename: str) -> Any:
+    """The compiled ``cupy.RawModule`` of one kernel file (compiled on first use, then cached)."""
+    import cupy
+
+    _, cooperative = MODULES[filename]
+    return cupy.RawModule(code=assemble(filename), options=("-std=c++17",),
+                          name_expressions=name_expressions(filename),
+                          enable_cooperative_groups=cooperative)
+
+
+@functools.cache
+def kernel(name: str, dtype: Any, cell: str) -> Any:
+    """The ``cupy.RawKernel`` of one instantiation: ``kernel("v2_forward", float32, "gru")``."""
+    filename = next(f for f, (names, _) in MODULES.items() if name in names)
+    return module(filename).get_function(name_expression(name, dtype, cell))
