@@ -13,7 +13,8 @@ import sys
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "gradcheck": ("rnnkern.gradcheck_cli", "run the gradient-check suite; non-zero exit on failure"),
+    "gradcheck": ("rnnkern.gradcheck_cli",
+                  "run the gradient-check suite; non-zero exit on failure"),
 }
 
 
