@@ -32,5 +32,5 @@ def gru_backward(dy: Any, dhT: Any, cache: dict, per_step: bool = False,
     Returns dx: (T, B, I), dh0: (B, H), grads {W, R, b, b_hn} (+ steps).
     """
     check_backward(cache["dims"], dy=dy, dhT=dhT)
-    dx, dh0, _, grads, steps = engine.backward(cache, dy, dhT, None, per_step, variant)
+    dx, dh0, _, grads, steps = engine.backward(cache, dy, dhT, None, per_step, variant=variant)
     return finish(dx, dh0, grads, steps)

@@ -33,5 +33,5 @@ def lstm_backward(dy: Any, dstate: tuple[Any, Any] | None, cache: dict, per_step
     """
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(cache["dims"], dy=dy, dhT=dhT, dcT=dcT)
-    dx, dh0, dc0, grads, steps = engine.backward(cache, dy, dhT, dcT, per_step, variant)
+    dx, dh0, dc0, grads, steps = engine.backward(cache, dy, dhT, dcT, per_step, variant=variant)
     return finish(dx, (dh0, dc0), grads, steps)
