@@ -1,0 +1,40 @@
+"""pytest-benchmark suite of the CuPy backend (skipped without a GPU).
+
+Wall-clock timings of one forward, or forward + backward, per kernel variant, with the
+device synchronised inside the timed function. The torch comparison lives in
+``rnnkern bench --backend cupy`` (rnnkern/bench_cuda.py).
+"""
+
+import pytest
+
+from rnnkern.backends import cupy_cuda
+from rnnkern.backends.cupy_cuda import VARIANTS
+
+GPU = cupy_cuda.is_available()  # the registry's own test for listing "cupy"
+pytestmark = pytest.mark.skipif(not GPU, reason="no CUDA GPU answers (or CuPy is not installed)")
+
+SHAPES = [(256, 8, 256, 256), (256, 64, 256, 256), (256, 256, 1024, 1024), (1000, 16, 128, 128)]
+
+
+@pytest.mark.parametrize("pass_", ("forward", "forward+backward"))
+@pytest.mark.parametrize("variant", tuple(VARIANTS))
+@pytest.mark.parametrize("cell", ("rnn", "lstm", "gru"))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
+def test_cupy(benchmark, cell, variant, pass_, shape):
+    import cupy
+    import numpy as np
+
+    from rnnkern.bench_cuda import Shape, cupy_runner
+
+    fn = cupy_runner(cell, Shape(*shape), variant, None, np.random.default_rng(0))[pass_]
+    try:
+        fn()
+    except ValueError as e:  # v2 on a shape whose R does not fit on chip
+        pytest.skip(str(e))
+
+    def synced():
+        fn()
+        cupy.cuda.Device().synchronize()
+
+    benchmark.group = f"{cell} {pass_} T{shape[0]} B{shape[1]} H{shape[3]}"
+    benchmark.pedantic(synced, rounds=10, warmup_rounds=2)
