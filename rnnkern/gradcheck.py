@@ -133,9 +133,11 @@ def make_problem(
 def forward(be: Any, p: Problem, inputs: dict | None = None, params: dict | None = None,
             lengths: Any = "problem") -> tuple:
     """Run ``be.<cell>_forward`` on the problem; returns (y, state tuple, cache)."""
-    inputs = p.inputs if inputs is None else inputs
-    params = p.params if params is None else params
+    # a device backend refuses host arrays, so the problem goes to its device first
+    inputs = _to(be, p.inputs if inputs is None else inputs)
+    params = _to(be, p.params if params is None else params)
     lengths = p.lengths if isinstance(lengths, str) else lengths
+    lengths = None if lengths is None else getattr(be, "xp", np).asarray(lengths)
     x, h0, c0 = inputs["x"], inputs.get("h0"), inputs.get("c0")
     W, R, b = params["W"], params["R"], params["b"]
     if p.cell == "rnn":
@@ -151,7 +153,7 @@ def forward(be: Any, p: Problem, inputs: dict | None = None, params: dict | None
 
 def backward(be: Any, p: Problem, cache: Any, per_step: bool = False) -> dict[str, Any]:
     """Run ``be.<cell>_backward``; returns a flat dict: dx, dh0 (, dc0), grads (, steps)."""
-    g = p.out_grads
+    g = _to(be, p.out_grads)
     dstate = (g.get("dhT"), g.get("dcT")) if p.cell == "lstm" else g.get("dhT")
     fn = getattr(be, f"{p.cell}_backward")
     out = fn(g["dy"], dstate, cache, per_step=per_step, **p.options)
@@ -351,7 +353,8 @@ def parity(p: Problem, backend: str, dtype: Any = np.float32,
 
 
 def _to(be: Any, d: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {k: be.xp.asarray(v) for k, v in d.items()}
+    xp = getattr(be, "xp", np)
+    return {k: None if v is None else xp.asarray(v) for k, v in d.items()}
 
 
 # ----------------------------------------------------------------------------
