@@ -1,0 +1,207 @@
+"""Numba CPU backend: the kernel contract of DESIGN.md compiled with ``@njit``.
+
+Mirrors ``numpy_ref`` function by function: every public function validates its
+arguments with ``rnnkern._validate`` first, then hands C-contiguous arrays to a
+compiled kernel of ``rnn``, ``lstm`` or ``gru``. Each takes ``variant=None``
+(chosen by shape) or one of ``VARIANTS``' names. Caches are dicts of named arrays,
+as in the reference: post-activation gates and the states entering every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..._validate import Dims, check_activation, check_backward, check_forward
+from ..numpy_ref import param_grads
+from . import gru, lstm, rnn
+from ._common import VARIANTS, choose, variant_name
+
+__all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
+           "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
+
+Cache = dict[str, Any]
+
+xp = np  # the array module this backend computes with
+
+#: activation name -> the integer code the RNN kernels branch on
+ACTIVATION_CODES = {"tanh": 0, "relu": 1, "identity": 2}
+
+
+def is_available() -> bool:
+    return True
+
+
+def _lengths(lengths: Any, d: Dims) -> np.ndarray:
+    """lengths: (B,) int64 for the kernels; all T when None."""
+    if lengths is None:
+        return np.full(d.B, d.T, np.int64)
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.zeros(shape, dtype) if a is None else a
+
+
+def _finish(dx: np.ndarray, dstate: Any, grads: dict, cache: Cache, dgx: np.ndarray,
+            dgh: np.ndarray, per_step: bool) -> tuple:
+    """The backward's return value; with per_step, the per-step contributions as well."""
+    if not per_step:
+        return dx, dstate, grads
+    steps = param_grads(cache["x"], cache["h"][:-1], dgx, dgh, True)[1]
+    if cache["cell"] == "gru":
+        steps["b_hn"] = dgh[:, :, 2 * cache["dims"].H:].sum(axis=1)
+    return dx, dstate, grads, steps
+
+
+# ----------------------------------------------------------------------------
+# Elman RNN
+
+
+def rnn_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    activation: str = "tanh",
+    lengths: np.ndarray | None = None,
+    variant: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, Cache]:
+    """Elman RNN over a whole sequence; see ``numpy_ref.rnn_forward``.
+
+    x: (T, B, I)   h0: (B, H) or None   W: (I, H)   R: (H, H)   b: (H,)
+    Returns y: (T, B, H), hT: (B, H), cache.
+    """
+    d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
+    code = ACTIVATION_CODES[check_activation(activation)]
+    fused, parallel = choose(variant, d.B, d.H, 1)
+    lens = _lengths(lengths, d)
+    y, h, a = rnn.rnn_forward(x, _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens,
+                              fused, parallel)
+    cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
+                 lengths=lens, variant=variant_name(fused, parallel))
+    return y, h[d.T].copy(), cache
+
+
+def rnn_backward(
+    dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False,
+    variant: str | None = None,
+) -> tuple:
+    """BPTT for ``rnn_forward``.
+
+    dy: (T, B, H) or None   dhT: (B, H) or None
+    Returns dx: (T, B, I), dh0: (B, H), grads {W, R, b} (+ steps with per_step).
+    """
+    d: Dims = cache["dims"]
+    check_backward(d, dy=dy, dhT=dhT)
+    fused, parallel = choose(variant, d.B, d.H, 1)
+    dx, dh0, dW, dR, db, da = rnn.rnn_backward(
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        cache["x"], cache["W"], cache["R"], cache["h"], cache["a"],
+        ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused, parallel)
+    return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
+
+
+# ----------------------------------------------------------------------------
+# LSTM
+
+
+def lstm_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    c0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    lengths: np.ndarray | None = None,
+    variant: str | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
+    """LSTM over a whole sequence; see ``numpy_ref.lstm_forward``.
+
+    x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
+    Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
+    """
+    d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
+    fused, parallel = choose(variant, d.B, d.H, 4)
+    lens = _lengths(lengths, d)
+    y, h, c, gates, tanh_c = lstm.lstm_forward(
+        x, _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype),
+        W, R, b, lens, fused, parallel)
+    cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
+                 lengths=lens, variant=variant_name(fused, parallel))
+    return y, (h[d.T].copy(), c[d.T].copy()), cache
+
+
+def lstm_backward(
+    dy: np.ndarray | None,
+    dstate: tuple[np.ndarray | None, np.ndarray | None] | None,
+    cache: Cache,
+    per_step: bool = False,
+    variant: str | None = None,
+) -> tuple:
+    """BPTT for ``lstm_forward``.
+
+    dy: (T, B, H) or None   dstate: (dhT, dcT), each (B, H) or None
+    Returns dx: (T, B, I), (dh0, dc0): (B, H) each, grads {W, R, b} (+ steps).
+    """
+    d: Dims = cache["dims"]
+    dhT, dcT = (None, None) if dstate is None else dstate
+    check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
+    fused, parallel = choose(variant, d.B, d.H, 4)
+    dx, dh0, dc0, dW, dR, db, dgates = lstm.lstm_backward(
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        _zeros_or(dcT, (d.B, d.H), d.dtype), cache["x"], cache["W"], cache["R"], cache["h"],
+        cache["c"], cache["gates"], cache["tanh_c"], cache["lengths"], fused, parallel)
+    return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
+                   per_step)
+
+
+# ----------------------------------------------------------------------------
+# GRU
+
+
+def gru_forward(
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    W: np.ndarray,
+    R: np.ndarray,
+    b: np.ndarray,
+    b_hn: np.ndarray,
+    lengths: np.ndarray | None = None,
+    variant: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, Cache]:
+    """GRU over a whole sequence; see ``numpy_ref.gru_forward``.
+
+    x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
+    Returns y: (T, B, H), hT: (B, H), cache.
+    """
+    d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
+    fused, parallel = choose(variant, d.B, d.H, 3)
+    lens = _lengths(lengths, d)
+    y, h, gates, hn = gru.gru_forward(x, _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn,
+                                      lens, fused, parallel)
+    cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
+                 variant=variant_name(fused, parallel))
+    return y, h[d.T].copy(), cache
+
+
+def gru_backward(
+    dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False,
+    variant: str | None = None,
+) -> tuple:
+    """BPTT for ``gru_forward``.
+
+    dy: (T, B, H) or None   dhT: (B, H) or None
+    Returns dx: (T, B, I), dh0: (B, H), grads {W, R, b, b_hn} (+ steps).
+    """
+    d: Dims = cache["dims"]
+    check_backward(d, dy=dy, dhT=dhT)
+    fused, parallel = choose(variant, d.B, d.H, 3)
+    dx, dh0, dW, dR, db, db_hn, dgx, dgh = gru.gru_backward(
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"], cache["hn"],
+        cache["lengths"], fused, parallel)
+    grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
+    return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

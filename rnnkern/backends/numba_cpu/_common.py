@@ -1,0 +1,170 @@
+"""Pieces every Numba cell kernel shares: fast activations, the recurrent product
+of one batch row, the weight-gradient GEMMs and the table of kernel variants.
+
+Activations: float64 calls libm (``math.tanh``/``math.exp``), which keeps parity
+with the float64 oracle at round-off level. float32 uses a branch-free rational
+approximation of tanh (Eigen's ``generic_fast_tanh_float``, max error a few ulp)
+that LLVM vectorises: there is no SVML here, and a libm call per element would
+keep the pointwise pass scalar. ``sigmoid(v) = (1 + tanh(v / 2)) / 2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+#: fastmath flags of every kernel: reassociation lets LLVM vectorise the reductions
+#: of the fused recurrent product; no nnan/ninf, so NaN and inf still propagate
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+#: variant -> one-line description; DEFAULT_ORDER is how ``choose`` picks automatically
+VARIANTS = {
+    "v1": "BLAS GEMM for x@W before the loop, per-step BLAS h@R, one fused pointwise "
+          "pass, one thread",
+    "v2": "as v1, the pointwise pass parallel over batch rows (prange)",
+    "v3": "fully fused: the recurrent product in the kernel's own loop (no BLAS per step), "
+          "one thread",
+    "v4": "as v3, parallel over batch rows (prange): each thread runs its rows' product "
+          "and pointwise pass",
+}
+#: (fused, parallel) of each variant
+VARIANT_FLAGS = {"v1": (False, False), "v2": (False, True), "v3": (True, False),
+                 "v4": (True, True)}
+
+#: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
+FUSED_MAX_H = 32
+#: rows x gate columns per step below which threads cost more than they save
+PARALLEL_MIN_WORK = 16384
+
+
+def choose(variant: str | None, B: int, H: int, G: int) -> tuple[bool, bool]:
+    """(fused, parallel) for ``variant``, or picked by shape when ``variant`` is None."""
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
+                f"got {variant!r}")
+        return VARIANT_FLAGS[variant]
+    fused = H <= FUSED_MAX_H
+    parallel = (numba.get_num_threads() > 1 and B >= 2 * numba.get_num_threads()
+                and B * G * H >= PARALLEL_MIN_WORK)
+    return fused, parallel
+
+
+def variant_name(fused: bool, parallel: bool) -> str:
+    return next(k for k, v in VARIANT_FLAGS.items() if v == (fused, parallel))
+
+
+# ----------------------------------------------------------------------------
+# activations, specialised per dtype at compile time
+
+_F = np.float32
+_TANH_CLAMP = _F(7.90531110763549805)
+_A1, _A3, _A5, _A7 = _F(4.89352455891786e-03), _F(6.37261928875436e-04), \
+    _F(1.48572235717979e-05), _F(5.12229709037114e-08)
+_A9, _A11, _A13 = _F(-8.60467152213735e-11), _F(2.00018790482477e-13), \
+    _F(-2.76076847742355e-16)
+_B0, _B2, _B4, _B6 = _F(4.89352518554385e-03), _F(2.26843463243900e-03), \
+    _F(1.18534705686654e-04), _F(1.19825839466702e-06)
+_HALF = _F(0.5)
+
+
+def _tanh32(v):
+    # odd rational p(v)/q(v^2) on the clamped input; tanh is +-1 in float32 beyond the clamp
+    v = v if v < _TANH_CLAMP else _TANH_CLAMP
+    v = v if v > -_TANH_CLAMP else -_TANH_CLAMP
+    v2 = v * v
+    p = v2 * _A13 + _A11
+    p = v2 * p + _A9
+    p = v2 * p + _A7
+    p = v2 * p + _A5
+    p = v2 * p + _A3
+    p = v2 * p + _A1
+    q = v2 * _B6 + _B4
+    q = v2 * q + _B2
+    q = v2 * q + _B0
+    return v * p / q
+
+
+def fast_tanh(v):
+    """tanh of a scalar: libm in float64, the vectorisable rational form in float32."""
+    return math.tanh(v)
+
+
+def fast_sigmoid(v):
+    """The logistic function of a scalar, by the same per-dtype rule as ``fast_tanh``."""
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@overload(fast_tanh, jit_options={"fastmath": FASTMATH})
+def _ol_tanh(v):
+    if v == types.float32:
+        return _tanh32
+    return lambda v: math.tanh(v)
+
+
+@overload(fast_sigmoid, jit_options={"fastmath": FASTMATH})
+def _ol_sigmoid(v):
+    if v == types.float32:
+        return lambda v: _HALF + _HALF * fast_tanh(_HALF * v)
+    # exp(-v) overflows to inf for v < -709 and 1 / inf is the right 0
+    return lambda v: 1.0 / (1.0 + math.exp(-v))
+
+
+# ----------------------------------------------------------------------------
+# products shared by the cells
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def row_times(hrow, R, out):
+    """out: (G*H,) = hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
+    out[:] = 0
+    for k in range(R.shape[0]):
+        hk = hrow[k]
+        for g in range(R.shape[1]):
+            out[g] += hk * R[k, g]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def row_times_t(drow, R, out):
+    """out: (H,) = drow: (G*H,) @ R.T, the fused path's gradient through h @ R for one row."""
+    for k in range(R.shape[0]):
+        acc = drow[0] * 0
+        for g in range(R.shape[1]):
+            acc += drow[g] * R[k, g]
+        out[k] = acc
+
+
+@njit(cache=True)
+def weight_grads(x, W, h, dgx, dgh):
+    """dx and the weight gradients as GEMMs over all steps at once.
+
+    x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
+    dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
+    Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
+    """
+    T, B, I = x.shape
+    H = h.shape[2]
+    GH = dgx.shape[2]
+    dgx2 = dgx.reshape(T * B, GH)
+    dx = np.dot(dgx2, W.T).reshape(T, B, I)
+    dW = np.dot(x.reshape(T * B, I).T, dgx2)
+    dR = np.dot(h[:T].reshape(T * B, H).T, dgh.reshape(T * B, GH))
+    # float64 accumulator: T * B float32 terms would otherwise lose digits
+    acc = np.zeros(GH, np.float64)
+    for n in range(T * B):
+        for g in range(GH):
+            acc[g] += dgx2[n, g]
+    return dx, dW, dR, acc.astype(x.dtype)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def add_into(a, b):
+    """a += b for two (B, H) arrays, without a temporary."""
+    for n in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[n, j] += b[n, j]
