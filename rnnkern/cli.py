@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "gradcheck": ("rnnkern.gradcheck_cli",
                   "run the gradient-check suite; non-zero exit on failure"),
+    "demo": ("rnnkern.demo", "train an example task, print its metrics, save a plot"),
 }
 
 

@@ -1,0 +1,15 @@
+"""Runnable example tasks, each a module with ``main(argv) -> dict`` (``rnnkern demo NAME``).
+
+Every example prints its metrics, saves a PNG plot under ``--out`` and accepts
+``--quick`` (a few epochs: what CI and the tests run).
+"""
+
+#: example name -> one-line description (the module is rnnkern.examples.<name>)
+EXAMPLES = {
+    "seeded_continuation": "continue a sequence from 5 seed values, closed loop (LSTM)",
+    "sum_sequence": "sum variable-length integer sequences with an identity RNN (and tanh failing)",
+    "seq2seq": "next-step prediction of noisy sine waves, then closed-loop generation",
+    "seq2one": "read the frequency of a variable-length noisy sine at its last step (GRU)",
+    "gradient_accumulation": "per-step BPTT gradient contributions vs untied finite differences",
+}
+DEFAULT = "seeded_continuation"
