@@ -109,7 +109,10 @@ def _validation_set(validation: Any, model: Layer, mask: Any, feedback: int) -> 
                          f"(x, target, mask, lengths), got {type(validation).__name__}")
     x, target, *rest = validation
     v_mask = rest[0] if rest else mask
-    v_lengths = check_inputs(model, x, target, rest[1] if len(rest) > 1 else None, feedback)
+    try:
+        v_lengths = check_inputs(model, x, target, rest[1] if len(rest) > 1 else None, feedback)
+    except ValueError as e:
+        raise ValueError(f"validation: {e}") from e
     if not rest and mask is not None and mask.shape[1] != 1:
         raise ValueError("validation: the training mask is per row (T, B); pass the "
                          "validation mask as validation=(x, target, mask)")
