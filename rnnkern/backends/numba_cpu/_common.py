@@ -20,6 +20,9 @@ from numba.extending import overload
 #: fastmath flags of every kernel: reassociation lets LLVM vectorise the reductions
 #: of the fused recurrent product; no nnan/ninf, so NaN and inf still propagate
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+#: options of every kernel: error_model="numpy" drops the ZeroDivisionError check that
+#: would otherwise keep every loop containing a division from vectorising
+JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
 
 #: variant -> one-line description; DEFAULT_ORDER is how ``choose`` picks automatically
 VARIANTS = {
@@ -100,14 +103,14 @@ def fast_sigmoid(v):
     return 1.0 / (1.0 + math.exp(-v))
 
 
-@overload(fast_tanh, jit_options={"fastmath": FASTMATH})
+@overload(fast_tanh, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_tanh(v):
     if v == types.float32:
         return _tanh32
     return lambda v: math.tanh(v)
 
 
-@overload(fast_sigmoid, jit_options={"fastmath": FASTMATH})
+@overload(fast_sigmoid, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_sigmoid(v):
     if v == types.float32:
         return lambda v: _HALF + _HALF * fast_tanh(_HALF * v)
@@ -119,7 +122,7 @@ def _ol_sigmoid(v):
 # products shared by the cells
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def row_times(hrow, R, out):
     """out: (G*H,) = hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
     out[:] = 0
@@ -129,17 +132,17 @@ def row_times(hrow, R, out):
             out[g] += hk * R[k, g]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def row_times_t(drow, R, out):
     """out: (H,) = drow: (G*H,) @ R.T, the fused path's gradient through h @ R for one row."""
     for k in range(R.shape[0]):
-        acc = drow[0] * 0
+        acc = drow.dtype.type(0)
         for g in range(R.shape[1]):
             acc += drow[g] * R[k, g]
         out[k] = acc
 
 
-@njit(cache=True)
+@njit(**JIT)
 def weight_grads(x, W, h, dgx, dgh):
     """dx and the weight gradients as GEMMs over all steps at once.
 
@@ -162,7 +165,7 @@ def weight_grads(x, W, h, dgx, dgh):
     return dx, dW, dR, acc.astype(x.dtype)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def add_into(a, b):
     """a += b for two (B, H) arrays, without a temporary."""
     for n in range(a.shape[0]):

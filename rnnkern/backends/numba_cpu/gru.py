@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (
-    FASTMATH,
+    JIT,
     add_into,
     fast_sigmoid,
     fast_tanh,
@@ -21,7 +21,7 @@ from ._common import (
 )
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     """Step t of batch row n.
 
@@ -48,13 +48,13 @@ def _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
         yn[j] = h_new if active else zero
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _forward_rows_parallel(t, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     for n in prange(gates.shape[1]):
         _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, parallel):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
 
@@ -81,7 +81,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, parallel):
     return y, h, gates, hn
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
     """Step t of batch row n, backwards.
 
@@ -109,13 +109,13 @@ def _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
             dhn[j] += dhr[n, j]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _backward_rows_parallel(t, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
     for n in prange(dh.shape[0]):
         _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, parallel):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``gru_forward`` returned them.
 

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (
-    FASTMATH,
+    JIT,
     add_into,
     fast_sigmoid,
     fast_tanh,
@@ -22,7 +22,7 @@ from ._common import (
 )
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _forward_row(t, n, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     """Step t of batch row n.
 
@@ -51,13 +51,13 @@ def _forward_row(t, n, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
         yn[j] = h_new if active else zero
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _forward_rows_parallel(t, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     for n in prange(gates.shape[1]):
         _forward_row(t, n, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def lstm_forward(x, h0, c0, W, R, b, lengths, fused, parallel):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
 
@@ -86,7 +86,7 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, parallel):
     return y, h, c, gates, tanh_c
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _backward_row(t, n, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
     """Step t of batch row n, backwards.
 
@@ -115,13 +115,13 @@ def _backward_row(t, n, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, len
             dhn[j] += dhr[n, j]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _backward_rows_parallel(t, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
     for n in prange(dh.shape[0]):
         _backward_row(t, n, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def lstm_backward(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths, fused, parallel):
     """dy: (T, B, H)   dhT, dcT: (B, H)   the rest as ``lstm_forward`` returned them.
 

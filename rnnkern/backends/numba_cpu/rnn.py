@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import FASTMATH, add_into, fast_tanh, row_times, row_times_t, weight_grads
+from ._common import JIT, add_into, fast_tanh, row_times, row_times_t, weight_grads
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _forward_row(t, n, fused, code, a, rec, R, b, h, y, lengths):
     """Step t of batch row n.
 
@@ -43,13 +43,13 @@ def _forward_row(t, n, fused, code, a, rec, R, b, h, y, lengths):
         yn[:] = zero
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _forward_rows_parallel(t, fused, code, a, rec, R, b, h, y, lengths):
     for n in prange(a.shape[1]):
         _forward_row(t, n, fused, code, a, rec, R, b, h, y, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def rnn_forward(x, h0, W, R, b, code, lengths, fused, parallel):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
 
@@ -74,7 +74,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, parallel):
     return y, h, a
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _backward_row(t, n, fused, code, dy, dh, da, dhr, a, R, lengths):
     """Step t of batch row n, backwards.
 
@@ -104,13 +104,13 @@ def _backward_row(t, n, fused, code, dy, dh, da, dhr, a, R, lengths):
             dhn[j] += dhr[n, j]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(parallel=True, **JIT)
 def _backward_rows_parallel(t, fused, code, dy, dh, da, dhr, a, R, lengths):
     for n in prange(dh.shape[0]):
         _backward_row(t, n, fused, code, dy, dh, da, dhr, a, R, lengths)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def rnn_backward(dy, dhT, x, W, R, h, a, code, lengths, fused, parallel):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``rnn_forward`` returned them.
 

@@ -1,0 +1,154 @@
+"""The Numba backend against the float64 NumPy oracle: every cell, activation,
+option, dtype and kernel variant; finite differences on the backend itself; and
+argument validation that fires before any compiled kernel runs."""
+
+import numpy as np
+import pytest
+
+from rnnkern import backends, gradcheck
+from rnnkern.gradcheck import FD_TOL, PARITY_TOL, make_problem, parity
+
+nb = pytest.importorskip("rnnkern.backends.numba_cpu")
+
+CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh"),
+         ("gru", "tanh")]
+VARIANTS = [None, *nb.VARIANTS]
+#: (T, B, I, H, lengths, h0 and dstate): T=1, B=1, odd H, variable lengths, no state
+SHAPES = [(1, 1, 2, 7, False, True), (5, 3, 4, 13, True, True), (6, 4, 3, 5, True, False),
+          (3, 2, 1, 3, False, False)]
+
+
+def _check(p, dtype, per_step=False):
+    errors = parity(p, "numba", dtype, per_step=per_step)
+    tol = PARITY_TOL[np.dtype(dtype).name]
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"{p.cell}/{p.activation} {np.dtype(dtype).name} {p.options}: {bad}"
+
+
+def test_default_backend_is_numba():
+    assert backends.default() == "numba"
+    assert backends.get("numba") is nb
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_parity_every_variant(cell, activation, variant, dtype):
+    for seed, (T, B, I, H, lengths, state) in enumerate(SHAPES):
+        p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
+                         h0=state, dstate=state, seed=seed)
+        p.options = {"variant": variant}
+        _check(p, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_parity_per_step(cell, activation, dtype):
+    p = make_problem(cell, T=4, B=3, I=2, H=7, activation=activation, lengths=True, seed=3)
+    _check(p, dtype, per_step=True)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v3"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_parity_wide_and_saturating(cell, variant):
+    """Hidden sizes past a vector width and pre-activations far into the tails of
+    tanh/sigmoid, where the float32 rational approximation is clamped."""
+    p = make_problem(cell, T=3, B=2, I=5, H=37, scale=4.0, seed=7)
+    p.options = {"variant": variant}
+    _check(p, np.float32)
+    _check(p, np.float64)
+
+
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_finite_differences(cell, activation):
+    p = make_problem(cell, T=3, B=2, I=2, H=3, activation=activation, lengths=True, seed=5)
+    errors = gradcheck.fd_check(p, backend="numba")
+    assert max(errors.values()) < FD_TOL, errors
+
+
+def test_per_step_finite_differences():
+    p = make_problem("lstm", T=3, B=2, I=2, H=2, lengths=True, seed=2)
+    for name, err in gradcheck.per_step_check(p, backend="numba").items():
+        assert err["fd"] < FD_TOL and err["sum"] < 1e-12, (name, err)
+
+
+def test_dtype_and_shapes_out():
+    p = make_problem("gru", T=4, B=2, I=3, H=5).astype(np.float32)
+    x, P = p.inputs["x"], p.params
+    y, hT, cache = nb.gru_forward(x, None, P["W"], P["R"], P["b"], P["b_hn"])
+    dx, dh0, grads, steps = nb.gru_backward(None, hT, cache, per_step=True)
+    assert y.dtype == hT.dtype == dx.dtype == dh0.dtype == np.float32
+    assert {k: v.shape for k, v in grads.items()} == {k: v.shape for k, v in P.items()}
+    assert {k: v.shape for k, v in steps.items()} == {k: (4, *v.shape) for k, v in P.items()}
+
+
+def test_no_gradient_inputs_give_zero():
+    p = make_problem("lstm", T=3, B=2, I=2, H=4)
+    x, P = p.inputs["x"], p.params
+    _, _, cache = nb.lstm_forward(x, None, None, P["W"], P["R"], P["b"])
+    dx, (dh0, dc0), grads = nb.lstm_backward(None, None, cache)
+    for a in (dx, dh0, dc0, *grads.values()):
+        assert not a.any()
+
+
+# ----------------------------------------------------------------------------
+# validation before any kernel runs
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Replace every compiled kernel entry point with one that fails the test."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a kernel ran before the arguments were validated")
+
+    for mod in (nb.rnn, nb.lstm, nb.gru):
+        for name in dir(mod):
+            if name.endswith(("_forward", "_backward")):
+                monkeypatch.setattr(mod, name, forbidden)
+
+
+def _lstm_args(T=3, B=2, I=2, H=4, dtype=np.float32):
+    p = make_problem("lstm", T=T, B=B, I=I, H=H).astype(dtype)
+    P = p.params
+    return p.inputs["x"], P["W"], P["R"], P["b"]
+
+
+@pytest.mark.parametrize("case,match", [
+    ("W shape", "W"), ("x strided", "x"), ("dtype mix", "R"), ("lengths", "lengths"),
+    ("variant", "variant"), ("activation", "activation"), ("h0 shape", "h0"),
+])
+def test_forward_validation(no_kernels, case, match):
+    x, W, R, b = _lstm_args()
+    kwargs = {}
+    if case == "W shape":
+        W = np.zeros((3, 16), np.float32)
+    elif case == "x strided":
+        x = np.zeros((3, 2, 4), np.float32)[:, :, ::2]
+    elif case == "dtype mix":
+        R = R.astype(np.float64)
+    elif case == "lengths":
+        kwargs["lengths"] = np.array([0, 3])
+    elif case == "variant":
+        kwargs["variant"] = "v9"
+    elif case == "h0 shape":
+        with pytest.raises(ValueError, match=match):
+            nb.lstm_forward(x, np.zeros((3, 4), np.float32), None, W, R, b)
+        return
+    if case == "activation":
+        with pytest.raises(ValueError, match=match):
+            nb.rnn_forward(x, None, W[:, :4].copy(), R[:, :4].copy(), b[:4].copy(),
+                           activation="softplus")
+        return
+    with pytest.raises(ValueError, match=match):
+        nb.lstm_forward(x, None, None, W, R, b, **kwargs)
+
+
+def test_backward_validation():
+    x, W, R, b = _lstm_args()
+    _, _, cache = nb.lstm_forward(x, None, None, W, R, b)
+    with pytest.raises(ValueError, match="dy"):
+        nb.lstm_backward(np.zeros((3, 2, 5), np.float32), None, cache)
+    with pytest.raises(ValueError, match="dcT"):
+        nb.lstm_backward(None, (None, np.zeros((2, 4), np.float64)), cache)
+    with pytest.raises(ValueError, match="variant"):
+        nb.lstm_backward(None, None, cache, variant="fast")
