@@ -16,6 +16,7 @@ COMMANDS = {
     "gradcheck": ("rnnkern.gradcheck_cli",
                   "run the gradient-check suite; non-zero exit on failure"),
     "demo": ("rnnkern.demo", "train an example task, print its metrics, save a plot"),
+    "bench": ("rnnkern.bench", "time forward and forward+backward per backend, vs PyTorch"),
 }
 
 

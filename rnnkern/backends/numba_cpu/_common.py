@@ -53,9 +53,13 @@ def choose(variant: str | None, B: int, H: int, G: int) -> tuple[bool, bool]:
                 f"got {variant!r}")
         return VARIANT_FLAGS[variant]
     fused = H <= FUSED_MAX_H
-    parallel = (numba.get_num_threads() > 1 and B >= 2 * numba.get_num_threads()
-                and B * G * H >= PARALLEL_MIN_WORK)
-    return fused, parallel
+    # Threads only on the fused path: beside the per-step BLAS calls (v2) Numba's pool and
+    # OpenBLAS's own threads contend for the cores and v2 loses to v1 where measured.
+    # The thread count is asked last, as numba.get_num_threads() costs microseconds.
+    if not fused or B * G * H < PARALLEL_MIN_WORK:
+        return fused, False
+    threads = numba.get_num_threads()
+    return fused, threads > 1 and B >= 2 * threads
 
 
 def variant_name(fused: bool, parallel: bool) -> str:
@@ -119,16 +123,44 @@ def _ol_sigmoid(v):
 
 
 # ----------------------------------------------------------------------------
-# products shared by the cells
+# pointwise pieces and products shared by the cells
+
+
+@njit(**JIT)
+def sigmoid_of_sum(g, r, b, lo, hi):
+    """g[k] = sigmoid(g[k] + r[k] + b[k]) for lo <= k < hi.
+
+    The pointwise passes are split into loops over few arrays like this one: LLVM
+    vectorises a loop only after runtime checks that its arrays do not overlap, and
+    gives up when a loop touches too many of them.
+    """
+    for k in range(lo, hi):
+        g[k] = fast_sigmoid(g[k] + r[k] + b[k])
+
+
+@njit(**JIT)
+def tanh_of_sum(g, r, b, lo, hi):
+    """g[k] = tanh(g[k] + r[k] + b[k]) for lo <= k < hi."""
+    for k in range(lo, hi):
+        g[k] = fast_tanh(g[k] + r[k] + b[k])
+
+
 
 
 @njit(**JIT)
 def row_times(hrow, R, out):
     """out: (G*H,) = hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
     out[:] = 0
-    for k in range(R.shape[0]):
+    H, GH = R.shape
+    # four rows of R per sweep: a quarter of the loads and stores of out
+    H4 = H - H % 4
+    for k in range(0, H4, 4):
+        h0, h1, h2, h3 = hrow[k], hrow[k + 1], hrow[k + 2], hrow[k + 3]
+        for g in range(GH):
+            out[g] += h0 * R[k, g] + h1 * R[k + 1, g] + h2 * R[k + 2, g] + h3 * R[k + 3, g]
+    for k in range(H4, H):
         hk = hrow[k]
-        for g in range(R.shape[1]):
+        for g in range(GH):
             out[g] += hk * R[k, g]
 
 

@@ -13,10 +13,10 @@ from numba import njit, prange
 from ._common import (
     JIT,
     add_into,
-    fast_sigmoid,
     fast_tanh,
     row_times,
     row_times_t,
+    sigmoid_of_sum,
     weight_grads,
 )
 
@@ -34,18 +34,20 @@ def _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     if fused:
         row_times(h[t, n], R, r)
     hp, hnew_row, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
-    active = t < lengths[n]
-    zero, one = g.dtype.type(0), g.dtype.type(1)
+    sigmoid_of_sum(g, r, b, 0, 2 * H)
     for j in range(H):
-        rr = fast_sigmoid(g[j] + r[j] + b[j])
-        z = fast_sigmoid(g[H + j] + r[H + j] + b[H + j])
-        hnj = r[2 * H + j] + b_hn[j]
-        nn = fast_tanh(g[2 * H + j] + b[2 * H + j] + rr * hnj)
-        g[j], g[H + j], g[2 * H + j] = rr, z, nn
-        hnn[j] = hnj
-        h_new = (one - z) * nn + z * hp[j]
-        hnew_row[j] = h_new if active else hp[j]
-        yn[j] = h_new if active else zero
+        hnn[j] = r[2 * H + j] + b_hn[j]
+    for j in range(H):
+        g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
+    one = g.dtype.type(1)
+    for j in range(H):
+        z = g[H + j]
+        hnew_row[j] = (one - z) * g[2 * H + j] + z * hp[j]
+    if t < lengths[n]:
+        yn[:] = hnew_row
+    else:
+        hnew_row[:] = hp
+        yn[:] = 0
 
 
 @njit(parallel=True, **JIT)

@@ -14,10 +14,11 @@ from numba import njit, prange
 from ._common import (
     JIT,
     add_into,
-    fast_sigmoid,
     fast_tanh,
     row_times,
     row_times_t,
+    sigmoid_of_sum,
+    tanh_of_sum,
     weight_grads,
 )
 
@@ -35,20 +36,21 @@ def _forward_row(t, n, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     if fused:
         row_times(h[t, n], R, r)
     hp, cp, hn, cn, tc, yn = h[t, n], c[t, n], h[t + 1, n], c[t + 1, n], tanh_c[t, n], y[t, n]
-    active = t < lengths[n]
-    zero = g.dtype.type(0)
+    sigmoid_of_sum(g, r, b, 0, 2 * H)
+    tanh_of_sum(g, r, b, 2 * H, 3 * H)
+    sigmoid_of_sum(g, r, b, 3 * H, 4 * H)
     for j in range(H):
-        i = fast_sigmoid(g[j] + r[j] + b[j])
-        f = fast_sigmoid(g[H + j] + r[H + j] + b[H + j])
-        gg = fast_tanh(g[2 * H + j] + r[2 * H + j] + b[2 * H + j])
-        o = fast_sigmoid(g[3 * H + j] + r[3 * H + j] + b[3 * H + j])
-        g[j], g[H + j], g[2 * H + j], g[3 * H + j] = i, f, gg, o
-        c_new = f * cp[j] + i * gg
-        tc[j] = fast_tanh(c_new)
-        h_new = o * tc[j]
-        cn[j] = c_new if active else cp[j]
-        hn[j] = h_new if active else hp[j]
-        yn[j] = h_new if active else zero
+        cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
+    for j in range(H):
+        tc[j] = fast_tanh(cn[j])
+    for j in range(H):
+        hn[j] = g[3 * H + j] * tc[j]
+    if t < lengths[n]:
+        yn[:] = hn
+    else:
+        cn[:] = cp
+        hn[:] = hp
+        yn[:] = 0
 
 
 @njit(parallel=True, **JIT)
