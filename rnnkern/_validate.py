@@ -194,3 +194,81 @@ def check_backward(d: Dims, contiguous: bool = True, **grads_in: Any) -> None:
             continue
         dims = (("T", d.T), ("B", d.B), ("H", d.H)) if name == "dy" else (("B", d.B), ("H", d.H))
         check_array(name, a, dims, d.dtype, contiguous)
+
+
+# ----------------------------------------------------------------------------
+# model layer: layers, losses, masks, fit, generate, data helpers, save/load
+#
+# The rule for the model layer: an argument of the wrong Python type (not an
+# array or list where data is expected, not an integer where a count is, not a
+# model or optimiser) is a TypeError; a wrong value (shape, dtype, range) is a
+# ValueError. Both name the argument, say what was received and what is expected.
+
+
+def check_int(name: str, v: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """``v`` as an int with ``lo <= v <= hi`` (either bound None: open)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        want = (f"an integer in [{lo}, {hi}]" if lo is not None and hi is not None
+                else f"an integer >= {lo}" if lo is not None else f"an integer <= {hi}")
+        raise ValueError(f"{name}: expected {want}, got {v}")
+    return v
+
+
+def check_choice(name: str, v: Any, choices: tuple) -> Any:
+    """``v`` if it is one of ``choices`` (compared with ==, so strings and None)."""
+    if not any(v is c or (isinstance(v, str) and v == c) for c in choices):
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {v!r}")
+    return v
+
+
+def from_list(name: str, a: list | tuple, dtype: Any) -> np.ndarray:
+    """A nested list of real numbers as a NumPy array of ``dtype`` (converted once)."""
+    try:
+        arr = np.asarray(a)
+    except ValueError as e:  # ragged nesting
+        raise ValueError(f"{name}: expected a nested list of numbers of one shape, "
+                         f"got a ragged list ({e})") from e
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: expected a list of real numbers, got a list of {arr.dtype}")
+    return arr.astype(dtype)
+
+
+def as_array(name: str, a: Any, dims: tuple[tuple[str, int | None], ...], dtype: Any,
+             contiguous: bool = True) -> Any:
+    """``check_array`` for user data of a model whose dtype is ``dtype``.
+
+    Lists and tuples of numbers are accepted and converted once (to a NumPy array
+    of ``dtype``); arrays must already have ``dtype``: a float64 array for a
+    float32 model is refused rather than silently cast.
+    """
+    if isinstance(a, (list, tuple)):
+        a = from_list(name, a, dtype)
+    check_array(name, a, dims, None, contiguous)
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the model's dtype), got "
+                         f"{a.dtype}; convert with .astype('{np.dtype(dtype)}') or build the "
+                         f"model with dtype='{a.dtype}'")
+    return a
+
+
+def check_finite(name: str, a: Any) -> None:
+    """Refuse NaN or inf anywhere in ``a``, naming the first bad entry."""
+    xp = array_module(**{name: a})
+    bad = ~xp.isfinite(a)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), a.shape))
+        raise ValueError(f"{name}: expected finite values, got {int(bad.sum())} NaN or inf "
+                         f"entries (the first at index {first}: {a[first]})")
+
+
+def check_writable(name: str, a: Any) -> None:
+    """Arrays that rnnkern updates in place (parameters, optimiser buffers)."""
+    if not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array (it is updated in place), got a "
+                         f"read-only one; pass a copy")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place), "
+                         f"got a strided view; pass a copy")

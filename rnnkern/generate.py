@@ -22,12 +22,14 @@ their fed-back part, uses their data input (or carries their state past their en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-
-from ._validate import array_module, check_array, check_lengths
+from ._validate import array_module, as_array, check_int, check_lengths
 from .layers import Layer
+
+#: steps per piece when a forward pass streams (no gradient wanted): only one
+#: piece's caches are alive at a time (docs/MEMORY.md)
+STREAM_CHUNK = 256
 
 
 @dataclass
@@ -44,29 +46,45 @@ class Tape:
     steps: list[tuple[Any, Any, Any]] = field(default_factory=list)
 
 
-def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
-                 feedback: int = 0) -> Any:
-    """Validate one call's arguments once, at entry; returns the checked ``lengths``.
+class Call(NamedTuple):
+    """One call's arguments after ``check_inputs``: arrays checked (lists converted)."""
 
-    x: (T, B, in_features) of the model's dtype   target: (T, B, out_features) or None
-    lengths: (B,) int or None   feedback: 0 <= n < min(lengths) (or T)
-    """
+    x: Any
+    target: Any
+    lengths: Any
+    state: Any
+
+
+def check_model(model: Any) -> Layer:
     if not isinstance(model, Layer):
-        raise ValueError(f"model: expected an rnnkern layer or Sequential, "
-                         f"got {type(model).__name__}")
-    xp = array_module(x=x, target=target)
-    check_array("x", x, (("T", None), ("B", None), ("in_features", model.in_features)),
-                model.dtype)
+        raise TypeError(f"model: expected an rnnkern layer or Sequential, "
+                        f"got {type(model).__name__}")
+    return model
+
+
+def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
+                 feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
+    """Validate one call's arguments once, at entry (the inner loops trust them).
+
+    x: (T, B, in_features) of the model's dtype (a list is converted once)
+    target: (T, B, out_features) or None   lengths: (B,) int or None
+    feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
+    """
+    check_model(model)
+    x = as_array(x_name, x, (("T", None), ("B", None), ("in_features", model.in_features)),
+                 model.dtype, model.contiguous_input)
     T, B = x.shape[:2]
     if target is not None:
-        check_array("target", target, (("T", T), ("B", B), ("out_features", model.out_features)),
-                    model.dtype, contiguous=False)
+        target = as_array("target", target,
+                          (("T", T), ("B", B), ("out_features", model.out_features)),
+                          model.dtype, contiguous=False)
+    xp = array_module(**{x_name: x}, target=target,
+                      lengths=None if isinstance(lengths, (list, tuple)) else lengths)
     lengths = check_lengths(lengths, T, B, xp)
-    if isinstance(feedback, bool) or not isinstance(feedback, (int, np.integer)):
-        raise ValueError(f"feedback: expected an integer >= 0, got {feedback!r}")
+    feedback = check_int("feedback", feedback, 0)
     if feedback:
         shortest = T if lengths is None else int(lengths.min())
-        if not 0 < feedback < shortest:
+        if feedback >= shortest:
             raise ValueError(f"feedback: expected 0 <= feedback < {shortest} (the shortest "
                              f"sequence: at least one step must be the model's own input), "
                              f"got {feedback}")
@@ -74,7 +92,7 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
             raise ValueError(f"feedback: the model's outputs are fed back as inputs, so "
                              f"out_features={model.out_features} must equal "
                              f"in_features={model.in_features}")
-    return lengths
+    return Call(x, target, lengths, model.check_state(state, B))
 
 
 def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
@@ -93,27 +111,62 @@ def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
     return xp.where(m, a, b)
 
 
+def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
+           chunk: int = STREAM_CHUNK) -> tuple[Any, Any]:
+    """Forward without gradients in pieces of ``chunk`` steps, the state carried, so
+    that the caches of one piece at most are alive. Same results as one call.
+
+    x: (T, B, I) -> y: (T, B, O) and the final state (rows past their length keep
+    the state at their last step, their outputs are zero, as in one call).
+    """
+    T, B = x.shape[:2]
+    if T <= chunk:
+        y, state, _ = model._forward(x, state, lengths)
+        return y, state
+    xp = array_module(x=x)
+    y = xp.empty((T, B, model.out_features), model.dtype)
+    for s in range(0, T, chunk):
+        e = min(s + chunk, T)
+        if lengths is None:
+            y[s:e], state, _ = model._forward(x[s:e], state, None)
+            continue
+        # a row that ended before this piece runs one padding step, which is undone
+        live = (lengths > s)[:, None]
+        out, new_state, _ = model._forward(x[s:e], state, xp.clip(lengths - s, 1, e - s))
+        state = _mix(xp, live, new_state, state)
+        y[s:e] = out * live[None]
+    return y, state
+
+
 def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: int = 0,
         record: bool = True) -> tuple[Any, Any, Tape | None]:
     """Forward over x: (T, B, I) with the last ``feedback`` inputs of each row replaced
     by the model's previous outputs; arguments as ``check_inputs`` leaves them.
 
-    Returns y: (T, B, O), the final state, and the tape (None unless ``record``).
+    Returns y: (T, B, O), the final state, and the tape (None unless ``record``:
+    without it nothing is kept for a backward pass, see ``stream``).
     """
     if not feedback:
-        y, state, cache = model.forward(x, state, lengths)
-        return y, state, (Tape(x.shape[0], cache) if record else None)
+        if not record:
+            return (*stream(model, x, state, lengths), None)
+        y, state, cache = model._forward(x, state, lengths)
+        return y, state, Tape(x.shape[0], cache)
     xp = array_module(x=x)
     T, B = x.shape[:2]
     T0 = T - feedback if lengths is None else int(lengths.min()) - feedback
-    y_pre, state, cache = model.forward(x[:T0], state)  # every row is active before T0
-    tape = Tape(T0, cache) if record else None
+    prefix = x[:T0]  # every row is active before T0
+    if record:
+        y_pre, state, cache = model._forward(prefix, state, None)
+        tape = Tape(T0, cache)
+    else:
+        y_pre, state = stream(model, prefix, state)
+        tape = None
     y = xp.zeros((T, B, model.out_features), model.dtype)
     y[:T0] = y_pre
     prev = y_pre[T0 - 1 :]
     if lengths is None:
         for t in range(T0, T):
-            prev, state, cache = model.forward(prev, state)
+            prev, state, cache = model._forward(prev, state, None)
             y[t] = prev[0]
             if record:
                 tape.steps.append((cache, None, None))
@@ -124,7 +177,7 @@ def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: 
     for t in range(T0, int(lengths.max())):
         active, fed = active_all[t], fed_all[t]                   # (B, 1) each
         inp = xp.where(fed, prev, x[t : t + 1])
-        out, new_state, cache = model.forward(inp, state)
+        out, new_state, cache = model._forward(inp, state, None)
         state = _mix(xp, active, new_state, state)
         prev = out * active
         y[t] = prev[0]
@@ -175,21 +228,22 @@ def generate(model: Layer, primer: Any, steps: int, state: Any = None,
     """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F).
 
     ``pred[0]`` is the output after the last primer step, ``pred[k]`` the output
-    after ``pred[k-1]`` was fed in. Keeps no caches. ``state``: the state to start
-    the primer from (None: zeros); ``return_state`` also returns the final state.
+    after ``pred[k-1]`` was fed in. Keeps no caches: memory is the primer's pass
+    in pieces of ``STREAM_CHUNK`` steps plus the (steps, B, F) result. ``state``:
+    the state to start the primer from (None: zeros); ``return_state`` also
+    returns the final state. ``steps=0`` returns an empty (0, B, F) array.
     """
-    check_inputs(model, primer)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    primer, _, _, state = check_inputs(model, primer, state=state, x_name="primer")
+    steps = check_int("steps", steps, 0)
     if model.out_features != model.in_features:
         raise ValueError(f"model: generate feeds outputs back as inputs, so out_features="
                          f"{model.out_features} must equal in_features={model.in_features}")
     xp = array_module(primer=primer)
-    y, state, _ = model.forward(primer, state)
+    y, state = stream(model, primer, state)
     out = xp.empty((steps, primer.shape[1], model.out_features), model.dtype)
     prev = y[-1:]
-    out[0] = prev[0]
-    for k in range(1, steps):
-        prev, state, _ = model.forward(prev, state)
+    for k in range(steps):
+        if k:
+            prev, state, _ = model._forward(prev, state, None)
         out[k] = prev[0]
     return (out, state) if return_state else out

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from ._validate import GATES, array_module, check_activation, check_array, check_lengths
+from ._validate import (
+    GATES,
+    array_module,
+    as_array,
+    check_activation,
+    check_array,
+    check_choice,
+    check_int,
+    check_lengths,
+)
 
 State = Any
 Cache = Any
@@ -44,11 +53,6 @@ def check_dtype(dtype: Any) -> np.dtype:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     return dt
 
-
-def _check_size(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return int(v)
 
 
 def backend_xp(be: Any) -> Any:
@@ -74,8 +78,14 @@ class Layer:
     in_features: int
     out_features: int
 
+    #: whether x must be C-contiguous (the kernels need it; Dense does not)
+    contiguous_input = True
+
     def __init__(self, backend: str | None, dtype: Any) -> None:
         self.dtype = check_dtype(dtype)
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend: expected a backend name (str) or None, "
+                            f"got {type(backend).__name__}")
         self.backend = backends.default() if backend is None else backend
         self._be = backends.get(self.backend)
         self._params: dict[str, Any] = {}
@@ -123,7 +133,31 @@ class Layer:
         return self
 
     # -- computing ------------------------------------------------------------
+    def check_call(self, x: Any, state: State = None, lengths: Any = None,
+                   name: str = "state") -> tuple[Any, State, Any]:
+        """Validate one call's ``x: (T, B, in_features)`` (lists accepted), ``state``
+        (named ``name`` in messages) and ``lengths``; returns them checked."""
+        x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
+                     self.dtype, self.contiguous_input)
+        T, B = x.shape[:2]
+        xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
+        lengths = check_lengths(lengths, T, B, xp)
+        return x, self.check_state(state, B, name), lengths
+
+    def check_state(self, state: State, B: int, name: str = "state") -> State:
+        """``state`` as this layer takes it for a batch of B rows (None: zeros)."""
+        if state is not None:
+            raise ValueError(f"{name}: {type(self).__name__} has no state; expected None, "
+                             f"got {type(state).__name__}")
+        return None
+
     def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+        """x: (T, B, in_features), state, lengths: (B,) or None -> (y, state, cache),
+        every argument validated first (see ``check_call``)."""
+        return self._forward(*self.check_call(x, state, lengths))
+
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
+        """``forward`` on arguments already validated (the inner loops call this)."""
         raise NotImplementedError
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
@@ -141,10 +175,15 @@ class Layer:
 
 
 def _load_into(live: dict[str, Any], params: dict[str, Any], xp: Any) -> None:
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict name -> array, got {type(params).__name__}")
     if set(params) != set(live):
         raise ValueError(f"params: expected the names {sorted(live)}, got {sorted(params)}")
     for k, dst in live.items():
         src = params[k]
+        if not (hasattr(src, "shape") and hasattr(src, "dtype")):
+            raise TypeError(f"params[{k!r}]: expected an array of shape {tuple(dst.shape)}, "
+                            f"got {type(src).__name__}")
         if tuple(src.shape) != tuple(dst.shape) or src.dtype != dst.dtype:
             raise ValueError(
                 f"params[{k!r}]: expected shape {tuple(dst.shape)} and dtype {dst.dtype}, "
@@ -165,8 +204,8 @@ class _Cell(Layer):
     def __init__(self, in_features: int, hidden: int, backend: str | None, dtype: Any,
                  seed: int | None) -> None:
         super().__init__(backend, dtype)
-        self.in_features = _check_size("in_features", in_features)
-        self.hidden = self.out_features = _check_size("hidden", hidden)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.hidden = self.out_features = check_int("hidden", hidden, 1)
         self.reset_parameters(seed)
 
     def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -187,6 +226,13 @@ class _Cell(Layer):
         return {"type": type(self).__name__, "in_features": self.in_features,
                 "hidden": self.hidden}
 
+    def _check_h(self, name: str, h: Any, B: int) -> Any:
+        return as_array(name, h, (("B", B), ("H", self.hidden)), self.dtype)
+
+    def check_state(self, state: State, B: int, name: str = "state") -> State:
+        """h: (B, H) (RNN, GRU) or None."""
+        return None if state is None else self._check_h(name, state, B)
+
 
 class RNN(_Cell):
     """Elman RNN: h_t = act(x_t @ W + h_{t-1} @ R + b); act: "tanh" | "relu" | "identity".
@@ -205,7 +251,7 @@ class RNN(_Cell):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "activation": self.activation}
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
         """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
         p = self._params
         return self._be.rnn_forward(x, state, p["W"], p["R"], p["b"],
@@ -228,7 +274,16 @@ class LSTM(_Cell):
                  dtype: Any = "float32", seed: int | None = None) -> None:
         super().__init__(in_features, hidden, backend, dtype, seed)
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    def check_state(self, state: State, B: int, name: str = "state") -> State:
+        """(h, c), each (B, H), or None."""
+        if state is None:
+            return None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{name}: expected (h, c), two arrays of shape (B={B}, "
+                            f"H={self.hidden}), or None, got {type(state).__name__}")
+        return (self._check_h(f"{name}[0]", state[0], B), self._check_h(f"{name}[1]", state[1], B))
+
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
         """x: (T, B, I), state: (h0, c0) or None -> y: (T, B, H), (hT, cT), cache."""
         h0, c0 = (None, None) if state is None else state
         p = self._params
@@ -236,6 +291,9 @@ class LSTM(_Cell):
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, H) or None, dstate: (dhT, dcT) or None -> dx, (dh0, dc0), grads."""
+        if dstate is not None and (not isinstance(dstate, (tuple, list)) or len(dstate) != 2):
+            raise TypeError(f"dstate: expected (dhT, dcT), two (B, H) arrays or None, "
+                            f"got {type(dstate).__name__}")
         return self._be.lstm_backward(dy, dstate, cache)
 
 
@@ -251,7 +309,7 @@ class GRU(_Cell):
                  dtype: Any = "float32", seed: int | None = None) -> None:
         super().__init__(in_features, hidden, backend, dtype, seed)
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
         """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
         p = self._params
         return self._be.gru_forward(x, state, p["W"], p["R"], p["b"], p["b_hn"],
@@ -295,13 +353,11 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, activation: str | None = None, *,
                  backend: str | None = None, dtype: Any = "float32",
                  seed: int | None = None) -> None:
-        if activation not in DENSE_ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {DENSE_ACTIVATIONS}, "
-                             f"got {activation!r}")
+        check_choice("activation", activation, DENSE_ACTIVATIONS)
         super().__init__(backend, dtype)
         self.activation = activation
-        self.in_features = _check_size("in_features", in_features)
-        self.out_features = _check_size("out_features", out_features)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self.reset_parameters(seed)
 
     def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -313,16 +369,13 @@ class Dense(Layer):
         return {"type": "Dense", "in_features": self.in_features,
                 "out_features": self.out_features, "activation": self.activation}
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    contiguous_input = False
+
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
         """x: (T, B, in) -> y: (T, B, out), None, cache."""
         W, b = self._params["W"], self._params["b"]
         xp = array_module(x=x, W=W)
-        check_array("x", x, (("T", None), ("B", None), ("in", self.in_features)), self.dtype,
-                    contiguous=False)
-        active = None
-        if lengths is not None:
-            lengths = check_lengths(lengths, x.shape[0], x.shape[1], xp)
-            active = active_rows(lengths, x.shape[0], xp)
+        active = None if lengths is None else active_rows(lengths, x.shape[0], xp)
         y = _act(self.activation, x @ W + b, xp)
         if active is not None:
             y = y * active
@@ -331,6 +384,10 @@ class Dense(Layer):
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, out) -> dx: (T, B, in), None, grads {W, b}."""
         x, y, active = cache
+        array_module(dy=dy, y=y)
+        check_array("dy", dy, (("T", y.shape[0]), ("B", y.shape[1]), ("out", y.shape[2])),
+                    y.dtype, contiguous=False)
+        self.check_state(dstate, y.shape[1], "dstate")
         dz = dy if self.activation is None else dy * _act_grad(self.activation, y)
         if active is not None:
             dz = dz * active
@@ -358,7 +415,7 @@ class Sequential(Layer):
             raise ValueError("layers: expected at least one layer, got none")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer) or isinstance(layer, Sequential):
-                raise ValueError(f"layers[{i}]: expected an RNN, LSTM, GRU or Dense layer, "
+                raise TypeError(f"layers[{i}]: expected an RNN, LSTM, GRU or Dense layer, "
                                  f"got {type(layer).__name__}")
         for i, (a, b) in enumerate(zip(layers, layers[1:], strict=False)):
             if a.out_features != b.in_features:
@@ -382,6 +439,7 @@ class Sequential(Layer):
         self.dtype, self.backend = self.layers[0].dtype, self.layers[0].backend
         self._be = self.layers[0]._be
         self.in_features = self.layers[0].in_features
+        self.contiguous_input = self.layers[0].contiguous_input
         self.out_features = self.layers[-1].out_features
         if seed is not None:
             self.reset_parameters(seed)
@@ -417,21 +475,34 @@ class Sequential(Layer):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner},\n)"
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    def check_state(self, state: State, B: int, name: str = "state") -> State:
+        """A tuple with one state per layer (None for Dense), or None."""
+        if state is None:
+            return None
+        if not isinstance(state, (tuple, list)):
+            raise TypeError(f"{name}: expected a tuple of {len(self.layers)} layer states "
+                            f"(None for Dense), got {type(state).__name__}")
+        if len(state) != len(self.layers):
+            raise ValueError(f"{name}: expected a tuple of {len(self.layers)} layer states "
+                             f"(None for Dense), got {len(state)} entries")
+        return tuple(layer.check_state(s, B, f"{name}[{i}]")
+                     for i, (layer, s) in enumerate(zip(self.layers, state)))
+
+    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
         """x: (T, B, I), state: tuple (one per layer) or None -> y, state tuple, caches."""
-        if state is not None and (not isinstance(state, (tuple, list))
-                                  or len(state) != len(self.layers)):
-            raise ValueError(f"state: expected a tuple of {len(self.layers)} layer states "
-                             f"(None for Dense), got {type(state).__name__}")
         states, caches = [], []
         for i, layer in enumerate(self.layers):
-            x, s, c = layer.forward(x, None if state is None else state[i], lengths)
+            x, s, c = layer._forward(x, None if state is None else state[i], lengths)
             states.append(s)
             caches.append(c)
         return x, tuple(states), caches
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, O), dstate: tuple or None -> dx: (T, B, I), dstate0 tuple, grads."""
+        if dstate is not None and (not isinstance(dstate, (tuple, list))
+                                   or len(dstate) != len(self.layers)):
+            raise TypeError(f"dstate: expected a tuple of {len(self.layers)} layer state "
+                            f"gradients or None, got {type(dstate).__name__}")
         grads = {}
         dstates = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):

@@ -1,64 +1,147 @@
-"""save/load a model as one ``.npz`` file: parameters plus JSON metadata.
+"""save/load a model, and the training checkpoints of ``fit``, as ``.npz`` files.
 
-Layout of the file (read with ``np.load(path, allow_pickle=False)``):
+Layout of a file (read with ``np.load(path, allow_pickle=False)``: nothing is
+ever unpickled):
 
 - ``param/<name>``: one array per parameter, names as ``model.parameters()``;
-- ``__rnnkern__``: a 0-d unicode array holding JSON: ``format`` ("rnnkern-model"),
-  ``version``, ``model`` (the layer specs that rebuild the model), ``gate_order``,
-  ``dtype``, ``backend`` (where it was saved from; informational).
+- ``__rnnkern__``: a 0-d unicode array holding JSON: ``format`` ("rnnkern-model"
+  or "rnnkern-checkpoint"), ``version``, ``model`` (the layer specs that rebuild
+  the model), ``gate_order``, ``dtype``, ``backend`` (where it was saved from;
+  informational);
+- a checkpoint adds ``opt/<buffer>/<name>`` (the optimiser's moments), ``order``
+  (the current epoch's shuffled row order) and, in the JSON, ``fit``: the
+  optimiser's settings and step count, the shuffling generator's state, the
+  position (epoch, batch) and the history (see ``train.fit``).
 
 Arrays are stored exactly, so a loaded model has bit-identical parameters and
-outputs. Writing is atomic: a temporary file in the same directory, flushed and
-fsync'ed, then renamed over the target.
+outputs. Writing is atomic (``write_atomic``): a temporary file in the same
+directory, flushed and fsync'ed, then renamed over the target, so that a process
+killed at any moment leaves either the old file or the new one, never a broken one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
 from . import layers as L
+from .generate import check_model
 from .layers import Layer, move
 
-FORMAT = "rnnkern-model"
+MODEL_FORMAT = "rnnkern-model"
+CHECKPOINT_FORMAT = "rnnkern-checkpoint"
 VERSION = 1
 META_KEY = "__rnnkern__"
 GATE_ORDER = {"lstm": "i,f,g,o", "gru": "r,z,n"}
 LAYER_TYPES = {"RNN": L.RNN, "LSTM": L.LSTM, "GRU": L.GRU, "Dense": L.Dense}
 
 
-def _metadata(model: Layer) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "model": model.spec(),
-            "gate_order": GATE_ORDER, "dtype": str(model.dtype), "backend": model.backend}
+def _fspath(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path (str or os.PathLike), "
+                        f"got {type(path).__name__}")
+    return os.fspath(path)
 
 
-def save(model: Layer, path: str | os.PathLike) -> None:
-    """Write ``model`` (a layer or Sequential) to ``path`` (.npz), atomically."""
-    if not isinstance(model, Layer):
-        raise ValueError(f"model: expected an rnnkern layer or Sequential, "
-                         f"got {type(model).__name__}")
-    path = os.fspath(path)
-    arrays = {f"param/{k}": move(v, np) for k, v in model.parameters().items()}
-    arrays[META_KEY] = np.array(json.dumps(_metadata(model)))
+def write_atomic(path: str | os.PathLike, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write ``arrays`` (host arrays) and ``meta`` (JSON) to the .npz ``path`` atomically.
+
+    The temporary file is ``.<name>.tmp`` beside the target (one per target, so a
+    killed writer leaves at most one stale temporary, overwritten by the next
+    write); after the rename the directory is fsync'ed so that the rename itself
+    survives a power cut.
+    """
+    path = _fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".rnnkern-", suffix=".tmp", dir=directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"path: the directory {directory!r} does not exist")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    contents = {**arrays, META_KEY: np.array(json.dumps(meta))}
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with open(tmp, "wb") as f:
+            np.savez(f, **contents)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _build(spec: Any, backend: str | None, dtype: str, path: str) -> Layer:
+def model_meta(model: Layer, kind: str = MODEL_FORMAT) -> dict[str, Any]:
+    return {"format": kind, "version": VERSION, "model": model.spec(),
+            "gate_order": GATE_ORDER, "dtype": str(model.dtype), "backend": model.backend}
+
+
+def param_arrays(model: Layer) -> dict[str, np.ndarray]:
+    """``param/<name>`` -> host copy of every parameter."""
+    return {f"param/{k}": move(v, np) for k, v in model.parameters().items()}
+
+
+def save(model: Layer, path: str | os.PathLike) -> None:
+    """Write ``model`` (a layer or Sequential) to ``path`` (.npz), atomically."""
+    check_model(model)
+    write_atomic(path, param_arrays(model), model_meta(model))
+
+
+def read(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[dict, dict[str, Any]]:
+    """(metadata, arrays) of an rnnkern file whose format is one of ``formats``.
+
+    Raises ValueError for a file that is truncated, corrupt, not an .npz, not an
+    rnnkern file of those formats, or of a newer version; FileNotFoundError as is.
+    """
+    path = _fspath(path)
+    what = " or ".join(f.removeprefix("rnnkern-") for f in formats)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an rnnkern {what} file (a single .npy array, "
+                         "not an .npz archive)")
+    try:
+        contents = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    finally:
+        z.close()
+    raw = contents.pop(META_KEY, None)
+    if raw is None:
+        raise ValueError(f"{path}: not an rnnkern {what} file (no {META_KEY!r} metadata; "
+                         f"arrays found: {sorted(contents)[:5]})")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt rnnkern metadata ({e})") from e
+    kind = meta.get("format") if isinstance(meta, dict) else None
+    if kind not in formats:
+        raise ValueError(f"{path}: not an rnnkern {what} file (format {kind!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: corrupt rnnkern metadata (version {version!r})")
+    if version > VERSION:
+        raise ValueError(f"{path}: written by a newer rnnkern (file format version {version}); "
+                         f"this rnnkern reads versions up to {VERSION}: upgrade rnnkern")
+    if meta.get("gate_order") != GATE_ORDER:
+        raise ValueError(f"{path}: gate order {meta.get('gate_order')!r} differs from "
+                         f"rnnkern's {GATE_ORDER}")
+    return meta, contents
+
+
+def _build(spec: Any, backend: str | None, dtype: Any, path: str) -> Layer:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"{path}: metadata 'model' is not a layer spec: {spec!r}")
     args = {k: v for k, v in spec.items() if k != "type"}
@@ -68,44 +151,26 @@ def _build(spec: Any, backend: str | None, dtype: str, path: str) -> Layer:
             inner = [_build(s, backend, dtype, path) for s in args.pop("layers")]
             return L.Sequential(*inner)
         return LAYER_TYPES[kind](**args, backend=backend, dtype=dtype)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
+        if str(e).startswith("backend:"):
+            raise
         raise ValueError(f"{path}: unknown layer spec {spec!r} ({e})") from e
 
 
 def load(path: str | os.PathLike, backend: str | None = None) -> Layer:
     """Rebuild the model saved at ``path`` on ``backend`` (None: the default backend).
 
-    A file that is not an rnnkern model (corrupt, truncated, foreign, a newer
-    format version, parameters that do not match the specs) raises ValueError.
+    ``path`` is a model file of ``save`` or a checkpoint of ``fit`` (its model).
+    A file that is not one of those (corrupt, truncated, foreign, a newer format
+    version, parameters that do not match the specs) raises ValueError.
     """
+    meta, contents = read(path, (MODEL_FORMAT, CHECKPOINT_FORMAT))
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            contents = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
-    if META_KEY not in contents:
-        raise ValueError(f"{path}: not an rnnkern model file (no {META_KEY!r} metadata; "
-                         f"arrays found: {sorted(contents)[:5]})")
-    try:
-        meta = json.loads(str(contents.pop(META_KEY)))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt rnnkern metadata ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an rnnkern model file (format "
-                         f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{path}: rnnkern model format version {meta.get('version')!r}; "
-                         f"this rnnkern reads version {VERSION}")
-    if meta.get("gate_order") != GATE_ORDER:
-        raise ValueError(f"{path}: gate order {meta.get('gate_order')!r} differs from "
-                         f"rnnkern's {GATE_ORDER}")
     model = _build(meta.get("model"), backend, meta.get("dtype"), path)
-    params = {k.removeprefix("param/"): v for k, v in contents.items()}
+    params = {k.removeprefix("param/"): v for k, v in contents.items()
+              if k.startswith("param/")}
     try:
         model.load_parameters(params)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: parameters do not match the saved model ({e})") from e
     return model

@@ -4,34 +4,61 @@
     history = fit(model, Adam(model.parameters(), lr=3e-3), x, target, epochs=50,
                   batch_size=32, validation=(x_val, t_val))
 
-``fit`` is split into ``train_batch`` (one optimiser step) and ``train_epoch``
-(one pass over shuffled mini-batches along B) so that longer-run features
-(truncated BPTT, checkpoints, non-finite handling) slot in at their level.
-Arguments are validated once at entry; the inner loops trust them.
+``fit`` is split into ``train_batch`` (the optimiser steps of one batch: one, or
+one per chunk with ``tbptt``) and the epoch loop, which owns shuffling,
+non-finite handling and checkpoints. Arguments are validated once at entry; the
+inner loops trust them.
+
+Long runs (DESIGN.md, "Training"):
+
+- ``tbptt=k``: every batch runs in chunks of k steps, the state carried forward
+  (detached) from one chunk to the next, one optimiser step per chunk, gradients
+  cut at chunk borders. Works with masks and ``lengths`` (a chunk whose mask
+  selects nothing only carries the state forward); ``feedback=n`` is supported
+  when every fed-back step lies in the last chunk (without ``lengths``).
+- ``checkpoint=path, checkpoint_every=N``: after every N batches (and at the end)
+  the parameters, the optimiser's buffers and step count, the shuffling
+  generator's state, the position (epoch, batch, the epoch's order and running
+  loss) and the history are written atomically; ``resume=True`` continues from
+  the file, bit-identically to a run that was never interrupted.
+- ``on_nonfinite``: the loss and the gradient norm are checked at every step.
+  "raise" stops with ``FloatingPointError`` (``optim.NonFiniteError``) naming the
+  epoch and batch; "skip" drops the batch and counts it in ``history["skipped"]``.
+  Either way the parameters and optimiser state stay at their last finite values.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import losses
-from ._validate import array_module
-from .generate import backprop, check_inputs, run
+from . import losses, serialize
+from ._validate import array_module, check_choice, check_finite, check_int
+from .generate import Call, backprop, check_inputs, check_model, run, stream
 from .layers import Layer, move
-from .optim import Optimizer
+from .optim import NonFiniteError, Optimizer, global_norm
+
+ON_NONFINITE = ("raise", "skip")
 
 
-def _value_and_grad(model: Layer, x: Any, target: Any, loss_fn: losses.LossFn, mask: Any,
-                    lengths: Any, state: Any, feedback: int) -> tuple[float, dict]:
-    y, _, tape = run(model, x, state, lengths, feedback, record=True)
-    m = losses.resolve_mask(mask, lengths, x.shape[0], x.shape[1], model.dtype,
-                            array_module(x=x))
-    value, dy = loss_fn(y, target, m)
+def _value_and_grad(model: Layer, x: Any, target: Any, loss_fn: losses.LossFn, m: Any,
+                    lengths: Any, state: Any, feedback: int) -> tuple[float, dict, Any]:
+    """Loss, gradients and final state for validated arguments; ``m``: resolved (T, B)
+    weights. The gradient of the initial state is dropped (cut there)."""
+    y, state, tape = run(model, x, state, lengths, feedback, record=True)
+    value, dy = losses.apply(loss_fn, y, target, m)
     grads, _ = backprop(model, dy, tape)
-    return value, grads
+    return value, grads, state
+
+
+def _resolved(model: Layer, c: Call, mask: Any) -> Any:
+    T, B = c.x.shape[:2]
+    return losses.resolve_mask(mask, c.lengths, T, B, model.dtype, array_module(x=c.x))
 
 
 def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
@@ -44,19 +71,29 @@ def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: A
     feedback: the last ``feedback`` inputs of each row are the model's own previous
     outputs, and the gradient flows back through that loop.
     """
-    lengths = check_inputs(model, x, target, lengths, feedback)
-    return _value_and_grad(model, x, target, losses.get(loss), mask, lengths, state, feedback)
+    c = check_inputs(model, x, target, lengths, feedback, state)
+    loss_fn = losses.get(loss)
+    value, grads, _ = _value_and_grad(model, c.x, c.target, loss_fn, _resolved(model, c, mask),
+                                      c.lengths, c.state, feedback)
+    return value, grads
 
 
 def evaluate(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
              lengths: Any = None, state: Any = None, feedback: int = 0) -> float:
     """The loss without gradients; ``feedback=n``: the model drives itself for the last
-    ``n`` steps of each row (the validation phase of free-running training)."""
-    lengths = check_inputs(model, x, target, lengths, feedback)
-    y, _, _ = run(model, x, state, lengths, feedback, record=False)
-    m = losses.resolve_mask(mask, lengths, x.shape[0], x.shape[1], model.dtype,
-                            array_module(x=x))
-    return losses.get(loss)(y, target, m)[0]
+    ``n`` steps of each row (the validation phase of free-running training).
+
+    Streams: the forward runs in pieces (``generate.STREAM_CHUNK`` steps) and keeps
+    no caches, so memory is the outputs (T, B, O) plus one piece's work. NaN or inf
+    in ``x`` or ``target`` is refused up front.
+    """
+    c = check_inputs(model, x, target, lengths, feedback, state)
+    check_finite("x", c.x)
+    check_finite("target", c.target)
+    loss_fn = losses.get(loss)
+    m = _resolved(model, c, mask)
+    y, _, _ = run(model, c.x, c.state, c.lengths, feedback, record=False)
+    return losses.apply(loss_fn, y, c.target, m)[0]
 
 
 @dataclass
@@ -76,53 +113,205 @@ class Batch:
                      None if self.lengths is None else self.lengths[idx])
 
 
-def train_batch(model: Layer, opt: Optimizer, batch: Batch, loss_fn: losses.LossFn,
-                feedback: int) -> float:
-    """One optimiser step on one batch; returns the batch's loss before the step."""
-    value, grads = _value_and_grad(model, batch.x, batch.target, loss_fn, batch.mask,
-                                   batch.lengths, None, feedback)
+def _step(opt: Optimizer, value: float, grads: dict[str, Any]) -> None:
+    """``opt.step`` after checking the loss and the gradient norm are finite."""
+    if not math.isfinite(value):
+        raise NonFiniteError(f"the loss is {value}")
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        raise NonFiniteError(f"the gradient norm is {norm}")
     opt.step(grads)
-    return value
 
 
-def train_epoch(model: Layer, opt: Optimizer, data: Batch, batch_size: int, order: np.ndarray,
-                loss_fn: losses.LossFn, feedback: int) -> float:
-    """One pass over ``data`` in mini-batches taken in ``order``; returns the mean
-    batch loss weighted by rows."""
-    total = 0.0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        total += train_batch(model, opt, data.take(idx), loss_fn, feedback) * len(idx)
-    return total / len(order)
+def train_batch(model: Layer, opt: Optimizer, batch: Batch, loss_fn: losses.LossFn,
+                feedback: int, tbptt: int | None = None) -> float:
+    """The optimiser steps of one batch; returns the batch's loss before them.
 
-
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return int(v)
+    tbptt=k: chunks of k steps, one step each, the state carried (detached); the
+    loss returned is the chunks' losses weighted by the weight each chunk's mask
+    holds (the batch's loss when every chunk saw the same parameters).
+    Raises NonFiniteError (nothing updated by that step) on a NaN/inf.
+    """
+    T = batch.x.shape[0]
+    if tbptt is None or tbptt >= T:
+        value, grads, _ = _value_and_grad(model, batch.x, batch.target, loss_fn, batch.mask,
+                                          batch.lengths, None, feedback)
+        _step(opt, value, grads)
+        return value
+    xp = array_module(x=batch.x)
+    state, total, weight = None, 0.0, 0.0
+    for s in range(0, T, tbptt):
+        e = min(s + tbptt, T)
+        # rows that ended before this chunk run one padding step; their mask is zero
+        lengths = None if batch.lengths is None else xp.clip(batch.lengths - s, 1, e - s)
+        m = batch.mask[s:e]
+        n = float(m.sum())
+        if n == 0:  # nothing to learn here: carry the state forward only
+            _, state = stream(model, batch.x[s:e], state, lengths)
+            continue
+        value, grads, state = _value_and_grad(model, batch.x[s:e], batch.target[s:e], loss_fn,
+                                              m, lengths, state, feedback if e == T else 0)
+        _step(opt, value, grads)
+        total += value * n
+        weight += n
+    return total / weight
 
 
 def _validation_set(validation: Any, model: Layer, mask: Any, feedback: int) -> Batch:
     """(x, target[, mask[, lengths]]) checked; a (T, 1) training mask serves it too."""
-    if not isinstance(validation, (tuple, list)) or not 2 <= len(validation) <= 4:
+    if not isinstance(validation, (tuple, list)):
+        raise TypeError("validation: expected (x, target), (x, target, mask) or "
+                        f"(x, target, mask, lengths), got {type(validation).__name__}")
+    if not 2 <= len(validation) <= 4:
         raise ValueError("validation: expected (x, target), (x, target, mask) or "
-                         f"(x, target, mask, lengths), got {type(validation).__name__}")
+                         f"(x, target, mask, lengths), got {len(validation)} entries")
     x, target, *rest = validation
     v_mask = rest[0] if rest else mask
-    try:
-        v_lengths = check_inputs(model, x, target, rest[1] if len(rest) > 1 else None, feedback)
-    except ValueError as e:
-        raise ValueError(f"validation: {e}") from e
-    if not rest and mask is not None and mask.shape[1] != 1:
+    if not rest and mask is not None and np.shape(mask)[1:] != (1,):
         raise ValueError("validation: the training mask is per row (T, B); pass the "
                          "validation mask as validation=(x, target, mask)")
-    return Batch(x, target, v_mask, v_lengths)
+    try:
+        c = check_inputs(model, x, target, rest[1] if len(rest) > 1 else None, feedback)
+        check_finite("x", c.x)
+        check_finite("target", c.target)
+        m = _resolved(model, c, v_mask)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"validation: {e}") from e
+    return Batch(c.x, c.target, m, c.lengths)
+
+
+# ----------------------------------------------------------------------------
+# the position of a run, and checkpoints
+
+
+#: the counters of a Position that a checkpoint stores (besides order and history)
+COUNTERS = ("epoch", "batch", "total", "rows", "skipped")
+
+
+@dataclass
+class Position:
+    """Where a run stands: everything besides parameters and optimiser a resume needs.
+
+    epoch: epochs completed   batch: batches of the current epoch done
+    order: the current epoch's row order (None before it is drawn)
+    total, rows: the running sum of batch loss x rows, and the rows it covers
+    skipped: batches skipped this epoch   history: per-epoch results so far
+    """
+
+    history: dict[str, list]
+    epoch: int = 0
+    batch: int = 0
+    order: np.ndarray | None = None
+    total: float = 0.0
+    rows: int = 0
+    skipped: int = 0
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch, self.order, self.total, self.rows, self.skipped = 0, None, 0.0, 0, 0
+
+
+def _crc(*arrays: Any) -> int:
+    """A checksum of the training data: resuming on other data is refused."""
+    crc = 0
+    for a in arrays:
+        if a is not None:
+            crc = zlib.crc32(np.ascontiguousarray(move(a, np)).view(np.uint8).ravel(), crc)
+    return crc
+
+
+def _write_checkpoint(path: str, model: Layer, opt: Optimizer, rng: np.random.Generator,
+                      pos: Position, settings: dict[str, Any]) -> None:
+    arrays = serialize.param_arrays(model)
+    for key, bufs in opt.state_dict().items():
+        if key != "t":
+            arrays.update({f"opt/{key}/{k}": move(v, np) for k, v in bufs.items()})
+    if pos.order is not None:
+        arrays["order"] = pos.order
+    meta = serialize.model_meta(model, serialize.CHECKPOINT_FORMAT)
+    meta["fit"] = {"settings": settings, "optimizer": opt.hyperparameters(), "t": opt.t,
+                   "rng": rng.bit_generator.state, "history": pos.history,
+                   "position": {k: getattr(pos, k) for k in COUNTERS}}
+    serialize.write_atomic(path, arrays, meta)
+
+
+def _resume(path: str, model: Layer, opt: Optimizer, rng: np.random.Generator,
+            settings: dict[str, Any]) -> Position:
+    """Load the checkpoint at ``path`` into model, opt and rng; returns the position."""
+    meta, arrays = serialize.read(path, (serialize.CHECKPOINT_FORMAT,))
+    fit_meta = meta.get("fit")
+    if not isinstance(fit_meta, dict):
+        raise ValueError(f"{path}: corrupt checkpoint (no 'fit' metadata)")
+    for what, saved, now in (("model", meta.get("model"), model.spec()),
+                             ("dtype", meta.get("dtype"), str(model.dtype)),
+                             ("optimiser", fit_meta.get("optimizer"), opt.hyperparameters()),
+                             ("fit settings", fit_meta.get("settings"), settings)):
+        if saved != now:
+            raise ValueError(f"resume: the checkpoint {path} was written with another {what} "
+                             f"({saved!r}, now {now!r}); resume with the same model, "
+                             f"optimiser, data and fit arguments, or start a new checkpoint")
+    try:
+        model.load_parameters({k.removeprefix("param/"): v for k, v in arrays.items()
+                               if k.startswith("param/")})
+        state: dict[str, Any] = {"t": fit_meta["t"]}
+        for key in opt.state_dict():
+            if key != "t":
+                prefix = f"opt/{key}/"
+                state[key] = {k.removeprefix(prefix): v for k, v in arrays.items()
+                              if k.startswith(prefix)}
+        opt.load_state_dict(state)
+        rng.bit_generator.state = fit_meta["rng"]
+        pos = Position(fit_meta["history"], **{k: fit_meta["position"][k] for k in COUNTERS})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from e
+    pos.order = arrays.get("order")
+    return pos
+
+
+# ----------------------------------------------------------------------------
+# fit
+
+
+def _check_bool(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def _check_opt(opt: Any, model: Layer) -> Optimizer:
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"opt: expected an rnnkern optimiser (Adam, SGD), "
+                        f"got {type(opt).__name__}")
+    live = model.parameters()
+    if set(opt.params) != set(live) or any(opt.params[k] is not v for k, v in live.items()):
+        raise ValueError("opt: it updates other arrays than model.parameters() (made for "
+                         "another model, or before model.to(...)); make it with "
+                         "Adam(model.parameters())")
+    return opt
+
+
+def _check_tbptt(tbptt: Any, c: Call, feedback: int) -> int | None:
+    if tbptt is None:
+        return None
+    tbptt = check_int("tbptt", tbptt, 1)
+    T = c.x.shape[0]
+    if feedback and tbptt < T:
+        last = (T - 1) // tbptt * tbptt  # start of the last chunk
+        if c.lengths is not None or T - feedback - 1 < last:
+            raise ValueError(f"tbptt: with feedback={feedback} every fed-back step and the "
+                             f"output fed into the first of them must lie in the last chunk "
+                             f"(steps {last}..{T - 1}) and lengths must be None; got "
+                             f"tbptt={tbptt}, T={T}" + (", lengths" if c.lengths is not None
+                                                        else ""))
+    return tbptt
 
 
 def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_size: int,
         mask: Any = None, lengths: Any = None, feedback: int = 0, validation: Any = None,
         shuffle: bool = True, seed: int = 0, progress: bool = True, loss: Any = "mse",
-        val_feedback: int | None = None) -> dict[str, list[float]]:
+        val_feedback: int | None = None, tbptt: int | None = None,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
+        resume: bool = False, on_nonfinite: str = "raise") -> dict[str, list[float]]:
     """Train ``model`` with ``opt`` for ``epochs`` passes of mini-batches along B.
 
     x: (T, B, I)   target: (T, B, O)   mask: (T, B) or (T, 1) or None   lengths: (B,)
@@ -130,40 +319,100 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     validation: (x, target[, mask[, lengths]]), evaluated after every epoch with
     ``val_feedback`` (default: ``feedback``) steps driven by the model itself.
     shuffle: a new order every epoch from ``np.random.default_rng(seed)`` (the only
-    randomness: same seed, same data, same model -> bit-identical history on CPU).
+    randomness: same seed, same data, same model -> bit-identical history on CPU
+    with the same thread count).
     progress: a tqdm bar over epochs showing the losses.
+    tbptt, checkpoint, checkpoint_every, resume, on_nonfinite: see the module doc.
+    ``epochs`` counts from the start of the run, so a resumed run trains the
+    epochs that are left; a finished checkpoint returns its history at once.
 
-    Returns the history: {"loss": [...], "val_loss": [...] (with validation)}, one
-    entry per epoch.
+    NaN or inf in the data, and a mask row that selects no step, are refused up
+    front. Returns the history: {"loss": [...], "val_loss": [...] (with
+    validation), "skipped": [...] (with on_nonfinite="skip")}, one entry per epoch.
     """
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
-    if not isinstance(opt, Optimizer):
-        raise ValueError(f"opt: expected an rnnkern optimiser (Adam, SGD), "
-                         f"got {type(opt).__name__}")
-    lengths = check_inputs(model, x, target, lengths, feedback)
-    val_feedback = feedback if val_feedback is None else val_feedback
+    check_model(model)
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    opt = _check_opt(opt, model)
+    c = check_inputs(model, x, target, lengths, feedback)
+    check_finite("x", c.x)
+    check_finite("target", c.target)
     loss_fn = losses.get(loss)
-    xp = array_module(x=x)
-    T, B = x.shape[:2]
-    data = Batch(x, target, losses.resolve_mask(mask, lengths, T, B, model.dtype, xp), lengths)
+    val_feedback = feedback if val_feedback is None else check_int("val_feedback",
+                                                                   val_feedback, 0)
+    shuffle, progress = _check_bool("shuffle", shuffle), _check_bool("progress", progress)
+    seed = check_int("seed", seed, 0)
+    tbptt = _check_tbptt(tbptt, c, feedback)
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+    resume = _check_bool("resume", resume)
+    on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+    if checkpoint is not None:
+        checkpoint = serialize._fspath(checkpoint)
+    elif resume:
+        raise ValueError("resume: expected a checkpoint=path to resume from, got checkpoint=None")
+    T, B = c.x.shape[:2]
+    m = _resolved(model, c, mask)
+    empty = np.flatnonzero(move(~m.any(axis=0), np))
+    if empty.size:
+        raise ValueError(f"mask: rows {empty[:10].tolist()} select no step; every row fit "
+                         f"trains on must count in the loss (leave those rows out)")
+    data = Batch(c.x, c.target, m, c.lengths)
     val = None if validation is None else _validation_set(validation, model, mask, val_feedback)
+
     rng = np.random.default_rng(seed)
-    history: dict[str, list[float]] = {"loss": []}
+    history: dict[str, list] = {"loss": []}
     if val is not None:
         history["val_loss"] = []
+    if on_nonfinite == "skip":
+        history["skipped"] = []
+    pos = Position(history)
+    settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed,
+                "feedback": feedback, "val_feedback": val_feedback, "tbptt": tbptt,
+                "on_nonfinite": on_nonfinite, "loss": loss if isinstance(loss, str) else None,
+                "shape": [T, B], "data_crc32": _crc(c.x, c.target, m, c.lengths)} \
+        if checkpoint is not None else {}
+    if resume and os.path.exists(checkpoint):
+        pos = _resume(checkpoint, model, opt, rng, settings)
+    n_batches = -(-B // batch_size)
     from tqdm import tqdm
 
-    with tqdm(range(epochs), disable=not progress, unit="epoch") as bar:
-        for _ in bar:
-            order = rng.permutation(B) if shuffle else np.arange(B)
-            history["loss"].append(train_epoch(model, opt, data, batch_size, order, loss_fn,
-                                               feedback))
+    with tqdm(total=epochs, initial=min(pos.epoch, epochs), disable=not progress,
+              unit="epoch") as bar:
+        while pos.epoch < epochs:
+            if pos.order is None:
+                pos.order = rng.permutation(B) if shuffle else np.arange(B)
+            while pos.batch < n_batches:
+                idx = pos.order[pos.batch * batch_size : (pos.batch + 1) * batch_size]
+                try:
+                    value = train_batch(model, opt, data.take(idx), loss_fn, feedback, tbptt)
+                except NonFiniteError as e:
+                    if on_nonfinite == "raise":
+                        raise NonFiniteError(
+                            f"fit: epoch {pos.epoch + 1}, batch {pos.batch + 1} of {n_batches}: "
+                            f"{e}; training stopped, the parameters and optimiser state are "
+                            f"their last finite values (on_nonfinite='skip' skips such "
+                            f"batches)") from e
+                    pos.skipped += 1
+                else:
+                    pos.total += value * len(idx)
+                    pos.rows += len(idx)
+                pos.batch += 1
+                if checkpoint is not None and (pos.epoch * n_batches + pos.batch) \
+                        % checkpoint_every == 0:
+                    _write_checkpoint(checkpoint, model, opt, rng, pos, settings)
+            history = pos.history
+            history["loss"].append(pos.total / pos.rows if pos.rows else math.nan)
             shown = {"loss": f"{history['loss'][-1]:.4g}"}
+            if "skipped" in history:
+                history["skipped"].append(pos.skipped)
             if val is not None:
                 history["val_loss"].append(evaluate(model, val.x, val.target, loss_fn,
                                                     val.mask, val.lengths,
                                                     feedback=val_feedback))
                 shown["val_loss"] = f"{history['val_loss'][-1]:.4g}"
+            pos.end_epoch()
+            bar.update(1)
             bar.set_postfix(shown)
-    return history
+    if checkpoint is not None:
+        _write_checkpoint(checkpoint, model, opt, rng, pos, settings)
+    return pos.history

@@ -102,7 +102,7 @@ def test_bad_construction_and_input():
     m = rk.Sequential(rk.Dense(2, 3), rk.LSTM(3, 2), backend="numpy")
     with pytest.raises(ValueError, match="x"):
         m(np.zeros((4, 2, 3), np.float32))
-    with pytest.raises(ValueError, match="state"):
+    with pytest.raises(TypeError, match="state"):  # an array where a tuple belongs
         m(np.zeros((4, 2, 2), np.float32), state=np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match="lengths"):
         m(np.zeros((4, 2, 2), np.float32), lengths=np.array([5, 1]))

@@ -209,5 +209,5 @@ def test_fit_argument_checks():
     with pytest.raises(ValueError, match="validation: x"):
         rk.fit(model, opt, x, target, epochs=1, batch_size=4,
                validation=(x[:, :3], target[:, :3]), progress=False)
-    with pytest.raises(ValueError, match="opt"):
+    with pytest.raises(TypeError, match="opt"):  # a wrong type is a TypeError
         rk.fit(model, "adam", x, target, epochs=1, batch_size=4, progress=False)
