@@ -225,7 +225,8 @@ def check_choice(name: str, v: Any, choices: tuple) -> Any:
 
 
 def from_list(name: str, a: list | tuple, dtype: Any) -> np.ndarray:
-    """A nested list of real numbers as a NumPy array of ``dtype`` (converted once)."""
+    """A nested list of real numbers as a NumPy array of ``dtype`` (None: NumPy's
+    choice), converted once."""
     try:
         arr = np.asarray(a)
     except ValueError as e:  # ragged nesting
@@ -233,7 +234,7 @@ def from_list(name: str, a: list | tuple, dtype: Any) -> np.ndarray:
                          f"got a ragged list ({e})") from e
     if arr.dtype.kind not in "iuf":
         raise ValueError(f"{name}: expected a list of real numbers, got a list of {arr.dtype}")
-    return arr.astype(dtype)
+    return arr if dtype is None else arr.astype(dtype)
 
 
 def as_array(name: str, a: Any, dims: tuple[tuple[str, int | None], ...], dtype: Any,

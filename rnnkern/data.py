@@ -18,20 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import array_module, check_lengths
+from ._validate import array_module, check_lengths, from_list
+from .layers import check_dtype
 
 
 def _rank3(name: str, a: Any, spec: str) -> Any:
-    if not hasattr(a, "ndim"):
-        raise ValueError(f"{name}: expected an array of shape {spec}, got {type(a).__name__}")
+    """``a`` as a 3-d array of real numbers (a nested list is converted once)."""
+    if isinstance(a, (list, tuple)):
+        a = from_list(name, a, None)
+    if not (hasattr(a, "ndim") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected an array of shape {spec}, got {type(a).__name__}")
     if a.ndim != 3:
         raise ValueError(f"{name}: expected a 3-d array of shape {spec}, "
                          f"got shape {tuple(a.shape)}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
     return a
 
 
 def _contiguous(a: Any, dtype: Any) -> Any:
-    return array_module(a=a).ascontiguousarray(a, dtype=dtype)
+    return array_module(a=a).ascontiguousarray(a, dtype=None if dtype is None
+                                               else check_dtype(dtype))
 
 
 def from_batch_first(x: Any, dtype: Any = None) -> Any:
@@ -61,10 +68,24 @@ def from_sequences(seqs: Sequence[Any], dtype: Any = "float32", pad: float = 0.0
     x: (T, B, F) with T = max T_b, rows padded with ``pad`` after their end;
     lengths: (B,) int64 true lengths (pass both to the model, the loss and fit).
     """
-    if isinstance(seqs, np.ndarray) or not isinstance(seqs, Sequence) or not seqs:
+    if isinstance(seqs, (np.ndarray, str)) or not isinstance(seqs, Sequence):
+        raise TypeError("seqs: expected a non-empty list of sequences (T_b, F) or (T_b,), "
+                        f"got {type(seqs).__name__}")
+    if not seqs:
         raise ValueError("seqs: expected a non-empty list of sequences (T_b, F) or (T_b,), "
-                         f"got {type(seqs).__name__}")
-    arrays = [np.asarray(s) for s in seqs]
+                         "got an empty list")
+    dtype = check_dtype(dtype)
+    if isinstance(pad, bool) or not isinstance(pad, (int, float, np.integer, np.floating)):
+        raise TypeError(f"pad: expected a number, got {type(pad).__name__}")
+    arrays = []
+    for b, seq in enumerate(seqs):
+        a = from_list(f"seqs[{b}]", seq, None) if isinstance(seq, (list, tuple)) else seq
+        if not (hasattr(a, "ndim") and hasattr(a, "dtype")):
+            raise TypeError(f"seqs[{b}]: expected an array (T_b, F) or (T_b,), "
+                            f"got {type(seq).__name__}")
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"seqs[{b}]: expected real numbers, got dtype {a.dtype}")
+        arrays.append(np.asarray(a))
     arrays = [a[:, None] if a.ndim == 1 else a for a in arrays]
     F = arrays[0].shape[1] if arrays[0].ndim == 2 else None
     for b, a in enumerate(arrays):
@@ -72,7 +93,7 @@ def from_sequences(seqs: Sequence[Any], dtype: Any = "float32", pad: float = 0.0
             raise ValueError(f"seqs[{b}]: expected shape (T_b >= 1, F={F}) or (T_b,), "
                              f"got shape {np.shape(seqs[b])}")
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
-    x = np.full((int(lengths.max()), len(arrays), F), pad, dtype=dtype)
+    x = np.full((int(lengths.max()), len(arrays), F), pad, dtype=dtype)  # type: ignore[arg-type]
     for b, a in enumerate(arrays):
         x[: len(a), b] = a
     return x, lengths

@@ -11,14 +11,20 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_lengths
+from ._validate import check_int, check_lengths, from_list
 
 
 def _steps(T: int, lengths: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T: expected a positive integer, got {T!r}")
+    T = check_int("T", T, 1)
     if lengths is not None:
-        lengths = check_lengths(lengths, T, len(lengths), np)
+        if isinstance(lengths, (list, tuple)):
+            lengths = from_list("lengths", lengths, None)
+        if not hasattr(lengths, "shape"):
+            raise TypeError(f"lengths: expected an integer array of shape (B,), "
+                            f"got {type(lengths).__name__}")
+        if len(lengths.shape) != 1:
+            raise ValueError(f"lengths: expected shape (B,), got shape {tuple(lengths.shape)}")
+        lengths = check_lengths(lengths, T, lengths.shape[0], np)
     return np.arange(T)[:, None], lengths
 
 
@@ -50,8 +56,7 @@ def from_step(k: int, T: int, lengths: Any = None) -> np.ndarray:
     Returns (T, 1) bool, or (T, B) with lengths.
     """
     t, lengths = _steps(T, lengths)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < T:
-        raise ValueError(f"k: expected an integer in [0, T-1={T - 1}], got {k!r}")
+    k = check_int("k", k, 0, T - 1)
     if lengths is None:
         return t >= k
     return (t >= k) & (t < lengths[None, :])

@@ -113,6 +113,11 @@ def read(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[dict, dict[
         raise ValueError(f"{path}: not an rnnkern {what} file (a single .npy array, "
                          "not an .npz archive)")
     try:
+        # numpy reads exactly each array's bytes and so never reaches the zip's CRC
+        # check: test every member first, so that a flipped bit is caught
+        damaged = z.zip.testzip()
+        if damaged is not None:
+            raise zipfile.BadZipFile(f"CRC mismatch in {damaged}")
         contents = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e

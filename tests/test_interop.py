@@ -102,7 +102,7 @@ def test_unsupported_modules():
         from_torch(torch.nn.LSTM(2, 3, num_layers=2))
     with pytest.raises(ValueError, match="batch_first"):
         from_torch(torch.nn.GRU(2, 3, batch_first=True))
-    with pytest.raises(ValueError, match="module"):
+    with pytest.raises(TypeError, match="module"):  # not a supported module type
         from_torch(torch.nn.Conv1d(2, 3, 1))
     with pytest.raises(ValueError, match="identity"):
         to_torch(rk.RNN(1, 2, "identity", backend="numpy"))

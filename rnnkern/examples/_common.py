@@ -17,13 +17,34 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _backend(name: str) -> str:
+    try:
+        backends.get(name)
+    except ValueError as e:  # bad option values get the usage message and exit code 2
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return name
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _out(path: str) -> str:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a directory, got the file {path!r}")
+    return path
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a few epochs only (CI, tests): checks that the loss falls")
-    p.add_argument("--out", default=".", metavar="DIR", help="where to save the PNG plot")
-    p.add_argument("--backend", default=None,
+    p.add_argument("--out", type=_out, default=".", metavar="DIR",
+                   help="where to save the PNG plot")
+    p.add_argument("--backend", type=_backend, default=None,
                    help=f"kernel backend (default: {backends.default()}, the fastest here)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, model and shuffling")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of data, model and shuffling")
     p.add_argument("--progress", action="store_true", help="show tqdm progress bars")
 
 

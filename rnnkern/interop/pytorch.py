@@ -36,7 +36,7 @@ def from_torch(module: Any, backend: str | None = None) -> Layer:
                                "b": b.astype(layer.dtype)})
         return layer
     if not isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
-        raise ValueError(f"module: expected torch.nn.RNN, LSTM, GRU or Linear, "
+        raise TypeError(f"module: expected torch.nn.RNN, LSTM, GRU or Linear, "
                          f"got {type(module).__name__}")
     if module.num_layers != 1 or module.bidirectional or module.batch_first:
         raise ValueError(f"module: only one layer, unidirectional, batch_first=False is "
@@ -81,6 +81,9 @@ def to_torch(layer: Layer) -> Any:
     """
     torch = _torch()
     nn = torch.nn
+    if not isinstance(layer, (RNN, LSTM, GRU, Dense)):
+        raise TypeError(f"layer: expected an RNN, LSTM, GRU or Dense layer, "
+                        f"got {type(layer).__name__}")
     p = {k: np.asarray(v.get() if hasattr(v, "get") else v) for k, v in
          layer.parameters().items()}
     dtype = getattr(torch, str(layer.dtype))
@@ -103,12 +106,9 @@ def to_torch(layer: Layer) -> Any:
                              "counterpart (nonlinearity is 'tanh' or 'relu')")
         mod = nn.RNN(layer.in_features, layer.hidden, nonlinearity=layer.activation,
                      dtype=dtype)
-    elif isinstance(layer, (LSTM, GRU)):
+    else:
         mod = (nn.LSTM if isinstance(layer, LSTM) else nn.GRU)(layer.in_features,
                                                               layer.hidden, dtype=dtype)
-    else:
-        raise ValueError(f"layer: expected an RNN, LSTM, GRU or Dense layer, "
-                         f"got {type(layer).__name__}")
     H = layer.hidden
     b_hh = np.zeros_like(p["b"])
     if isinstance(layer, GRU):
