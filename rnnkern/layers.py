@@ -27,6 +27,7 @@ import numpy as np
 from . import backends
 from ._validate import (
     GATES,
+    _is_cupy,
     array_module,
     as_array,
     check_activation,
@@ -133,12 +134,21 @@ class Layer:
         return self
 
     # -- computing ------------------------------------------------------------
+    def check_device(self, name: str, a: Any) -> None:
+        """Refuse data on another device than the parameters (never copied silently)."""
+        if _is_cupy(a) != (backend_xp(self._be) is not np):
+            where = "a cupy (GPU)" if _is_cupy(a) else "a numpy (CPU)"
+            raise ValueError(f"{name}: is {where} array but the model is on backend "
+                             f"{self.backend!r}; put the data on the model's device or move "
+                             f"the model with .to(...) (rnnkern never copies silently)")
+
     def check_call(self, x: Any, state: State = None, lengths: Any = None,
                    name: str = "state") -> tuple[Any, State, Any]:
         """Validate one call's ``x: (T, B, in_features)`` (lists accepted), ``state``
         (named ``name`` in messages) and ``lengths``; returns them checked."""
         x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
                      self.dtype, self.contiguous_input)
+        self.check_device("x", x)
         T, B = x.shape[:2]
         xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
         lengths = check_lengths(lengths, T, B, xp)
