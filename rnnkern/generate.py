@@ -73,7 +73,7 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
     check_model(model)
     x = as_array(x_name, x, (("T", None), ("B", None), ("in_features", model.in_features)),
                  model.dtype, model.contiguous_input)
-    model.check_device(x_name, x)
+    model.check_data(x_name, x)
     T, B = x.shape[:2]
     if target is not None:
         target = as_array("target", target,

@@ -134,13 +134,20 @@ class Layer:
         return self
 
     # -- computing ------------------------------------------------------------
-    def check_device(self, name: str, a: Any) -> None:
-        """Refuse data on another device than the parameters (never copied silently)."""
+    def check_data(self, name: str, a: Any) -> None:
+        """Refuse data on another device than the parameters (never copied silently),
+        and read-only data where the backend cannot take it."""
         if _is_cupy(a) != (backend_xp(self._be) is not np):
             where = "a cupy (GPU)" if _is_cupy(a) else "a numpy (CPU)"
             raise ValueError(f"{name}: is {where} array but the model is on backend "
                              f"{self.backend!r}; put the data on the model's device or move "
                              f"the model with .to(...) (rnnkern never copies silently)")
+        # numba's np.dot crashes the interpreter on a read-only x in the LSTM and GRU
+        # kernels: refuse it here until the kernels take read-only input
+        if self.backend == "numba" and not a.flags.writeable:
+            raise ValueError(f"{name}: expected a writable array on backend 'numba', got a "
+                             f"read-only one; pass a copy (np.array(...)) or use "
+                             f"backend='numpy'")
 
     def check_call(self, x: Any, state: State = None, lengths: Any = None,
                    name: str = "state") -> tuple[Any, State, Any]:
@@ -148,7 +155,7 @@ class Layer:
         (named ``name`` in messages) and ``lengths``; returns them checked."""
         x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
                      self.dtype, self.contiguous_input)
-        self.check_device("x", x)
+        self.check_data("x", x)
         T, B = x.shape[:2]
         xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
         lengths = check_lengths(lengths, T, B, xp)
