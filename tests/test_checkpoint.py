@@ -97,6 +97,20 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("backend", [b for b in rk.backends.available() if b != "cupy"])
+def test_same_seed_in_two_processes_is_bit_identical(tmp_path, backend):
+    """Same seed, same thread count, two separate processes: bit-identical history and
+    parameters (docs/MEMORY.md says why other thread counts may differ in the last bits)."""
+    script = tmp_path / "train.py"
+    script.write_text(CHILD)
+    outs = [tmp_path / f"out{i}.npz" for i in range(2)]
+    for i, out in enumerate(outs):
+        _finish(_start(script, tmp_path / f"ckpt{i}.npz", out, backend, 2))
+    with np.load(outs[0]) as a, np.load(outs[1]) as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def _task(backend="numpy", seed=0):
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (6, 20, 1))
