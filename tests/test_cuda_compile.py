@@ -3,7 +3,9 @@
 Each test compiles exactly the source the loader hands to NVRTC (``loader.assemble``:
 the ``.cu`` file with its headers inlined) plus a host function that takes the address of
 every template instantiation the loader asks for, so that each one is compiled. Runs
-wherever ``nvcc`` is on the PATH; needs neither CuPy nor a GPU.
+wherever ``nvcc`` is on the PATH; needs neither CuPy nor a GPU. The same sources also go
+through NVRTC (what CuPy's RawModule uses at run time) with the loader's options, wherever
+CuPy's NVRTC binding loads: NVRTC compiles without a GPU too.
 """
 
 import re
@@ -44,3 +46,34 @@ def test_nvcc_compiles(filename, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kernels = set(re.findall(rb"\.text\.(_Z\w+)", out.read_bytes()))
     assert len(kernels) == len(names), sorted(kernels)
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception:  # no CuPy, or no NVRTC library next to it
+        return None
+    return nvrtc
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="CuPy's NVRTC binding does not load here")
+@pytest.mark.parametrize("filename", sorted(loader.MODULES))
+def test_nvrtc_compiles_without_warnings(filename):
+    names = loader.name_expressions(filename)
+    prog = NVRTC.createProgram(loader.assemble(filename), filename, (), ())
+    for n in names:
+        NVRTC.addNameExpression(prog, n)
+    # CuPy adds -ftz=true and the device's arch to the loader's options
+    options = (*loader.OPTIONS, "-ftz=true", "-arch=sm_90")
+    try:
+        NVRTC.compileProgram(prog, options)
+    except Exception as e:
+        raise AssertionError(NVRTC.getProgramLog(prog)) from e
+    assert NVRTC.getProgramLog(prog).strip("\x00 \n") == ""  # no warnings either
+    lowered = {NVRTC.getLoweredName(prog, n) for n in names}
+    assert len(lowered) == len(names) and all(m.startswith("_Z") for m in lowered)

@@ -33,7 +33,7 @@ CELLS = ("rnn", "lstm", "gru")
 
 
 def test_variants_are_described():
-    assert set(VARIANTS) == {"v1", "v2"}
+    assert set(VARIANTS) == {"v1", "v1g", "v2"}
     assert all(isinstance(v, str) and v for v in VARIANTS.values())
 
 
@@ -64,6 +64,7 @@ def test_choose_variant_by_shape():
     assert choose_variant("lstm", 8, 1024, 8, H100, "forward")[0] == "v1"  # does not fit
     assert choose_variant("gru", 1, 64, 4, None, "backward")[0] == "v1"
     assert choose_variant("rnn", 8, 64, 4, H100, "forward", "v1") == ("v1", None)
+    assert choose_variant("gru", 8, 64, 4, H100, "backward", "v1g") == ("v1g", None)
     assert choose_variant("rnn", 256, 64, 4, H100, "forward", "v2")[0] == "v2"
 
 
@@ -272,3 +273,42 @@ def test_gradcheck_command_passes_in_float64():
     from rnnkern.cli import main
 
     assert main(["gradcheck", "--backend", "cupy"]) == 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_graph_replays_with_new_contents(cell):
+    """v1g: a second call on the same buffers replays the captured graph, which must read
+    the buffers' new contents (new inputs, new R) rather than what it saw at capture."""
+    import cupy
+
+    from rnnkern.backends.cupy_cuda import engine
+    from rnnkern.gradcheck import forward
+
+    be, ref_be = backends.get("cupy"), backends.get("numpy")
+    p = make_problem(cell, T=5, B=3, I=2, H=7, lengths=True, seed=21)
+    _, _, cache = forward(be, replace(p, options={"variant": "v1"}))
+    d, act = cache["dims"], 0
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    bufs = {k: cache.get(k) for k in ("h", "c", "a", "gates", "tanh_c", "hn")}
+    gates = bufs["a"] if cell == "rnn" else bufs["gates"]
+    aux = bufs["tanh_c"] if cell == "lstm" else bufs["hn"]
+    gx, gh, y = (cupy.empty((d.T, d.B, G * d.H)), cupy.empty((d.B, G * d.H)),
+                 cupy.empty((d.T, d.B, d.H)))
+    R, b_hn = cache["R"].copy(), None if cell != "gru" else cupy.asarray(p.params["b_hn"])
+    before = len(engine._GRAPHS)
+    for seed in (1, 2):
+        q = make_problem(cell, T=5, B=3, I=2, H=7, lengths=True, seed=20 + seed)
+        R[...] = cupy.asarray(q.params["R"])
+        if b_hn is not None:
+            b_hn[...] = cupy.asarray(q.params["b_hn"])
+        x, W, b = (cupy.asarray(a) for a in (q.inputs["x"], q.params["W"], q.params["b"]))
+        gx[...] = x @ W + b
+        bufs["h"][0] = cupy.asarray(q.inputs["h0"])
+        if cell == "lstm":
+            bufs["c"][0] = cupy.asarray(q.inputs["c0"])
+        engine.run_v1(engine.v1_forward_steps, True, cell, d, act, R, gx, gh, b_hn, bufs["h"],
+                      bufs["c"], gates, aux, y, cache["lengths"])
+        want = forward(ref_be, replace(q, lengths=p.lengths, options={}))[0]
+        assert float(abs(cupy.asnumpy(y) - want).max()) <= 1e-12
+    assert len(engine._GRAPHS) == min(before + 1, engine.GRAPH_CACHE_SIZE)  # one capture

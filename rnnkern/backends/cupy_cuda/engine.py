@@ -5,16 +5,19 @@
 - v1: the input projection ``x @ W + b`` for all steps as one GEMM before the loop; per
   step ``h[t] @ R`` into a preallocated buffer (cuBLAS) and one fused pointwise kernel;
   backward per step one pointwise kernel and ``dh += dgh[t] @ R.T`` (cuBLAS, beta=1).
+- v1g: v1's step loop captured in a CUDA graph (``_graphed``) and replayed.
 - v2: the same loop inside one persistent launch (persistent.cu).
 
-Both variants read and write the same arrays, so a cache made by either one serves the
-backward of either one. Weight gradients are GEMMs over the gate gradients of all steps.
+All variants read and write the same arrays, so a cache made by any one serves the
+backward of any other. Weight gradients are GEMMs over the gate gradients of all steps.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,13 +57,120 @@ def pick(cell: str, d: Dims, direction: str, variant: str | None) -> tuple[str, 
 
 
 def _launch_v2(name: str, cell: str, d: Dims, plan: PersistentPlan, args: tuple) -> None:
+    from cupy.cuda import driver
+
     k = loader.kernel(name, d.dtype, cell)
-    if plan.smem_bytes > k.max_dynamic_shared_size_bytes:
+    if plan.smem_bytes > k.max_dynamic_shared_size_bytes:  # opt in beyond 48 KB
         k.max_dynamic_shared_size_bytes = plan.smem_bytes
+    # The grid barrier spins, so every block must be resident: the launch is cooperative.
+    # CuPy shrinks a cooperative grid that does not fit (with only a warning), which here
+    # would leave hidden units uncomputed, so refuse instead.
+    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, loader.V2_THREADS,
+                                                              plan.smem_bytes)
+    resident = per_sm * device_limits(d.xp.cuda.Device().id).sm_count
+    if plan.blocks > resident:
+        raise RuntimeError(f"v2: {plan.blocks} blocks of {plan.smem_bytes} bytes of shared "
+                           f"memory cannot all be resident (at most {resident}); use 'v1'")
     barrier = d.xp.zeros(2, dtype=np.uint32)
     i32 = np.int32
-    k((plan.blocks,), (loader.V2_THREADS,),
-      args + (i32(plan.HS), i32(plan.BB), i32(plan.KS), barrier), shared_mem=plan.smem_bytes)
+    k.kernel((plan.blocks,), (loader.V2_THREADS,),
+             args + (i32(plan.HS), i32(plan.BB), i32(plan.KS), barrier),
+             shared_mem=plan.smem_bytes, enable_cooperative_groups=True)
+
+
+#: captured step loops of v1g, least recently used first: (loop, sizes, pointers) -> Graph
+_GRAPHS: OrderedDict[tuple, Any] = OrderedDict()
+#: how many captured loops are kept
+GRAPH_CACHE_SIZE = 16
+
+
+@functools.cache
+def _capture_stream(device_id: int) -> Any:
+    """A stream to capture on (the legacy default stream cannot be captured)."""
+    import cupy
+
+    return cupy.cuda.Stream(non_blocking=True)
+
+
+def _graphed(key: tuple, issue: Callable[[], None]) -> None:
+    """Run ``issue()`` (which enqueues launches) as a CUDA graph on the current stream.
+
+    The graph of ``key`` is replayed if one was captured, else ``issue`` is captured (which
+    costs about one uncaptured run) and the least recently used graph evicted.
+    """
+    import cupy
+
+    graph = _GRAPHS.pop(key, None)
+    if graph is None:
+        cap = _capture_stream(cupy.cuda.Device().id)
+        with cap:
+            cap.begin_capture()
+            try:
+                issue()
+            finally:
+                graph = cap.end_capture()
+    _GRAPHS[key] = graph
+    while len(_GRAPHS) > GRAPH_CACHE_SIZE:
+        _GRAPHS.popitem(last=False)
+    graph.launch()
+
+
+def v1_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, gh: Any, b_hn: Any, h: Any,
+                     c: Any, gates: Any, aux: Any, y: Any, lens: Any) -> None:
+    """v1's forward time loop: per step ``gh = h[t] @ R`` (cuBLAS), then the pointwise kernel.
+
+    gh: (B, G*H) scratch; the other arrays as in the cache (``forward``); b_hn, c, aux,
+    lens may be None.
+    """
+    from cupy import cublas
+
+    k = loader.kernel(STEP_KERNELS[v1_forward_steps], d.dtype, cell)
+    grid = (math.ceil(d.B * d.H / V1_THREADS),)
+    head = (gx, gh, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
+    tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
+    for t in range(d.T):
+        cublas.gemm("N", "N", h[t], R, out=gh)
+        k(grid, (V1_THREADS,), head + (np.int32(t),) + tail)
+
+
+def v1_backward_steps(cell: str, d: Dims, act: int, R: Any, gates: Any, aux: Any, h: Any, c: Any,
+                      dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any, lens: Any) -> None:
+    """v1's backward time loop: per step the pointwise kernel, then ``dh += dgh[t] @ R.T``.
+
+    dh, dc: (B, H) in: gradients w.r.t. the final state; out: w.r.t. the initial state.
+    """
+    from cupy import cublas
+
+    k = loader.kernel(STEP_KERNELS[v1_backward_steps], d.dtype, cell)
+    grid = (math.ceil(d.B * d.H / V1_THREADS),)
+    head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
+    tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
+    for t in reversed(range(d.T)):
+        k(grid, (V1_THREADS,), head + (np.int32(t),) + tail)
+        cublas.gemm("N", "T", dgh[t], R, out=dh, beta=1.0)
+
+
+#: the pointwise kernel each v1 loop launches
+STEP_KERNELS = {v1_forward_steps: "v1_forward_step", v1_backward_steps: "v1_backward_step"}
+
+
+def run_v1(loop: Callable[..., None], graph: bool, cell: str, d: Dims, act: int,
+           *arrays: Any) -> None:
+    """``loop(cell, d, act, *arrays)``: directly (v1) or through a CUDA graph (v1g).
+
+    A graph bakes in every pointer and scalar of its launches, so it is keyed by the loop,
+    the sizes, and the address of each array, and replayed only for a call whose buffers sit
+    at exactly those addresses. CuPy's memory pool hands the same blocks back to a training
+    loop's repeated calls, so those mostly replay.
+    """
+    if not graph:
+        loop(cell, d, act, *arrays)
+        return
+    # compile and load the step kernel before capturing: loading a module is no stream work
+    loader.kernel(STEP_KERNELS[loop], d.dtype, cell)
+    key = (loop, cell, d.dtype.char, d.T, d.B, d.H, act) + tuple(
+        0 if a is None else a.data.ptr for a in arrays)
+    _graphed(key, lambda: loop(cell, d, act, *arrays))
 
 
 def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, R: Any,
@@ -73,8 +183,6 @@ def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, 
     GRU hn: (T, B, H), and lengths as int32 (or None).
     """
     cp = d.xp
-    from cupy import cublas
-
     T, B, I, H = d.T, d.B, d.I, d.H
     GH = GATES[cell] * H
     chosen, plan = pick(cell, d, "forward", variant)
@@ -90,20 +198,15 @@ def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, 
     aux = cp.empty((T, B, H), d.dtype) if cell in AUX_KEY else None
     y = cp.empty((T, B, H), d.dtype)
     lens = None if lengths is None else cp.ascontiguousarray(lengths, dtype=np.int32)
-    act = np.int32(loader.ACTIVATION_IDS[activation])
+    act = loader.ACTIVATION_IDS[activation]
     i32 = np.int32
-    if chosen == "v1":
-        k = loader.kernel("v1_forward_step", d.dtype, cell)
-        gh = cp.empty((B, GH), d.dtype)
-        grid = (math.ceil(B * H / V1_THREADS),)
-        head = (gx, gh, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
-        for t in range(T):
-            cublas.gemm("N", "N", h[t], R, out=gh)
-            k(grid, (V1_THREADS,), head + (i32(t), i32(B), i32(H), act))
+    if chosen in ("v1", "v1g"):
+        run_v1(v1_forward_steps, chosen == "v1g", cell, d, act, R, gx,
+               cp.empty((B, GH), d.dtype), b_hn, h, c, gates, aux, y, lens)
     else:
         _launch_v2("v2_forward", cell, d, plan,
                    (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens),
-                    i32(T), i32(B), i32(H), act))
+                    i32(T), i32(B), i32(H), i32(act)))
     cache = {"cell": cell, "dims": d, "activation": activation, "x": x, "W": W, "R": R,
              "h": h, GATES_KEY[cell]: gates, "lengths": lens}
     if c is not None:
@@ -123,8 +226,6 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
     """
     cell, d = cache["cell"], cache["dims"]
     cp = d.xp
-    from cupy import cublas
-
     T, B, I, H = d.T, d.B, d.I, d.H
     GH = GATES[cell] * H
     chosen, plan = pick(cell, d, "backward", variant)
@@ -137,18 +238,15 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
     dgx = cp.empty((T, B, GH), d.dtype)
     # only the GRU candidate's recurrent part differs (r multiplies it); others share dgx
     dgh = cp.empty((T, B, GH), d.dtype) if cell == "gru" else dgx
-    act = np.int32(loader.ACTIVATION_IDS[cache["activation"]])
+    act = loader.ACTIVATION_IDS[cache["activation"]]
     lens = cache["lengths"]
     i32 = np.int32
-    head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
-    if chosen == "v1":
-        k = loader.kernel("v1_backward_step", d.dtype, cell)
-        grid = (math.ceil(B * H / V1_THREADS),)
-        for t in reversed(range(T)):
-            k(grid, (V1_THREADS,), head + (i32(t), i32(B), i32(H), act))
-            cublas.gemm("N", "T", dgh[t], R, out=dh, beta=1.0)
+    if chosen in ("v1", "v1g"):
+        run_v1(v1_backward_steps, chosen == "v1g", cell, d, act, R, gates, aux, h, c, dy, dh, dc,
+               dgx, dgh, lens)
     else:
-        _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), act))
+        head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
+        _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), i32(act)))
     dx = cp.matmul(dgx.reshape(T * B, GH), W.T).reshape(T, B, I)
     grads, steps = param_grads(cp, x, h[:-1], dgx, dgh, per_step)
     if cell == "gru":

@@ -3,8 +3,11 @@
 The sources live in ``kernels/`` (shipped as package data). Local ``#include "x.cuh"`` lines
 are inlined here rather than resolved with ``-I``, so CuPy's on-disk compile cache, which
 keys on the source text, sees every header. Each ``.cu`` file becomes one ``cupy.RawModule``
-holding the float and double instantiations of every cell; the persistent (v2) module is
-launched cooperatively so that its grid barrier can rely on every block being resident.
+holding the float and double instantiations of every cell. The persistent (v2) kernels use
+no cooperative-groups API (their grid barrier is their own), so the module is compiled
+without ``enable_cooperative_groups``: some CuPy versions turn that flag into ``-rdc=true``
+plus a link against ``libcudadevrt.a``, which pip-only CUDA installs lack. The engine
+launches them cooperatively itself (``engine._launch_v2``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ ACTIVATION_IDS = {"tanh": 0, "relu": 1, "identity": 2}
 #: threads per block of the v2 kernels (``V2_THREADS`` in persistent.cu)
 V2_THREADS = 256
 
-#: kernel file -> (template kernels it defines, launched cooperatively)
+#: kernel file -> the template kernels it defines
 MODULES = {
-    "pointwise.cu": (("v1_forward_step", "v1_backward_step"), False),
-    "persistent.cu": (("v2_forward", "v2_backward"), True),
+    "pointwise.cu": ("v1_forward_step", "v1_backward_step"),
+    "persistent.cu": ("v2_forward", "v2_backward"),
 }
+#: NVRTC options of every module (CuPy adds ``-ftz=true`` and the arch itself)
+OPTIONS = ("-std=c++17",)
 
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
@@ -43,8 +48,8 @@ def name_expression(kernel: str, dtype: Any, cell: str) -> str:
 
 def name_expressions(filename: str) -> list[str]:
     """Every instantiation the loader takes from ``filename``: each kernel x dtype x cell."""
-    kernels, _ = MODULES[filename]
-    return [name_expression(k, dt, cell) for k in kernels for dt in CTYPES for cell in CELL_ENUMS]
+    return [name_expression(k, dt, cell)
+            for k in MODULES[filename] for dt in CTYPES for cell in CELL_ENUMS]
 
 
 def assemble(filename: str) -> str:
@@ -72,14 +77,12 @@ def module(filename: str) -> Any:
     """The compiled ``cupy.RawModule`` of one kernel file (compiled on first use, then cached)."""
     import cupy
 
-    _, cooperative = MODULES[filename]
-    return cupy.RawModule(code=assemble(filename), options=("-std=c++17",),
-                          name_expressions=name_expressions(filename),
-                          enable_cooperative_groups=cooperative)
+    return cupy.RawModule(code=assemble(filename), options=OPTIONS,
+                          name_expressions=name_expressions(filename))
 
 
 @functools.cache
 def kernel(name: str, dtype: Any, cell: str) -> Any:
     """The ``cupy.RawKernel`` of one instantiation: ``kernel("v2_forward", float32, "gru")``."""
-    filename = next(f for f, (names, _) in MODULES.items() if name in names)
+    filename = next(f for f, names in MODULES.items() if name in names)
     return module(filename).get_function(name_expression(name, dtype, cell))

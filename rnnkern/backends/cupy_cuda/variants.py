@@ -18,6 +18,8 @@ from .loader import V2_THREADS
 VARIANTS = {
     "v1": "cuBLAS GEMMs (input projection for all steps, h @ R per step) + one fused "
           "pointwise kernel per step; weight gradients as GEMMs over all steps",
+    "v1g": "v1 with its per-step launches captured once in a CUDA graph and replayed while "
+           "the call's buffers are the same (an LRU of graphs keyed by shape and pointers)",
     "v2": "persistent: one cooperative launch runs the whole time loop, R's slices stay in "
           "shared memory, blocks exchange states through L2 behind a grid barrier",
 }
@@ -83,7 +85,7 @@ def plan_persistent(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimi
 
 def choose_variant(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimits | None,
                    direction: str, variant: str | None = None) -> tuple[str, PersistentPlan | None]:
-    """(variant, plan) for one call; plan is None for v1.
+    """(variant, plan) for one call; plan is None for v1 and v1g.
 
     variant=None: v2 when B <= V2_MAX_BATCH and R's slices fit on chip, else v1.
     An explicit "v2" that does not fit raises ValueError rather than running v1 in its place.
@@ -91,8 +93,8 @@ def choose_variant(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimit
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                          f"got {variant!r}")
-    if variant == "v1":
-        return "v1", None
+    if variant in ("v1", "v1g"):
+        return variant, None
     plan = None if limits is None else plan_persistent(cell, B, H, itemsize, limits, direction)
     if variant == "v2":
         if plan is None:
