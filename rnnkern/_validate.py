@@ -14,6 +14,8 @@ import numpy as np
 
 #: gates per cell: the G in W: (I, G*H)
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: how messages name the gate axis of W, R and b
+GATE_LABELS = {1: "1*H", 3: "3*H", 4: "4*H"}
 RNN_ACTIVATIONS = ("tanh", "relu", "identity")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -39,9 +41,10 @@ def array_module(**arrays: Any) -> Any:
     None values are ignored. Raises ValueError naming the odd argument out, since
     rnnkern never copies between host and device behind the user's back.
     """
-    kinds = {name: _is_cupy(a) for name, a in arrays.items() if a is not None}
-    if not kinds:
+    # fast path (every call of every kernel goes through here): all host arrays
+    if all(a is None or type(a) is np.ndarray for a in arrays.values()):
         return np
+    kinds = {name: _is_cupy(a) for name, a in arrays.items() if a is not None}
     if len(set(kinds.values())) > 1:
         first = next(iter(kinds))
         odd = next(n for n, k in kinds.items() if k != kinds[first])
@@ -76,19 +79,19 @@ def check_array(
 
     dims: one ``(label, size)`` per axis; ``size=None`` leaves that axis free
     (but still >= 1). dtype: the dtype ``a`` must share (that of ``x``), or None.
+    The messages are built only on failure: this runs before every kernel call.
     """
-    spec = _spec(dims)
-    if not (hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "flags")):
-        raise TypeError(f"{name}: expected an array of shape {spec}, got {type(a).__name__}")
-    if a.ndim != len(dims):
-        raise ValueError(
-            f"{name}: expected a {len(dims)}-d array of shape {spec}, got shape {tuple(a.shape)}"
-        )
-    for (_, want), got in zip(dims, a.shape):
+    shape = getattr(a, "shape", None)
+    if shape is None or not (hasattr(a, "dtype") and hasattr(a, "flags")):
+        raise TypeError(f"{name}: expected an array of shape {_spec(dims)}, "
+                        f"got {type(a).__name__}")
+    if len(shape) != len(dims):
+        raise ValueError(f"{name}: expected a {len(dims)}-d array of shape {_spec(dims)}, "
+                         f"got shape {tuple(shape)}")
+    for (_, want), got in zip(dims, shape):
         if (want is not None and got != want) or got < 1:
-            raise ValueError(
-                f"{name}: expected shape {spec} (every size >= 1), got shape {tuple(a.shape)}"
-            )
+            raise ValueError(f"{name}: expected shape {_spec(dims)} (every size >= 1), "
+                             f"got shape {tuple(shape)}")
     if a.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -98,8 +101,8 @@ def check_array(
         )
     if contiguous and not a.flags.c_contiguous:
         raise ValueError(
-            f"{name}: expected a C-contiguous array of shape {spec}, got a strided view; "
-            "pass np.ascontiguousarray(...) (rnnkern never copies silently)"
+            f"{name}: expected a C-contiguous array of shape {_spec(dims)}, got a strided "
+            "view; pass np.ascontiguousarray(...) (rnnkern never copies silently)"
         )
     return a
 
@@ -141,6 +144,32 @@ def check_activation(activation: Any) -> str:
     return activation
 
 
+def _plain(a: Any, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """True when ``a`` is a C-contiguous host array of exactly this shape and dtype."""
+    return (type(a) is np.ndarray and a.shape == shape and a.dtype == dtype
+            and a.flags.c_contiguous)
+
+
+def _plain_forward(cell: str, G: int, x: Any, h0: Any, c0: Any, W: Any, R: Any, b: Any,
+                   b_hn: Any) -> Dims | None:
+    """Dims when every array of a forward call is plain and right, else None.
+
+    Only a fast yes: anything else goes through the full checks, which alone
+    build the error messages.
+    """
+    if not (type(x) is np.ndarray and x.ndim == 3 and type(R) is np.ndarray and R.ndim == 2):
+        return None
+    T, B, I = x.shape
+    H = R.shape[0]
+    dt = x.dtype
+    if min(T, B, I, H) < 1 or dt not in FLOAT_DTYPES or not x.flags.c_contiguous:
+        return None
+    ok = (_plain(R, (H, G * H), dt) and _plain(W, (I, G * H), dt) and _plain(b, (G * H,), dt)
+          and (cell != "gru" or _plain(b_hn, (H,), dt))
+          and (h0 is None or _plain(h0, (B, H), dt)) and (c0 is None or _plain(c0, (B, H), dt)))
+    return Dims(T, B, I, H, dt, np) if ok else None
+
+
 def check_forward(
     cell: str,
     x: Any,
@@ -159,6 +188,11 @@ def check_forward(
     h0, c0: (B, H) or None   lengths: (B,) int or None
     """
     G = GATES[cell]
+    # the common case, in a few microseconds: every array plain, on the host and right
+    if contiguous and (lengths is None or type(lengths) in (np.ndarray, list, tuple)):
+        d = _plain_forward(cell, G, x, h0, c0, W, R, b, b_hn)
+        if d is not None:
+            return d, check_lengths(lengths, d.T, d.B, np)
     xp = array_module(x=x, h0=h0, c0=c0, W=W, R=R, b=b, b_hn=b_hn,
                       lengths=None if isinstance(lengths, (list, tuple)) else lengths)
     check_array("x", x, (("T", None), ("B", None), ("I", None)), contiguous=contiguous)
@@ -167,9 +201,10 @@ def check_forward(
     if not (hasattr(R, "shape") and getattr(R, "ndim", 0) == 2):
         check_array("R", R, (("H", None), ("G*H", None)), dtype, contiguous)
     H = R.shape[0]
-    check_array("R", R, (("H", H), (f"{G}*H", G * H)), dtype, contiguous)
-    check_array("W", W, (("I", I), (f"{G}*H", G * H)), dtype, contiguous)
-    check_array("b", b, ((f"{G}*H", G * H),), dtype, contiguous)
+    GH = GATE_LABELS[G]
+    check_array("R", R, (("H", H), (GH, G * H)), dtype, contiguous)
+    check_array("W", W, (("I", I), (GH, G * H)), dtype, contiguous)
+    check_array("b", b, ((GH, G * H),), dtype, contiguous)
     if cell == "gru":
         check_array("b_hn", b_hn, (("H", H),), dtype, contiguous)
     if h0 is not None:
@@ -182,6 +217,10 @@ def check_forward(
 
 def check_backward(d: Dims, contiguous: bool = True, **grads_in: Any) -> None:
     """Validate output gradients against the forward's sizes: dy: (T, B, H), the rest (B, H)."""
+    if d.xp is np and contiguous and all(  # the common case, fast: plain and right
+            a is None or _plain(a, (d.T, d.B, d.H) if n == "dy" else (d.B, d.H), d.dtype)
+            for n, a in grads_in.items()):
+        return
     xp = array_module(**grads_in)
     if grads_in and xp is not d.xp and any(v is not None for v in grads_in.values()):
         name = next(n for n, v in grads_in.items() if v is not None)

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_arguments(p)
-        p.set_defaults(_module=module)
+        p.set_defaults(_module=module, _parser=p)
     return parser
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(args._module).run(args)
     except ValueError as e:  # a bad option value that argparse could not see
-        parser.exit(2, f"rnnkern {args.command}: error: {e}\n")
+        args._parser.error(str(e))  # the subcommand's usage line, then exit 2
 
 
 if __name__ == "__main__":
