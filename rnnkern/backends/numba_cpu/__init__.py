@@ -16,7 +16,8 @@ import numpy as np
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
-from ._common import VARIANTS, choose, variant_name
+from ._blas import blas_threads, threads_for
+from ._common import SMALL_MACS, VARIANTS, choose, variant_name
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -44,6 +45,21 @@ def _lengths(lengths: Any, d: Dims) -> np.ndarray:
 
 def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.zeros(shape, dtype) if a is None else a
+
+
+def _blas_threads(d: Dims, fused: bool, G: int) -> int:
+    """SciPy OpenBLAS threads for one kernel call (0: leave as is), see ``_blas``."""
+    if not fused:
+        return threads_for(d.B * d.H * G * d.H)
+    # the fused kernels call BLAS only for the products over all steps, and only big ones
+    return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
+
+
+def _call(threads: int, kernel: Any, *args: Any) -> Any:
+    if threads == 0:
+        return kernel(*args)
+    with blas_threads(threads):
+        return kernel(*args)
 
 
 def _finish(dx: np.ndarray, dstate: Any, grads: dict, cache: Cache, dgx: np.ndarray,
@@ -78,12 +94,12 @@ def rnn_forward(
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     code = ACTIVATION_CODES[check_activation(activation)]
-    fused, parallel = choose(variant, d.B, d.H, 1)
+    fused, chunks = choose(variant, d.B, d.H, 1)
     lens = _lengths(lengths, d)
-    y, h, a = rnn.rnn_forward(x, _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens,
-                              fused, parallel)
+    y, h, a = _call(_blas_threads(d, fused, 1), rnn.rnn_forward, x,
+                    _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, fused, chunks)
     cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
-                 lengths=lens, variant=variant_name(fused, parallel))
+                 lengths=lens, variant=variant_name(fused, chunks))
     return y, h[d.T].copy(), cache
 
 
@@ -98,11 +114,12 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    fused, parallel = choose(variant, d.B, d.H, 1)
-    dx, dh0, dW, dR, db, da = rnn.rnn_backward(
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+    fused, chunks = choose(variant, d.B, d.H, 1)
+    dx, dh0, dW, dR, db, da = _call(
+        _blas_threads(d, fused, 1), rnn.rnn_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["x"], cache["W"], cache["R"], cache["h"], cache["a"],
-        ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused, parallel)
+        ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused, chunks)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
 
@@ -126,13 +143,14 @@ def lstm_forward(
     Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
-    fused, parallel = choose(variant, d.B, d.H, 4)
+    fused, chunks = choose(variant, d.B, d.H, 4)
     lens = _lengths(lengths, d)
-    y, h, c, gates, tanh_c = lstm.lstm_forward(
-        x, _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype),
-        W, R, b, lens, fused, parallel)
+    y, h, c, gates, tanh_c = _call(
+        _blas_threads(d, fused, 4), lstm.lstm_forward, x, _zeros_or(h0, (d.B, d.H), d.dtype),
+        _zeros_or(c0, (d.B, d.H), d.dtype),
+        W, R, b, lens, fused, chunks)
     cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
-                 lengths=lens, variant=variant_name(fused, parallel))
+                 lengths=lens, variant=variant_name(fused, chunks))
     return y, (h[d.T].copy(), c[d.T].copy()), cache
 
 
@@ -151,11 +169,12 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    fused, parallel = choose(variant, d.B, d.H, 4)
-    dx, dh0, dc0, dW, dR, db, dgates = lstm.lstm_backward(
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+    fused, chunks = choose(variant, d.B, d.H, 4)
+    dx, dh0, dc0, dW, dR, db, dgates = _call(
+        _blas_threads(d, fused, 4), lstm.lstm_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _zeros_or(dhT, (d.B, d.H), d.dtype),
         _zeros_or(dcT, (d.B, d.H), d.dtype), cache["x"], cache["W"], cache["R"], cache["h"],
-        cache["c"], cache["gates"], cache["tanh_c"], cache["lengths"], fused, parallel)
+        cache["c"], cache["gates"], cache["tanh_c"], cache["lengths"], fused, chunks)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
 
@@ -180,12 +199,13 @@ def gru_forward(
     Returns y: (T, B, H), hT: (B, H), cache.
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
-    fused, parallel = choose(variant, d.B, d.H, 3)
+    fused, chunks = choose(variant, d.B, d.H, 3)
     lens = _lengths(lengths, d)
-    y, h, gates, hn = gru.gru_forward(x, _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn,
-                                      lens, fused, parallel)
+    y, h, gates, hn = _call(_blas_threads(d, fused, 3), gru.gru_forward, x,
+                            _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, fused,
+                            chunks)
     cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
-                 variant=variant_name(fused, parallel))
+                 variant=variant_name(fused, chunks))
     return y, h[d.T].copy(), cache
 
 
@@ -200,10 +220,11 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    fused, parallel = choose(variant, d.B, d.H, 3)
-    dx, dh0, dW, dR, db, db_hn, dgx, dgh = gru.gru_backward(
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+    fused, chunks = choose(variant, d.B, d.H, 3)
+    dx, dh0, dW, dR, db, db_hn, dgx, dgh = _call(
+        _blas_threads(d, fused, 3), gru.gru_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"], cache["hn"],
-        cache["lengths"], fused, parallel)
+        cache["lengths"], fused, chunks)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

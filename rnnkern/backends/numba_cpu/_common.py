@@ -44,26 +44,31 @@ FUSED_MAX_H = 32
 PARALLEL_MIN_WORK = 16384
 
 
-def choose(variant: str | None, B: int, H: int, G: int) -> tuple[bool, bool]:
-    """(fused, parallel) for ``variant``, or picked by shape when ``variant`` is None."""
+def choose(variant: str | None, B: int, H: int, G: int) -> tuple[bool, int]:
+    """(fused, row blocks per step) for ``variant``, or picked by shape when ``variant`` is
+    None; more than one block means one per Numba thread, run in parallel."""
     if variant is not None:
         if variant not in VARIANTS:
             raise ValueError(
                 f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                 f"got {variant!r}")
-        return VARIANT_FLAGS[variant]
-    fused = H <= FUSED_MAX_H
-    # Threads only on the fused path: beside the per-step BLAS calls (v2) Numba's pool and
-    # OpenBLAS's own threads contend for the cores and v2 loses to v1 where measured.
-    # The thread count is asked last, as numba.get_num_threads() costs microseconds.
-    if not fused or B * G * H < PARALLEL_MIN_WORK:
-        return fused, False
+        fused, parallel = VARIANT_FLAGS[variant]
+    else:
+        fused = H <= FUSED_MAX_H
+        # Threads only on the fused path: beside the per-step BLAS calls (v2) Numba's pool
+        # and OpenBLAS's own threads contend for the cores and v2 loses to v1 where measured.
+        parallel = fused and B * G * H >= PARALLEL_MIN_WORK
+    if not parallel:
+        return fused, 1
+    # asked last: numba.get_num_threads() costs microseconds
     threads = numba.get_num_threads()
-    return fused, threads > 1 and B >= 2 * threads
+    if variant is None and B < 2 * threads:
+        return fused, 1
+    return fused, min(B, threads)
 
 
-def variant_name(fused: bool, parallel: bool) -> str:
-    return next(k for k, v in VARIANT_FLAGS.items() if v == (fused, parallel))
+def variant_name(fused: bool, chunks: int) -> str:
+    return next(k for k, v in VARIANT_FLAGS.items() if v == (fused, chunks > 1))
 
 
 # ----------------------------------------------------------------------------
@@ -126,31 +131,31 @@ def _ol_sigmoid(v):
 # pointwise pieces and products shared by the cells
 
 
-@njit(**JIT)
-def sigmoid_of_sum(g, r, b, lo, hi):
-    """g[k] = sigmoid(g[k] + r[k] + b[k]) for lo <= k < hi.
-
-    The pointwise passes are split into loops over few arrays like this one: LLVM
-    vectorises a loop only after runtime checks that its arrays do not overlap, and
-    gives up when a loop touches too many of them.
-    """
-    for k in range(lo, hi):
-        g[k] = fast_sigmoid(g[k] + r[k] + b[k])
+#: products below this many multiply-adds run in the kernels' own loops: below it a BLAS
+#: call costs more in its fixed overhead (~1 us) than the arithmetic
+SMALL_MACS = 1 << 15
 
 
 @njit(**JIT)
-def tanh_of_sum(g, r, b, lo, hi):
-    """g[k] = tanh(g[k] + r[k] + b[k]) for lo <= k < hi."""
-    for k in range(lo, hi):
-        g[k] = fast_tanh(g[k] + r[k] + b[k])
-
-
+def matmul(A, B, out):
+    """out: (M, N) = A: (M, K) @ B: (K, N); A or B may be transposed views."""
+    M, K = A.shape
+    N = B.shape[1]
+    if M * N * K >= SMALL_MACS:
+        np.dot(A, B, out=out)
+        return
+    for m in range(M):
+        for n in range(N):
+            out[m, n] = 0
+        for k in range(K):
+            a = A[m, k]
+            for n in range(N):
+                out[m, n] += a * B[k, n]
 
 
 @njit(**JIT)
-def row_times(hrow, R, out):
-    """out: (G*H,) = hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
-    out[:] = 0
+def add_row_product(hrow, R, out):
+    """out: (G*H,) += hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
     H, GH = R.shape
     # four rows of R per sweep: a quarter of the loads and stores of out
     H4 = H - H % 4
@@ -165,13 +170,22 @@ def row_times(hrow, R, out):
 
 
 @njit(**JIT)
-def row_times_t(drow, R, out):
-    """out: (H,) = drow: (G*H,) @ R.T, the fused path's gradient through h @ R for one row."""
+def add_row_product_t(drow, R, out):
+    """out: (H,) += drow: (G*H,) @ R.T, the fused path's gradient through h @ R for one row."""
     for k in range(R.shape[0]):
         acc = drow.dtype.type(0)
         for g in range(R.shape[1]):
             acc += drow[g] * R[k, g]
-        out[k] = acc
+        out[k] += acc
+
+
+@njit(**JIT)
+def input_projection(x, W, G):
+    """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once."""
+    T, B, I = x.shape
+    out = np.empty((T, B, G), x.dtype)
+    matmul(x.reshape(T * B, I), W, out.reshape(T * B, G))
+    return out
 
 
 @njit(**JIT)
@@ -186,9 +200,12 @@ def weight_grads(x, W, h, dgx, dgh):
     H = h.shape[2]
     GH = dgx.shape[2]
     dgx2 = dgx.reshape(T * B, GH)
-    dx = np.dot(dgx2, W.T).reshape(T, B, I)
-    dW = np.dot(x.reshape(T * B, I).T, dgx2)
-    dR = np.dot(h[:T].reshape(T * B, H).T, dgh.reshape(T * B, GH))
+    dx = np.empty((T, B, I), x.dtype)
+    matmul(dgx2, W.T, dx.reshape(T * B, I))
+    dW = np.empty((I, GH), x.dtype)
+    matmul(x.reshape(T * B, I).T, dgx2, dW)
+    dR = np.empty((H, GH), x.dtype)
+    matmul(h[:T].reshape(T * B, H).T, dgh.reshape(T * B, GH), dR)
     # float64 accumulator: T * B float32 terms would otherwise lose digits
     acc = np.zeros(GH, np.float64)
     for n in range(T * B):

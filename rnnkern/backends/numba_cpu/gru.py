@@ -13,60 +13,68 @@ from numba import njit, prange
 from ._common import (
     JIT,
     add_into,
+    add_row_product,
+    add_row_product_t,
+    fast_sigmoid,
     fast_tanh,
-    row_times,
-    row_times_t,
-    sigmoid_of_sum,
+    input_projection,
+    matmul,
     weight_grads,
 )
 
 
 @njit(**JIT)
-def _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
-    """Step t of batch row n.
+def _forward_rows(t, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+    """Step t of batch rows lo <= n < hi.
 
     gates: (T, B, 3H) holds x @ W on entry, the post-activation (r, z, n) on exit
-    rec: (B, 3H) h[t] @ R, computed here for row n when fused   h: (T+1, B, H)
+    rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
     """
     H = h.shape[2]
-    g, r = gates[t, n], rec[n]
-    if fused:
-        row_times(h[t, n], R, r)
-    hp, hnew_row, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
-    sigmoid_of_sum(g, r, b, 0, 2 * H)
-    for j in range(H):
-        hnn[j] = r[2 * H + j] + b_hn[j]
-    for j in range(H):
-        g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
-    one = g.dtype.type(1)
-    for j in range(H):
-        z = g[H + j]
-        hnew_row[j] = (one - z) * g[2 * H + j] + z * hp[j]
-    if t < lengths[n]:
-        yn[:] = hnew_row
-    else:
-        hnew_row[:] = hp
-        yn[:] = 0
+    one = gates.dtype.type(1)
+    for n in range(lo, hi):
+        g, r = gates[t, n], rec[n]
+        hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
+        if fused:
+            r[:] = 0
+            add_row_product(hp, R, r)
+        for k in range(2 * H):
+            g[k] = fast_sigmoid(g[k] + r[k] + b[k])
+        for j in range(H):
+            hnn[j] = r[2 * H + j] + b_hn[j]
+        for j in range(H):
+            g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
+        for j in range(H):
+            z = g[H + j]
+            hnew[j] = (one - z) * g[2 * H + j] + z * hp[j]
+        if t < lengths[n]:
+            for j in range(H):
+                yn[j] = hnew[j]
+        else:
+            for j in range(H):
+                hnew[j] = hp[j]
+                yn[j] = 0
 
 
 @njit(parallel=True, **JIT)
-def _forward_rows_parallel(t, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
-    for n in prange(gates.shape[1]):
-        _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+def _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+    B = gates.shape[1]
+    for i in prange(chunks):
+        _forward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b, b_hn,
+                      h, hn, y, lengths)
 
 
 @njit(**JIT)
-def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, parallel):
+def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
     gates: (T, B, 3H) post-activation, hn: (T, B, H).
     """
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = R.shape[0]
-    gates = np.empty((T, B, 3 * H), x.dtype)
-    np.dot(x.reshape(T * B, I), W, out=gates.reshape(T * B, 3 * H))
+    gates = input_projection(x, W, 3 * H)
     h = np.empty((T + 1, B, H), x.dtype)
     h[0] = h0
     hn = np.empty((T, B, H), x.dtype)
@@ -74,51 +82,55 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, parallel):
     rec = np.empty((B, 3 * H), x.dtype)
     for t in range(T):
         if not fused:
-            np.dot(h[t], R, out=rec)
-        if parallel:
-            _forward_rows_parallel(t, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+            matmul(h[t], R, rec)
+        if chunks > 1:
+            _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
         else:
-            for n in range(B):
-                _forward_row(t, n, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+            _forward_rows(t, 0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
     return y, h, gates, hn
 
 
 @njit(**JIT)
-def _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
-    """Step t of batch row n, backwards.
+def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths):
+    """Step t of batch rows lo <= n < hi, backwards.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
     on exit (plus that part, dgh[t, n] @ R.T, when fused).
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
     """
     H = dh.shape[1]
-    g, dx_, dh_ = gates[t, n], dgx[t, n], dgh[t, n]
-    dyn, dhn, hp, hnn = dy[t, n], dh[n], h[t, n], hn[t, n]
-    active = t < lengths[n]
-    zero, one = g.dtype.type(0), g.dtype.type(1)
-    for j in range(H):
-        rr, z, nn = g[j], g[H + j], g[2 * H + j]
-        dh_new = dyn[j] + dhn[j] if active else zero
-        dn = dh_new * (one - z) * (one - nn * nn)
-        dr = dn * hnn[j] * rr * (one - rr)
-        dz = dh_new * (hp[j] - nn) * z * (one - z)
-        dx_[j], dx_[H + j], dx_[2 * H + j] = dr, dz, dn
-        dh_[j], dh_[H + j], dh_[2 * H + j] = dr, dz, dn * rr
-        dhn[j] = dh_new * z if active else dhn[j]
-    if fused:
-        row_times_t(dh_, R, dhr[n])
-        for j in range(H):
-            dhn[j] += dhr[n, j]
+    one = gates.dtype.type(1)
+    for n in range(lo, hi):
+        g, dgx_, dgh_, dhn = gates[t, n], dgx[t, n], dgh[t, n], dh[n]
+        if t < lengths[n]:
+            dyn, hp, hnn = dy[t, n], h[t, n], hn[t, n]
+            for j in range(H):
+                rr, z, nn = g[j], g[H + j], g[2 * H + j]
+                dh_new = dyn[j] + dhn[j]
+                dn = dh_new * (one - z) * (one - nn * nn)
+                dr = dn * hnn[j] * rr * (one - rr)
+                dz = dh_new * (hp[j] - nn) * z * (one - z)
+                dgx_[j], dgx_[H + j], dgx_[2 * H + j] = dr, dz, dn
+                dgh_[j], dgh_[H + j], dgh_[2 * H + j] = dr, dz, dn * rr
+                dhn[j] = dh_new * z
+        else:
+            for k in range(3 * H):
+                dgx_[k] = 0
+                dgh_[k] = 0
+        if fused:
+            add_row_product_t(dgh_, R, dhn)
 
 
 @njit(parallel=True, **JIT)
-def _backward_rows_parallel(t, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
-    for n in prange(dh.shape[0]):
-        _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
+def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths):
+    B = dh.shape[0]
+    for i in prange(chunks):
+        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
+                       gates, h, hn, R, lengths)
 
 
 @njit(**JIT)
-def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, parallel):
+def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, chunks):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``gru_forward`` returned them.
 
     Returns dx: (T, B, I), dh0: (B, H), dW: (I, 3H), dR: (H, 3H), db: (3H,),
@@ -130,13 +142,12 @@ def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, parallel):
     dgh = np.empty((T, B, 3 * H), dy.dtype)
     dhr = np.empty((B, H), dy.dtype)
     for t in range(T - 1, -1, -1):
-        if parallel:
-            _backward_rows_parallel(t, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
+        if chunks > 1:
+            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths)
         else:
-            for n in range(B):
-                _backward_row(t, n, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
+            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths)
         if not fused:
-            np.dot(dgh[t], R.T, out=dhr)
+            matmul(dgh[t], R.T, dhr)
             add_into(dh, dhr)
     dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
