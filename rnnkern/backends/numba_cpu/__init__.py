@@ -17,7 +17,7 @@ from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
-from ._common import SMALL_MACS, VARIANTS, choose, variant_name
+from ._common import SMALL_MACS, VARIANTS, choose
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -34,21 +34,41 @@ def is_available() -> bool:
     return True
 
 
+#: arrays the kernels only read, kept between calls: building them costs about as much as
+#: a whole small kernel call; bounded by clearing when full
+_SHARED: dict[tuple, np.ndarray] = {}
+_SHARED_MAX = 64
+
+
+def _shared(key: tuple, make: Any) -> np.ndarray:
+    a = _SHARED.get(key)
+    if a is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        a = _SHARED[key] = make()
+    return a
+
+
 def _lengths(lengths: Any, d: Dims) -> np.ndarray:
     """lengths: (B,) int64 for the kernels; all T when None."""
     if lengths is None:
-        full = np.empty(d.B, np.int64)
-        full.fill(d.T)  # np.full costs several times more at the small sizes
-        return full
+        return _shared((d.B, d.T), lambda: np.full(d.B, d.T, np.int64))
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
 def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.zeros(shape, dtype) if a is None else a
+    """``a``, or zeros in its place (shared: no kernel writes into its inputs)."""
+    if a is not None:
+        return a
+    return _shared((shape, dtype), lambda: np.zeros(shape, dtype))
 
 
-def _blas_threads(d: Dims, fused: bool, G: int) -> int:
+def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
     """SciPy OpenBLAS threads for one kernel call (0: leave as is), see ``_blas``."""
+    if chunks > 1:
+        return 1  # each Numba thread makes its own single-threaded BLAS calls
+    if d.H <= 8 and fused and d.T * d.B * d.I < SMALL_MACS // 32:
+        return 0  # the common tiny case, answered before the arithmetic below
     if not fused:
         return threads_for(d.B * d.H * G * d.H)
     # the fused kernels call BLAS only for the products over all steps, and only big ones
@@ -94,13 +114,14 @@ def rnn_forward(
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     code = ACTIVATION_CODES[check_activation(activation)]
-    fused, chunks = choose(variant, d.B, d.H, 1)
+    name, fused, chunks = choose(variant, d.B, d.H, 1)
     lens = _lengths(lengths, d)
-    y, h, a = _call(_blas_threads(d, fused, 1), rnn.rnn_forward, x,
-                    _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, fused, chunks)
+    kernel, how = (rnn.rnn_forward_bi, ()) if name == "v5" else (rnn.rnn_forward, (fused, chunks))
+    y, h, a, hT = _call(_blas_threads(d, fused, chunks, 1), kernel, x,
+                    _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, *how)
     cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
-                 lengths=lens, variant=variant_name(fused, chunks))
-    return y, h[d.T].copy(), cache
+                 lengths=lens, variant=name)
+    return y, hT, cache
 
 
 def rnn_backward(
@@ -114,9 +135,10 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    fused, chunks = choose(variant, d.B, d.H, 1)
+    _, fused, chunks = choose(variant, d.B, d.H, 1)
     dx, dh0, dW, dR, db, da = _call(
-        _blas_threads(d, fused, 1), rnn.rnn_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _blas_threads(d, fused, chunks, 1), rnn.rnn_backward,
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
         _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["x"], cache["W"], cache["R"], cache["h"], cache["a"],
         ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused, chunks)
@@ -143,15 +165,16 @@ def lstm_forward(
     Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
-    fused, chunks = choose(variant, d.B, d.H, 4)
+    name, fused, chunks = choose(variant, d.B, d.H, 4)
     lens = _lengths(lengths, d)
-    y, h, c, gates, tanh_c = _call(
-        _blas_threads(d, fused, 4), lstm.lstm_forward, x, _zeros_or(h0, (d.B, d.H), d.dtype),
-        _zeros_or(c0, (d.B, d.H), d.dtype),
-        W, R, b, lens, fused, chunks)
+    kernel, how = ((lstm.lstm_forward_bi, ()) if name == "v5"
+                   else (lstm.lstm_forward, (fused, chunks)))
+    y, h, c, gates, tanh_c, hT, cT = _call(
+        _blas_threads(d, fused, chunks, 4), kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
+        _zeros_or(c0, (d.B, d.H), d.dtype), W, R, b, lens, *how)
     cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
-                 lengths=lens, variant=variant_name(fused, chunks))
-    return y, (h[d.T].copy(), c[d.T].copy()), cache
+                 lengths=lens, variant=name)
+    return y, (hT, cT), cache
 
 
 def lstm_backward(
@@ -169,9 +192,10 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    fused, chunks = choose(variant, d.B, d.H, 4)
+    _, fused, chunks = choose(variant, d.B, d.H, 4)
     dx, dh0, dc0, dW, dR, db, dgates = _call(
-        _blas_threads(d, fused, 4), lstm.lstm_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _blas_threads(d, fused, chunks, 4), lstm.lstm_backward,
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
         _zeros_or(dhT, (d.B, d.H), d.dtype),
         _zeros_or(dcT, (d.B, d.H), d.dtype), cache["x"], cache["W"], cache["R"], cache["h"],
         cache["c"], cache["gates"], cache["tanh_c"], cache["lengths"], fused, chunks)
@@ -199,14 +223,14 @@ def gru_forward(
     Returns y: (T, B, H), hT: (B, H), cache.
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
-    fused, chunks = choose(variant, d.B, d.H, 3)
+    name, fused, chunks = choose(variant, d.B, d.H, 3)
     lens = _lengths(lengths, d)
-    y, h, gates, hn = _call(_blas_threads(d, fused, 3), gru.gru_forward, x,
-                            _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, fused,
-                            chunks)
+    kernel, how = (gru.gru_forward_bi, ()) if name == "v5" else (gru.gru_forward, (fused, chunks))
+    y, h, gates, hn, hT = _call(_blas_threads(d, fused, chunks, 3), kernel, x,
+                            _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, *how)
     cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
-                 variant=variant_name(fused, chunks))
-    return y, h[d.T].copy(), cache
+                 variant=name)
+    return y, hT, cache
 
 
 def gru_backward(
@@ -220,9 +244,10 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    fused, chunks = choose(variant, d.B, d.H, 3)
+    _, fused, chunks = choose(variant, d.B, d.H, 3)
     dx, dh0, dW, dR, db, db_hn, dgx, dgh = _call(
-        _blas_threads(d, fused, 3), gru.gru_backward, _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
+        _blas_threads(d, fused, chunks, 3), gru.gru_backward,
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
         _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"], cache["hn"],
         cache["lengths"], fused, chunks)

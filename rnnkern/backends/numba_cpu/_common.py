@@ -28,47 +28,53 @@ JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
 VARIANTS = {
     "v1": "BLAS GEMM for x@W before the loop, per-step BLAS h@R, one fused pointwise "
           "pass, one thread",
-    "v2": "as v1, the pointwise pass parallel over batch rows (prange)",
+    "v2": "as v1, each step split into row blocks, one per Numba thread: a block's h@R "
+          "(single-threaded BLAS) and its pointwise pass",
     "v3": "fully fused: the recurrent product in the kernel's own loop (no BLAS per step), "
           "one thread",
-    "v4": "as v3, parallel over batch rows (prange): each thread runs its rows' product "
-          "and pointwise pass",
+    "v4": "as v3, each step split into row blocks, one per Numba thread",
+    "v5": "forward with the batch as the innermost, vectorised axis (for tiny H, where a "
+          "row of H units is shorter than a vector); backward as v3",
 }
-#: (fused, parallel) of each variant
-VARIANT_FLAGS = {"v1": (False, False), "v2": (False, True), "v3": (True, False),
-                 "v4": (True, True)}
+#: (fused, parallel, batch innermost in the forward) of each variant
+VARIANT_FLAGS = {"v1": (False, False, False), "v2": (False, True, False),
+                 "v3": (True, False, False), "v4": (True, True, False),
+                 "v5": (True, False, True)}
+#: the serial variant a parallel one falls back to when there is one thread or one row
+SERIAL = {"v2": "v1", "v4": "v3"}
 
 #: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
 FUSED_MAX_H = 32
+#: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
+BATCH_INNER_MAX_H = 8
+BATCH_INNER_MIN_B = 8
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
 
 
-def choose(variant: str | None, B: int, H: int, G: int) -> tuple[bool, int]:
-    """(fused, row blocks per step) for ``variant``, or picked by shape when ``variant`` is
-    None; more than one block means one per Numba thread, run in parallel."""
+def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]:
+    """(variant, fused, row blocks per step) for ``variant``, or picked by shape when
+    ``variant`` is None; more than one block means one per Numba thread, in parallel."""
     if variant is not None:
         if variant not in VARIANTS:
             raise ValueError(
                 f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                 f"got {variant!r}")
-        fused, parallel = VARIANT_FLAGS[variant]
+        name = variant
+    elif H <= BATCH_INNER_MAX_H and B >= BATCH_INNER_MIN_B:
+        name = "v5"
     else:
         fused = H <= FUSED_MAX_H
-        # Threads only on the fused path: beside the per-step BLAS calls (v2) Numba's pool
-        # and OpenBLAS's own threads contend for the cores and v2 loses to v1 where measured.
-        parallel = fused and B * G * H >= PARALLEL_MIN_WORK
+        parallel = B * G * H >= PARALLEL_MIN_WORK
+        name = ("v4" if parallel else "v3") if fused else ("v2" if parallel else "v1")
+    fused, parallel, _ = VARIANT_FLAGS[name]
     if not parallel:
-        return fused, 1
+        return name, fused, 1
     # asked last: numba.get_num_threads() costs microseconds
     threads = numba.get_num_threads()
-    if variant is None and B < 2 * threads:
-        return fused, 1
-    return fused, min(B, threads)
-
-
-def variant_name(fused: bool, chunks: int) -> str:
-    return next(k for k, v in VARIANT_FLAGS.items() if v == (fused, chunks > 1))
+    if threads < 2 or B < 2 or (variant is None and B < 2 * threads):
+        return SERIAL[name], fused, 1
+    return name, fused, min(B, threads)
 
 
 # ----------------------------------------------------------------------------
@@ -220,3 +226,35 @@ def add_into(a, b):
     for n in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[n, j] += b[n, j]
+
+
+@njit(**JIT)
+def batch_inner_preactivation(x, t, W, R, b, hb, xg, hr):
+    """The batch-innermost (v5) step's products, vectorised over the batch.
+
+    x: (T, B, I)   W: (I, G*H)   R: (H, G*H)   b: (G*H,)   hb: (H, B) the state entering
+    step t, transposed. Writes xg: (G*H, B) = (x[t] @ W + b).T and hr: (G*H, B) = (hb.T @ R).T.
+    """
+    B, I = x.shape[1], x.shape[2]
+    H, GH = R.shape
+    for g in range(GH):
+        bg = b[g]
+        for n in range(B):
+            xg[g, n] = bg
+        for k in range(I):
+            w = W[k, g]
+            for n in range(B):
+                xg[g, n] += x[t, n, k] * w
+        for n in range(B):
+            hr[g, n] = 0
+        for k in range(H):
+            r = R[k, g]
+            for n in range(B):
+                hr[g, n] += hb[k, n] * r
+
+
+@njit(**JIT)
+def active_rows(lengths, t, act):
+    """act: (B,) = t < lengths, the rows that step t advances."""
+    for n in range(lengths.shape[0]):
+        act[n] = t < lengths[n]

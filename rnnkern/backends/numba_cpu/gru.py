@@ -12,9 +12,11 @@ from numba import njit, prange
 
 from ._common import (
     JIT,
+    active_rows,
     add_into,
     add_row_product,
     add_row_product_t,
+    batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
     input_projection,
@@ -33,6 +35,8 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     """
     H = h.shape[2]
     one = gates.dtype.type(1)
+    if not fused:
+        matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         g, r = gates[t, n], rec[n]
         hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
@@ -70,7 +74,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
-    gates: (T, B, 3H) post-activation, hn: (T, B, H).
+    gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
@@ -81,22 +85,66 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks):
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, 3 * H), x.dtype)
     for t in range(T):
-        if not fused:
-            matmul(h[t], R, rec)
         if chunks > 1:
             _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
         else:
             _forward_rows(t, 0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
-    return y, h, gates, hn
+    return y, h, gates, hn, h[T].copy()
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths):
+def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
+    """v5: ``gru_forward`` with the batch as the innermost axis of every step's work, so
+    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
+    and results."""
+    T, B, _ = x.shape
+    H = R.shape[0]
+    gates = np.empty((T, B, 3 * H), x.dtype)
+    h = np.empty((T + 1, B, H), x.dtype)
+    h[0] = h0
+    hn = np.empty((T, B, H), x.dtype)
+    y = np.empty((T, B, H), x.dtype)
+    hb = h0.T.copy()  # (H, B): the state, transposed
+    g = np.empty((3 * H, B), x.dtype)
+    hr = np.empty((3 * H, B), x.dtype)
+    hnb = np.empty((H, B), x.dtype)  # this step's h @ R_n + b_hn and new h of every row
+    hnew = np.empty((H, B), x.dtype)
+    act = np.empty(B, np.bool_)
+    one = x.dtype.type(1)
+    for t in range(T):
+        batch_inner_preactivation(x, t, W, R, b, hb, g, hr)
+        active_rows(lengths, t, act)
+        for k in range(2 * H):
+            for n in range(B):
+                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
+        for j in range(H):
+            for n in range(B):
+                hnb[j, n] = hr[2 * H + j, n] + b_hn[j]
+            for n in range(B):
+                g[2 * H + j, n] = fast_tanh(g[2 * H + j, n] + g[j, n] * hnb[j, n])
+            for n in range(B):
+                z = g[H + j, n]
+                hnew[j, n] = (one - z) * g[2 * H + j, n] + z * hb[j, n]
+            for n in range(B):
+                hb[j, n] = hnew[j, n] if act[n] else hb[j, n]
+        for n in range(B):
+            for k in range(3 * H):
+                gates[t, n, k] = g[k, n]
+            for j in range(H):
+                hn[t, n, j] = hnb[j, n]
+                h[t + 1, n, j] = hb[j, n]
+                y[t, n, j] = hnew[j, n] if act[n] else 0
+    return y, h, gates, hn, h[T].copy()
+
+
+@njit(**JIT)
+def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
     on exit (plus that part, dgh[t, n] @ R.T, when fused).
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
+    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -119,13 +167,16 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths)
                 dgh_[k] = 0
         if fused:
             add_row_product_t(dgh_, R, dhn)
+    if not fused:
+        matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
+        add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths):
+def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
+        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh, dhr,
                        gates, h, hn, R, lengths)
 
 
@@ -143,12 +194,9 @@ def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, chunks):
     dhr = np.empty((B, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths)
+            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
         else:
-            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, gates, h, hn, R, lengths)
-        if not fused:
-            matmul(dgh[t], R.T, dhr)
-            add_into(dh, dhr)
+            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
     dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)

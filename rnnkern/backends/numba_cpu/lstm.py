@@ -13,9 +13,11 @@ from numba import njit, prange
 
 from ._common import (
     JIT,
+    active_rows,
     add_into,
     add_row_product,
     add_row_product_t,
+    batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
     input_projection,
@@ -33,6 +35,8 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
+    if not fused:
+        matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         g = gates[t, n]
         if fused:
@@ -78,7 +82,8 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
-    gates: (T, B, 4H) post-activation, tanh_c: (T, B, H).
+    gates: (T, B, 4H) post-activation, tanh_c: (T, B, H), hT, cT: (B, H) copies of
+    h[T], c[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
@@ -91,22 +96,76 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks):
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, 4 * H), x.dtype)
     for t in range(T):
-        if not fused:
-            matmul(h[t], R, rec)
         if chunks > 1:
             _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
         else:
             _forward_rows(t, 0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
-    return y, h, c, gates, tanh_c
+    return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, gates, c, tanh_c, R, lengths):
+def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
+    """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work, so
+    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
+    and results."""
+    T, B, _ = x.shape
+    H = R.shape[0]
+    gates = np.empty((T, B, 4 * H), x.dtype)
+    h = np.empty((T + 1, B, H), x.dtype)
+    c = np.empty((T + 1, B, H), x.dtype)
+    h[0] = h0
+    c[0] = c0
+    tanh_c = np.empty((T, B, H), x.dtype)
+    y = np.empty((T, B, H), x.dtype)
+    hb = h0.T.copy()  # (H, B): the states, transposed
+    cb = c0.T.copy()
+    g = np.empty((4 * H, B), x.dtype)
+    hr = np.empty((4 * H, B), x.dtype)
+    cn = np.empty((H, B), x.dtype)  # this step's c, tanh(c) and h of every row
+    tc = np.empty((H, B), x.dtype)
+    hn = np.empty((H, B), x.dtype)
+    act = np.empty(B, np.bool_)
+    for t in range(T):
+        batch_inner_preactivation(x, t, W, R, b, hb, g, hr)
+        active_rows(lengths, t, act)
+        for k in range(2 * H):
+            for n in range(B):
+                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
+        for k in range(2 * H, 3 * H):
+            for n in range(B):
+                g[k, n] = fast_tanh(g[k, n] + hr[k, n])
+        for k in range(3 * H, 4 * H):
+            for n in range(B):
+                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
+        for j in range(H):
+            for n in range(B):
+                cn[j, n] = g[H + j, n] * cb[j, n] + g[j, n] * g[2 * H + j, n]
+            for n in range(B):
+                tc[j, n] = fast_tanh(cn[j, n])
+            for n in range(B):
+                hn[j, n] = g[3 * H + j, n] * tc[j, n]
+            for n in range(B):
+                cb[j, n] = cn[j, n] if act[n] else cb[j, n]
+                hb[j, n] = hn[j, n] if act[n] else hb[j, n]
+        for n in range(B):
+            for k in range(4 * H):
+                gates[t, n, k] = g[k, n]
+            for j in range(H):
+                tanh_c[t, n, j] = tc[j, n]
+                c[t + 1, n, j] = cb[j, n]
+                h[t + 1, n, j] = hb[j, n]
+                y[t, n, j] = hn[j, n] if act[n] else 0
+    return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
+
+
+@njit(**JIT)
+def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
     w.r.t. c[t] and dh holds what is carried past inactive rows, plus (fused) the
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
+    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -130,13 +189,16 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, gates, c, tanh_c, R, le
                 dg[k] = 0
         if fused:
             add_row_product_t(dg, R, dhn)
+    if not fused:
+        matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
+        add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, gates, c, tanh_c, R, lengths):
+def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
+        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates, dhr,
                        gates, c, tanh_c, R, lengths)
 
 
@@ -154,12 +216,9 @@ def lstm_backward(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths, fused, ch
     dhr = np.empty((B, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, gates, c, tanh_c, R,
+            _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R,
                                lengths)
         else:
-            _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, gates, c, tanh_c, R, lengths)
-        if not fused:
-            matmul(dgates[t], R.T, dhr)
-            add_into(dh, dhr)
+            _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths)
     dx, dW, dR, db = weight_grads(x, W, h, dgates, dgates)
     return dx, dh, dc, dW, dR, db, dgates

@@ -11,9 +11,11 @@ from numba import njit, prange
 
 from ._common import (
     JIT,
+    active_rows,
     add_into,
     add_row_product,
     add_row_product_t,
+    batch_inner_preactivation,
     fast_tanh,
     input_projection,
     matmul,
@@ -31,6 +33,8 @@ def _forward_rows(t, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
+    if not fused:
+        matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
         if fused:
@@ -70,7 +74,8 @@ def _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths):
 def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
 
-    Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation.
+    Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
+    hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
@@ -80,21 +85,63 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks):
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, H), x.dtype)
     for t in range(T):
-        if not fused:
-            matmul(h[t], R, rec)
         if chunks > 1:
             _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths)
         else:
             _forward_rows(t, 0, B, fused, code, a, rec, R, b, h, y, lengths)
-    return y, h, a
+    return y, h, a, h[T].copy()
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, code, dy, dh, da, a, R, lengths):
+def rnn_forward_bi(x, h0, W, R, b, code, lengths):
+    """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work, so
+    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
+    and results."""
+    T, B, _ = x.shape
+    H = R.shape[0]
+    a = np.empty((T, B, H), x.dtype)
+    h = np.empty((T + 1, B, H), x.dtype)
+    h[0] = h0
+    y = np.empty((T, B, H), x.dtype)
+    hb = h0.T.copy()  # (H, B): the state, transposed
+    v = np.empty((H, B), x.dtype)
+    hr = np.empty((H, B), x.dtype)
+    act = np.empty(B, np.bool_)
+    zero = x.dtype.type(0)
+    for t in range(T):
+        batch_inner_preactivation(x, t, W, R, b, hb, v, hr)
+        active_rows(lengths, t, act)
+        if code == 0:
+            for j in range(H):
+                for n in range(B):
+                    v[j, n] = fast_tanh(v[j, n] + hr[j, n])
+        elif code == 1:
+            for j in range(H):
+                for n in range(B):
+                    s = v[j, n] + hr[j, n]
+                    v[j, n] = s if s > zero else zero
+        else:
+            for j in range(H):
+                for n in range(B):
+                    v[j, n] += hr[j, n]
+        for j in range(H):
+            for n in range(B):
+                hb[j, n] = v[j, n] if act[n] else hb[j, n]
+        for n in range(B):
+            for j in range(H):
+                a[t, n, j] = v[j, n]
+                h[t + 1, n, j] = hb[j, n]
+                y[t, n, j] = v[j, n] if act[n] else zero
+    return y, h, a, h[T].copy()
+
+
+@njit(**JIT)
+def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
+    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
@@ -118,14 +165,17 @@ def _backward_rows(t, lo, hi, fused, code, dy, dh, da, a, R, lengths):
                 dan[j] = zero
         if fused:
             add_row_product_t(dan, R, dhn)
+    if not fused:
+        matmul(da[t, lo:hi], R.T, dhr[lo:hi])
+        add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, code, dy, dh, da, a, R, lengths):
+def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da, a, R,
-                       lengths)
+        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da, dhr,
+                       a, R, lengths)
 
 
 @njit(**JIT)
@@ -141,11 +191,8 @@ def rnn_backward(dy, dhT, x, W, R, h, a, code, lengths, fused, chunks):
     dhr = np.empty((B, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, code, dy, dh, da, a, R, lengths)
+            _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths)
         else:
-            _backward_rows(t, 0, B, fused, code, dy, dh, da, a, R, lengths)
-        if not fused:
-            matmul(da[t], R.T, dhr)
-            add_into(dh, dhr)
+            _backward_rows(t, 0, B, fused, code, dy, dh, da, dhr, a, R, lengths)
     dx, dW, dR, db = weight_grads(x, W, h, da, da)
     return dx, dh, dW, dR, db, da
