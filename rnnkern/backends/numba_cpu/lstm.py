@@ -22,6 +22,8 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
+    sigmoid_add,
+    tanh_add,
     weight_grads,
 )
 
@@ -44,12 +46,9 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
         else:
             for k in range(4 * H):
                 g[k] += rec[n, k]
-        for k in range(2 * H):
-            g[k] = fast_sigmoid(g[k] + b[k])
-        for k in range(2 * H, 3 * H):
-            g[k] = fast_tanh(g[k] + b[k])
-        for k in range(3 * H, 4 * H):
-            g[k] = fast_sigmoid(g[k] + b[k])
+        sigmoid_add(g[:2 * H], b[:2 * H])
+        tanh_add(g[2 * H:3 * H], b[2 * H:3 * H])
+        sigmoid_add(g[3 * H:], b[3 * H:])
         # loops over few arrays each: LLVM vectorises a loop only after checking that its
         # arrays do not overlap, and gives up when a loop touches too many
         hp, cp, hn, cn, tc, yn = h[t, n], c[t, n], h[t + 1, n], c[t + 1, n], tanh_c[t, n], y[t, n]
@@ -174,15 +173,24 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, 
         dhn, dcn = dh[n], dc[n]
         if t < lengths[n]:
             dyn, cp, tc = dy[t, n], c[t, n], tanh_c[t, n]
+            # dhn becomes the gradient w.r.t. h[t+1] in full, dcn the one w.r.t. c[t+1];
+            # short loops over few arrays vectorise (one loop over all of them ran 1.6x slower)
             for j in range(H):
-                i, f, gg, o = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
-                dh_new = dyn[j] + dhn[j]
-                dc_new = dcn[j] + dh_new * o * (one - tc[j] * tc[j])
-                dg[j] = dc_new * gg * i * (one - i)
-                dg[H + j] = dc_new * cp[j] * f * (one - f)
-                dg[2 * H + j] = dc_new * i * (one - gg * gg)
-                dg[3 * H + j] = dh_new * tc[j] * o * (one - o)
-                dcn[j] = dc_new * f
+                dhn[j] += dyn[j]
+            for j in range(H):
+                dcn[j] += dhn[j] * g[3 * H + j] * (one - tc[j] * tc[j])
+            for j in range(H):
+                o = g[3 * H + j]
+                dg[3 * H + j] = dhn[j] * tc[j] * o * (one - o)
+            for j in range(H):
+                i, gg = g[j], g[2 * H + j]
+                dg[j] = dcn[j] * gg * i * (one - i)
+                dg[2 * H + j] = dcn[j] * i * (one - gg * gg)
+            for j in range(H):
+                f = g[H + j]
+                dg[H + j] = dcn[j] * cp[j] * f * (one - f)
+                dcn[j] *= f
+            for j in range(H):
                 dhn[j] = 0
         else:
             for k in range(4 * H):
