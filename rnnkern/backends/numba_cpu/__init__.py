@@ -16,8 +16,8 @@ import numpy as np
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
-from ._blas import blas_threads, threads_for
-from ._common import SMALL_MACS, VARIANTS, choose
+from ._blas import THREADED_MIN_MACS, blas_threads, threads_for
+from ._common import SMALL_MACS, VARIANTS, choose, weight_grads
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -64,7 +64,8 @@ def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> 
 
 
 def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
-    """SciPy OpenBLAS threads for one kernel call (0: leave as is), see ``_blas``."""
+    """SciPy OpenBLAS threads for one forward or backward time loop (0: leave as is), see
+    ``_blas``."""
     if chunks > 1:
         return 1  # each Numba thread makes its own single-threaded BLAS calls
     if d.H <= 8 and fused and d.T * d.B * d.I < SMALL_MACS // 32:
@@ -73,6 +74,15 @@ def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
         return threads_for(d.B * d.H * G * d.H)
     # the fused kernels call BLAS only for the products over all steps, and only big ones
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
+
+
+def _weight_grads(d: Dims, G: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
+    """dx, dW, dR, db from the stored gate gradients, in a call of its own: these are a few
+    GEMMs over all steps at once, which OpenBLAS's own threads speed up once they are big,
+    unlike the per-step products of the time loop."""
+    macs = d.T * d.B * max(d.I, d.H) * G * d.H
+    threads = 1 if SMALL_MACS <= macs < THREADED_MIN_MACS else 0
+    return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh)
 
 
 def _call(threads: int, kernel: Any, *args: Any) -> Any:
@@ -136,12 +146,12 @@ def rnn_backward(
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
     _, fused, chunks = choose(variant, d.B, d.H, 1)
-    dx, dh0, dW, dR, db, da = _call(
+    dh0, da = _call(
         _blas_threads(d, fused, chunks, 1), rnn.rnn_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
-        _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["x"], cache["W"], cache["R"], cache["h"], cache["a"],
-        ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused, chunks)
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        cache["R"], cache["a"], ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused,
+        chunks)
+    dx, dW, dR, db = _weight_grads(d, 1, cache, da, da)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
 
@@ -193,12 +203,12 @@ def lstm_backward(
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
     _, fused, chunks = choose(variant, d.B, d.H, 4)
-    dx, dh0, dc0, dW, dR, db, dgates = _call(
+    dh0, dc0, dgates = _call(
         _blas_threads(d, fused, chunks, 4), lstm.lstm_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
-        _zeros_or(dhT, (d.B, d.H), d.dtype),
-        _zeros_or(dcT, (d.B, d.H), d.dtype), cache["x"], cache["W"], cache["R"], cache["h"],
-        cache["c"], cache["gates"], cache["tanh_c"], cache["lengths"], fused, chunks)
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        _zeros_or(dcT, (d.B, d.H), d.dtype), cache["R"], cache["c"], cache["gates"],
+        cache["tanh_c"], cache["lengths"], fused, chunks)
+    dx, dW, dR, db = _weight_grads(d, 4, cache, dgates, dgates)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
 
@@ -245,11 +255,10 @@ def gru_backward(
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
     _, fused, chunks = choose(variant, d.B, d.H, 3)
-    dx, dh0, dW, dR, db, db_hn, dgx, dgh = _call(
+    dh0, db_hn, dgx, dgh = _call(
         _blas_threads(d, fused, chunks, 3), gru.gru_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype),
-        _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"], cache["hn"],
-        cache["lengths"], fused, chunks)
+        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+        cache["R"], cache["h"], cache["gates"], cache["hn"], cache["lengths"], fused, chunks)
+    dx, dW, dR, db = _weight_grads(d, 3, cache, dgx, dgh)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

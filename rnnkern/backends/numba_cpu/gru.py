@@ -21,7 +21,6 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
-    weight_grads,
 )
 
 
@@ -181,11 +180,11 @@ def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R,
 
 
 @njit(**JIT)
-def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, chunks):
+def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``gru_forward`` returned them.
 
-    Returns dx: (T, B, I), dh0: (B, H), dW: (I, 3H), dR: (H, 3H), db: (3H,),
-    db_hn: (H,), dgx, dgh: (T, B, 3H).
+    Returns dh0: (B, H), db_hn: (H,), dgx, dgh: (T, B, 3H) gradients of x @ W + b and of
+    h @ R (``weight_grads`` turns them into dx and the weight gradients).
     """
     T, B, H = dy.shape
     dh = dhT.copy()
@@ -197,11 +196,10 @@ def gru_backward(dy, dhT, x, W, R, h, gates, hn, lengths, fused, chunks):
             _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
         else:
             _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
-    dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):
         for n in range(B):
             for j in range(H):
                 db_hn[j] += dgh[t, n, 2 * H + j]
-    return dx, dh, dW, dR, db, db_hn.astype(dy.dtype), dgx, dgh
+    return dh, db_hn.astype(dy.dtype), dgx, dgh

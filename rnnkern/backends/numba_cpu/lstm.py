@@ -24,7 +24,6 @@ from ._common import (
     matmul,
     sigmoid_add,
     tanh_add,
-    weight_grads,
 )
 
 
@@ -211,11 +210,11 @@ def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh
 
 
 @njit(**JIT)
-def lstm_backward(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths, fused, chunks):
+def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
     """dy: (T, B, H)   dhT, dcT: (B, H)   the rest as ``lstm_forward`` returned them.
 
-    Returns dx: (T, B, I), dh0, dc0: (B, H), dW: (I, 4H), dR: (H, 4H), db: (4H,),
-    dgates: (T, B, 4H) pre-activation gradients.
+    Returns dh0, dc0: (B, H), dgates: (T, B, 4H) pre-activation gradients
+    (``weight_grads`` turns them into dx and the weight gradients).
     """
     T, B, H = dy.shape
     dh = dhT.copy()
@@ -228,5 +227,4 @@ def lstm_backward(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths, fused, ch
                                lengths)
         else:
             _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths)
-    dx, dW, dR, db = weight_grads(x, W, h, dgates, dgates)
-    return dx, dh, dc, dW, dR, db, dgates
+    return dh, dc, dgates

@@ -19,7 +19,6 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
-    weight_grads,
 )
 
 
@@ -179,11 +178,11 @@ def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths):
 
 
 @njit(**JIT)
-def rnn_backward(dy, dhT, x, W, R, h, a, code, lengths, fused, chunks):
+def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``rnn_forward`` returned them.
 
-    Returns dx: (T, B, I), dh0: (B, H), dW: (I, H), dR: (H, H), db: (H,),
-    da: (T, B, H) pre-activation gradients.
+    Returns dh0: (B, H), da: (T, B, H) pre-activation gradients (``weight_grads`` turns
+    them into dx and the weight gradients).
     """
     T, B, H = dy.shape
     dh = dhT.copy()
@@ -194,5 +193,4 @@ def rnn_backward(dy, dhT, x, W, R, h, a, code, lengths, fused, chunks):
             _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths)
         else:
             _backward_rows(t, 0, B, fused, code, dy, dh, da, dhr, a, R, lengths)
-    dx, dW, dR, db = weight_grads(x, W, h, da, da)
-    return dx, dh, dW, dR, db, da
+    return dh, da
