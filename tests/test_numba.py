@@ -152,3 +152,52 @@ def test_backward_validation():
         nb.lstm_backward(None, (None, np.zeros((2, 4), np.float64)), cache)
     with pytest.raises(ValueError, match="variant"):
         nb.lstm_backward(None, None, cache, variant="fast")
+
+
+# ----------------------------------------------------------------------------
+# variant choice and BLAS threads
+
+
+@pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 32, "v3"),
+                                          (32, 64, "v1")])
+def test_automatic_variant(B, H, expected):
+    p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
+    P = p.params
+    _, _, cache = nb.gru_forward(p.inputs["x"], None, P["W"], P["R"], P["b"], P["b_hn"])
+    assert cache["variant"] == expected
+
+
+def test_blas_thread_count_restored():
+    """A call whose per-step products run on one OpenBLAS thread puts the count back."""
+    from rnnkern.backends.numba_cpu import _blas
+
+    if _blas._COUNT is None:
+        pytest.skip("SciPy's BLAS is not OpenBLAS")
+    get, set_ = _blas._COUNT
+    before = get()
+    try:
+        set_(2)
+        p = make_problem("lstm", T=3, B=16, I=8, H=40).astype(np.float32)
+        assert _blas.threads_for(16 * 40 * 160) == 1  # this shape runs single-threaded
+        P = p.params
+        _, _, cache = nb.lstm_forward(p.inputs["x"], None, None, P["W"], P["R"], P["b"],
+                                      variant="v1")
+        nb.lstm_backward(p.out_grads["dy"], None, cache)
+        assert get() == 2
+    finally:
+        set_(before)
+
+
+def test_outputs_do_not_share_memory_between_calls():
+    """Zero states and full lengths are shared between calls; nothing returned may be."""
+    p = make_problem("lstm", T=3, B=16, I=1, H=3).astype(np.float32)
+    x, P = p.inputs["x"], p.params
+    y1, (h1, c1), cache1 = nb.lstm_forward(x, None, None, P["W"], P["R"], P["b"])
+    expected = y1.copy(), h1.copy(), c1.copy()
+    for a in (y1, h1, c1):
+        a[...] = np.nan
+    dx, (dh0, dc0), grads = nb.lstm_backward(None, None, cache1)
+    dh0[...] = np.nan
+    y2, (h2, c2), _ = nb.lstm_forward(x, None, None, P["W"], P["R"], P["b"])
+    for a, b in zip((y2, h2, c2), expected):
+        np.testing.assert_array_equal(a, b)
