@@ -15,7 +15,6 @@ from ._common import (
     active_rows,
     add_into,
     add_row_product,
-    add_row_product_t,
     batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
@@ -137,13 +136,14 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
+def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
     on exit (plus that part, dgh[t, n] @ R.T, when fused).
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    RT: (G*H, H) R.T as a C-contiguous copy when fused
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -165,18 +165,18 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, len
                 dgx_[k] = 0
                 dgh_[k] = 0
         if fused:
-            add_row_product_t(dgh_, R, dhn)
+            add_row_product(dgh_, RT, dhn)
     if not fused:
         matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths):
+def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh, dhr,
-                       gates, h, hn, R, lengths)
+                       gates, h, hn, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -191,11 +191,15 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
     dgx = np.empty((T, B, 3 * H), dy.dtype)
     dgh = np.empty((T, B, 3 * H), dy.dtype)
     dhr = np.empty((B, H), dy.dtype)
+    # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
+    # vectorises over H like the forward's product instead of reducing over G*H
+    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
+            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
+                               lengths)
         else:
-            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, lengths)
+            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):

@@ -16,7 +16,6 @@ from ._common import (
     active_rows,
     add_into,
     add_row_product,
-    add_row_product_t,
     batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
@@ -157,13 +156,14 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
+def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
     w.r.t. c[t] and dh holds what is carried past inactive rows, plus (fused) the
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    RT: (G*H, H) R.T as a C-contiguous copy when fused
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -195,18 +195,18 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, 
             for k in range(4 * H):
                 dg[k] = 0
         if fused:
-            add_row_product_t(dg, R, dhn)
+            add_row_product(dg, RT, dhn)
     if not fused:
         matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths):
+def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates, dhr,
-                       gates, c, tanh_c, R, lengths)
+                       gates, c, tanh_c, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -221,10 +221,14 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
     dc = dcT.copy()
     dgates = np.empty((T, B, 4 * H), dy.dtype)
     dhr = np.empty((B, H), dy.dtype)
+    # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
+    # vectorises over H like the forward's product instead of reducing over G*H
+    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R,
+            _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
                                lengths)
         else:
-            _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, lengths)
+            _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+                           lengths)
     return dh, dc, dgates

@@ -14,7 +14,6 @@ from ._common import (
     active_rows,
     add_into,
     add_row_product,
-    add_row_product_t,
     batch_inner_preactivation,
     fast_tanh,
     input_projection,
@@ -135,12 +134,13 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, lengths):
+def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
     """Step t of batch rows lo <= n < hi, backwards.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    RT: (G*H, H) R.T as a C-contiguous copy when fused
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
@@ -163,18 +163,18 @@ def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, lengths):
             for j in range(H):
                 dan[j] = zero
         if fused:
-            add_row_product_t(dan, R, dhn)
+            add_row_product(dan, RT, dhn)
     if not fused:
         matmul(da[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths):
+def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da, dhr,
-                       a, R, lengths)
+                       a, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -188,9 +188,12 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
     dh = dhT.copy()
     da = np.empty((T, B, H), dy.dtype)
     dhr = np.empty((B, H), dy.dtype)
+    # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
+    # vectorises over H like the forward's product instead of reducing over G*H
+    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     for t in range(T - 1, -1, -1):
         if chunks > 1:
-            _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, lengths)
+            _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
         else:
-            _backward_rows(t, 0, B, fused, code, dy, dh, da, dhr, a, R, lengths)
+            _backward_rows(t, 0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
     return dh, da
