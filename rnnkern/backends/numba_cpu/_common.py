@@ -162,24 +162,6 @@ def matmul(A, B, out):
 
 
 @njit(**JIT)
-def sigmoid_add(g, b):
-    """g[k] = sigmoid(g[k] + b[k]) for two equally long views, one gate block of a row.
-
-    Views rather than a loop over range(lo, hi) of the whole row: LLVM vectorises this
-    form; the offset-range one ran 2.5x slower (measured at H=256).
-    """
-    for k in range(g.shape[0]):
-        g[k] = fast_sigmoid(g[k] + b[k])
-
-
-@njit(**JIT)
-def tanh_add(g, b):
-    """g[k] = tanh(g[k] + b[k]) for two equally long views, as ``sigmoid_add``."""
-    for k in range(g.shape[0]):
-        g[k] = fast_tanh(g[k] + b[k])
-
-
-@njit(**JIT)
 def add_row_product(hrow, R, out):
     """out: (G*H,) += hrow: (H,) @ R: (H, G*H), the fused path's recurrent product of one row."""
     H, GH = R.shape
