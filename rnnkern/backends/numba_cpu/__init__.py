@@ -16,7 +16,7 @@ import numpy as np
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
-from ._blas import THREADED_MIN_MACS, blas_threads, threads_for
+from ._blas import blas_threads, threads_for
 from ._common import SMALL_MACS, VARIANTS, choose, weight_grads
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
@@ -76,12 +76,11 @@ def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
 
 
-def _weight_grads(d: Dims, G: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
-    """dx, dW, dR, db from the stored gate gradients, in a call of its own: these are a few
-    GEMMs over all steps at once, which OpenBLAS's own threads speed up once they are big,
-    unlike the per-step products of the time loop."""
-    macs = d.T * d.B * max(d.I, d.H) * G * d.H
-    threads = 1 if SMALL_MACS <= macs < THREADED_MIN_MACS else 0
+def _weight_grads(threads: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
+    """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once,
+    at the time loop's BLAS thread count: OpenBLAS's workers spin after a threaded call
+    and slow down whatever runs next on a busy machine, so they are used only where the
+    per-step products are big enough for them too."""
     return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh)
 
 
@@ -146,12 +145,13 @@ def rnn_backward(
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
     _, fused, chunks = choose(variant, d.B, d.H, 1)
+    threads = _blas_threads(d, fused, chunks, 1)
     dh0, da = _call(
-        _blas_threads(d, fused, chunks, 1), rnn.rnn_backward,
+        threads, rnn.rnn_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["R"], cache["a"], ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused,
         chunks)
-    dx, dW, dR, db = _weight_grads(d, 1, cache, da, da)
+    dx, dW, dR, db = _weight_grads(threads, cache, da, da)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
 
@@ -203,12 +203,13 @@ def lstm_backward(
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
     _, fused, chunks = choose(variant, d.B, d.H, 4)
+    threads = _blas_threads(d, fused, chunks, 4)
     dh0, dc0, dgates = _call(
-        _blas_threads(d, fused, chunks, 4), lstm.lstm_backward,
+        threads, lstm.lstm_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
         _zeros_or(dcT, (d.B, d.H), d.dtype), cache["R"], cache["c"], cache["gates"],
         cache["tanh_c"], cache["lengths"], fused, chunks)
-    dx, dW, dR, db = _weight_grads(d, 4, cache, dgates, dgates)
+    dx, dW, dR, db = _weight_grads(threads, cache, dgates, dgates)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
 
@@ -255,10 +256,11 @@ def gru_backward(
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
     _, fused, chunks = choose(variant, d.B, d.H, 3)
+    threads = _blas_threads(d, fused, chunks, 3)
     dh0, db_hn, dgx, dgh = _call(
-        _blas_threads(d, fused, chunks, 3), gru.gru_backward,
+        threads, gru.gru_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
         cache["R"], cache["h"], cache["gates"], cache["hn"], cache["lengths"], fused, chunks)
-    dx, dW, dR, db = _weight_grads(d, 3, cache, dgx, dgh)
+    dx, dW, dR, db = _weight_grads(threads, cache, dgx, dgh)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)
