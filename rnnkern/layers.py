@@ -135,19 +135,12 @@ class Layer:
 
     # -- computing ------------------------------------------------------------
     def check_data(self, name: str, a: Any) -> None:
-        """Refuse data on another device than the parameters (never copied silently),
-        and read-only data where the backend cannot take it."""
+        """Refuse data on another device than the parameters (never copied silently)."""
         if _is_cupy(a) != (backend_xp(self._be) is not np):
             where = "a cupy (GPU)" if _is_cupy(a) else "a numpy (CPU)"
             raise ValueError(f"{name}: is {where} array but the model is on backend "
                              f"{self.backend!r}; put the data on the model's device or move "
                              f"the model with .to(...) (rnnkern never copies silently)")
-        # numba's np.dot crashes the interpreter on a read-only x in the LSTM and GRU
-        # kernels: refuse it here until the kernels take read-only input
-        if self.backend == "numba" and not a.flags.writeable:
-            raise ValueError(f"{name}: expected a writable array on backend 'numba', got a "
-                             f"read-only one; pass a copy (np.array(...)) or use "
-                             f"backend='numpy'")
 
     def check_call(self, x: Any, state: State = None, lengths: Any = None,
                    name: str = "state") -> tuple[Any, State, Any]:

@@ -119,3 +119,16 @@ def test_unknown_backend():
 def test_available_lists_numpy_first():
     assert backends.available()[0] == "numpy"
     assert backends.default() in backends.available()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_arrays_are_read_not_written(backend, cell, dtype):
+    """Kernels never write their inputs: read-only arrays (an np.load mmap, a
+    broadcast) give the oracle's results, forward and backward."""
+    p = gc.make_problem(cell, T=6, B=5, I=4, H=7, lengths=True).astype(dtype)
+    for d in (p.inputs, p.params, p.out_grads):
+        for a in d.values():
+            a.setflags(write=False)
+    tol = gc.PARITY_TOL[np.dtype(dtype).name]
+    assert max(gc.parity(p, backend, dtype, per_step=True).values()) <= tol
