@@ -23,10 +23,9 @@ import numpy as np
 
 from .backends import cupy_cuda
 from .backends.cupy_cuda.variants import VARIANTS
+from .bench import CELLS, PASSES
 from .gradcheck import PARAMS
 
-CELLS = ("rnn", "lstm", "gru")
-PASSES = ("forward", "forward+backward")
 WARMUP = 3
 
 
