@@ -45,6 +45,10 @@ SERIAL = {"v2": "v1", "v4": "v3"}
 
 #: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
 FUSED_MAX_H = 32
+#: hidden sizes up to this run fully fused with row blocks per thread (v4) wherever there
+#: are two rows per thread: at B32 H64 1.1-1.4x faster than a BLAS call per step (v1), for
+#: every cell (measured; serially, v3 and v1 are about even there)
+FUSED_PARALLEL_MAX_H = 64
 #: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
 BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
@@ -63,12 +67,14 @@ def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]
         name = variant
     elif H <= BATCH_INNER_MAX_H and B >= BATCH_INNER_MIN_B:
         name = "v5"
+    elif H <= FUSED_MAX_H:
+        name = "v4" if B * G * H >= PARALLEL_MIN_WORK else "v3"
+    elif H <= FUSED_PARALLEL_MAX_H:
+        name = "v4"
     else:
-        fused = H <= FUSED_MAX_H
-        # threads only on the fused path: at the sizes the BLAS path serves, OpenBLAS's own
-        # threads on one GEMM per step beat row blocks per Numba thread (v2) where measured
-        parallel = fused and B * G * H >= PARALLEL_MIN_WORK
-        name = ("v4" if parallel else "v3") if fused else ("v2" if parallel else "v1")
+        # at the sizes the BLAS path serves, OpenBLAS's own threads on one GEMM per step
+        # beat row blocks per Numba thread (v2) where measured
+        name = "v1"
     fused, parallel, _ = VARIANT_FLAGS[name]
     if not parallel:
         return name, fused, 1
