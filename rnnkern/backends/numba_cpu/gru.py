@@ -14,7 +14,7 @@ from ._common import (
     JIT,
     active_rows,
     add_into,
-    add_row_product,
+    add_rows_product,
     batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
@@ -33,14 +33,14 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     """
     H = h.shape[2]
     one = gates.dtype.type(1)
-    if not fused:
+    if fused:
+        rec[lo:hi] = 0
+        add_rows_product(h[t], R, rec, lo, hi)
+    else:
         matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         g, r = gates[t, n], rec[n]
         hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
-        if fused:
-            r[:] = 0
-            add_row_product(hp, R, r)
         for k in range(2 * H):
             g[k] = fast_sigmoid(g[k] + r[k] + b[k])
         for j in range(H):
@@ -164,9 +164,9 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
             for k in range(3 * H):
                 dgx_[k] = 0
                 dgh_[k] = 0
-        if fused:
-            add_row_product(dgh_, RT, dhn)
-    if not fused:
+    if fused:
+        add_rows_product(dgh[t], RT, dh, lo, hi)
+    else:
         matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 

@@ -15,7 +15,7 @@ from ._common import (
     JIT,
     active_rows,
     add_into,
-    add_row_product,
+    add_rows_product,
     batch_inner_preactivation,
     fast_sigmoid,
     fast_tanh,
@@ -33,13 +33,13 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
-    if not fused:
+    if fused:
+        add_rows_product(h[t], R, gates[t], lo, hi)
+    else:
         matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         g = gates[t, n]
-        if fused:
-            add_row_product(h[t, n], R, g)
-        else:
+        if not fused:
             for k in range(4 * H):
                 g[k] += rec[n, k]
         # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
@@ -197,9 +197,9 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, 
         else:
             for k in range(4 * H):
                 dg[k] = 0
-        if fused:
-            add_row_product(dg, RT, dhn)
-    if not fused:
+    if fused:
+        add_rows_product(dgates[t], RT, dh, lo, hi)
+    else:
         matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 

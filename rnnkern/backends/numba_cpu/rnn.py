@@ -13,7 +13,7 @@ from ._common import (
     JIT,
     active_rows,
     add_into,
-    add_row_product,
+    add_rows_product,
     batch_inner_preactivation,
     fast_tanh,
     input_projection,
@@ -31,13 +31,13 @@ def _forward_rows(t, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
-    if not fused:
+    if fused:
+        add_rows_product(h[t], R, a[t], lo, hi)
+    else:
         matmul(h[t, lo:hi], R, rec[lo:hi])
     for n in range(lo, hi):
         an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
-        if fused:
-            add_row_product(hp, R, an)
-        else:
+        if not fused:
             for j in range(H):
                 an[j] += rec[n, j]
         if code == 0:
@@ -162,9 +162,9 @@ def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
         else:
             for j in range(H):
                 dan[j] = zero
-        if fused:
-            add_row_product(dan, RT, dhn)
-    if not fused:
+    if fused:
+        add_rows_product(da[t], RT, dh, lo, hi)
+    else:
         matmul(da[t, lo:hi], R.T, dhr[lo:hi])
         add_into(dh[lo:hi], dhr[lo:hi])
 
