@@ -60,6 +60,40 @@ def test_parity_wide_and_saturating(cell, variant):
     _check(p, np.float64)
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7])
+def test_products_over_all_steps_in_row_blocks(chunks):
+    """The input projection and the weight gradients split into row blocks (one per
+    Numba thread) against float64 NumPy, including more blocks than rows (empty ones)."""
+    from rnnkern.backends.numba_cpu._common import input_projection, weight_grads
+
+    rng = np.random.default_rng(chunks)
+    for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1)]:
+        x = rng.standard_normal((T, B, I))
+        W = rng.standard_normal((I, G * H))
+        h = rng.standard_normal((T + 1, B, H))
+        dgx, dgh = rng.standard_normal((2, T, B, G * H))
+        np.testing.assert_allclose(input_projection(x, W, G * H, chunks), x @ W, rtol=1e-12)
+        dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh, chunks)
+        xs, hs = x.reshape(T * B, I), h[:T].reshape(T * B, H)
+        gx, gh = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
+        np.testing.assert_allclose(dx, dgx @ W.T, rtol=1e-12)
+        np.testing.assert_allclose(dW, xs.T @ gx, rtol=1e-12)
+        np.testing.assert_allclose(dR, hs.T @ gh, rtol=1e-12)
+        np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypatch):
+    """The whole forward and backward with every product over all steps split over the
+    Numba threads (the size threshold lowered to zero)."""
+    monkeypatch.setattr(nb, "GEMM_PARALLEL_MIN_MACS", 0)
+    p = make_problem(cell, T=5, B=3, I=4, H=9, activation=activation, lengths=True, seed=4)
+    p.options = {"variant": variant}
+    _check(p, np.float32)
+    _check(p, np.float64)
+
+
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_finite_differences(cell, activation):
     p = make_problem(cell, T=3, B=2, I=2, H=3, activation=activation, lengths=True, seed=5)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
-from ._common import SMALL_MACS, VARIANTS, choose, weight_grads
+from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, choose, weight_grads
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -76,12 +77,27 @@ def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
 
 
+def _gemm_chunks(threads: int, macs: int) -> int:
+    """Row blocks of a product over all steps (``macs`` multiply-adds) that runs at the
+    time loop's BLAS thread count ``threads``: one per Numba thread where OpenBLAS is held
+    to one thread (``threads == 1``) and the product is big enough, else 1. OpenBLAS's own
+    workers spin after a threaded call and slow down whatever runs next on a busy machine,
+    so they are used only where the per-step products are big enough for them too; Numba's
+    threads, already running the kernels, take the big products over all steps instead."""
+    if threads != 1 or macs < GEMM_PARALLEL_MIN_MACS:
+        return 1
+    return numba.get_num_threads()
+
+
+def _projection_chunks(threads: int, d: Dims, G: int) -> int:
+    return _gemm_chunks(threads, d.T * d.B * d.I * G * d.H)
+
+
 def _weight_grads(threads: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
-    """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once,
-    at the time loop's BLAS thread count: OpenBLAS's workers spin after a threaded call
-    and slow down whatever runs next on a busy machine, so they are used only where the
-    per-step products are big enough for them too."""
-    return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh)
+    """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once."""
+    d: Dims = cache["dims"]
+    chunks = _gemm_chunks(threads, d.T * d.B * (2 * d.I + d.H) * dgx.shape[2])
+    return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks)
 
 
 def _call(threads: int, kernel: Any, *args: Any) -> Any:
@@ -125,8 +141,10 @@ def rnn_forward(
     code = ACTIVATION_CODES[check_activation(activation)]
     name, fused, chunks = choose(variant, d.B, d.H, 1)
     lens = _lengths(lengths, d)
-    kernel, how = (rnn.rnn_forward_bi, ()) if name == "v5" else (rnn.rnn_forward, (fused, chunks))
-    y, h, a, hT = _call(_blas_threads(d, fused, chunks, 1), kernel, x,
+    threads = _blas_threads(d, fused, chunks, 1)
+    kernel, how = ((rnn.rnn_forward_bi, ()) if name == "v5" else
+                   (rnn.rnn_forward, (fused, chunks, _projection_chunks(threads, d, 1))))
+    y, h, a, hT = _call(threads, kernel, x,
                     _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, *how)
     cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
                  lengths=lens, variant=name)
@@ -177,10 +195,11 @@ def lstm_forward(
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
     name, fused, chunks = choose(variant, d.B, d.H, 4)
     lens = _lengths(lengths, d)
-    kernel, how = ((lstm.lstm_forward_bi, ()) if name == "v5"
-                   else (lstm.lstm_forward, (fused, chunks)))
+    threads = _blas_threads(d, fused, chunks, 4)
+    kernel, how = ((lstm.lstm_forward_bi, ()) if name == "v5" else
+                   (lstm.lstm_forward, (fused, chunks, _projection_chunks(threads, d, 4))))
     y, h, c, gates, tanh_c, hT, cT = _call(
-        _blas_threads(d, fused, chunks, 4), kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
+        threads, kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
         _zeros_or(c0, (d.B, d.H), d.dtype), W, R, b, lens, *how)
     cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
                  lengths=lens, variant=name)
@@ -236,8 +255,10 @@ def gru_forward(
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
     name, fused, chunks = choose(variant, d.B, d.H, 3)
     lens = _lengths(lengths, d)
-    kernel, how = (gru.gru_forward_bi, ()) if name == "v5" else (gru.gru_forward, (fused, chunks))
-    y, h, gates, hn, hT = _call(_blas_threads(d, fused, chunks, 3), kernel, x,
+    threads = _blas_threads(d, fused, chunks, 3)
+    kernel, how = ((gru.gru_forward_bi, ()) if name == "v5" else
+                   (gru.gru_forward, (fused, chunks, _projection_chunks(threads, d, 3))))
+    y, h, gates, hn, hT = _call(threads, kernel, x,
                             _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, *how)
     cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
                  variant=name)

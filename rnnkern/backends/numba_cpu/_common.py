@@ -14,7 +14,7 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 #: fastmath flags of every kernel: reassociation lets LLVM vectorise the reductions
@@ -54,6 +54,9 @@ BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
+#: multiply-adds of a product over all steps (input projection, weight gradients) from
+#: which it is split into row blocks over the Numba threads where OpenBLAS runs one thread
+GEMM_PARALLEL_MIN_MACS = 1 << 18
 
 
 def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]:
@@ -212,39 +215,73 @@ def add_rows_product(A, R, out, lo, hi):
         add_row_product(A[n], R, out[n])
 
 
-@njit(**JIT)
-def input_projection(x, W, G):
-    """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once."""
+@njit(parallel=True, **JIT)
+def input_projection(x, W, G, chunks):
+    """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once;
+    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread."""
     T, B, I = x.shape
+    N = T * B
     out = np.empty((T, B, G), x.dtype)
-    matmul(x.reshape(T * B, I), W, out.reshape(T * B, G))
+    x2, o2 = x.reshape(N, I), out.reshape(N, G)
+    if chunks == 1:
+        matmul(x2, W, o2)
+    else:
+        for i in prange(chunks):
+            lo, hi = i * N // chunks, (i + 1) * N // chunks
+            matmul(x2[lo:hi], W, o2[lo:hi])
     return out
 
 
 @njit(**JIT)
-def weight_grads(x, W, h, dgx, dgh):
+def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
+    """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
+    make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
+    entry), their sums over these rows."""
+    matmul(dgx2, W.T, dx2)
+    matmul(x2.T, dgx2, dW)
+    matmul(h2.T, dgh2, dR)
+    # float64 accumulator: N float32 terms would otherwise lose digits
+    for n in range(dgx2.shape[0]):
+        for g in range(dgx2.shape[1]):
+            db[g] += dgx2[n, g]
+
+
+@njit(parallel=True, **JIT)
+def weight_grads(x, W, h, dgx, dgh, chunks):
     """dx and the weight gradients as GEMMs over all steps at once.
 
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
     dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
+    chunks: row blocks of T*B, one per Numba thread when > 1, each with its own partial
+    weight gradients (single-threaded BLAS calls)
     Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
     """
     T, B, I = x.shape
     H = h.shape[2]
     GH = dgx.shape[2]
-    dgx2 = dgx.reshape(T * B, GH)
+    N = T * B
+    x2, h2 = x.reshape(N, I), h[:T].reshape(N, H)
+    dgx2, dgh2 = dgx.reshape(N, GH), dgh.reshape(N, GH)
     dx = np.empty((T, B, I), x.dtype)
-    matmul(dgx2, W.T, dx.reshape(T * B, I))
-    dW = np.empty((I, GH), x.dtype)
-    matmul(x.reshape(T * B, I).T, dgx2, dW)
-    dR = np.empty((H, GH), x.dtype)
-    matmul(h[:T].reshape(T * B, H).T, dgh.reshape(T * B, GH), dR)
-    # float64 accumulator: T * B float32 terms would otherwise lose digits
-    acc = np.zeros(GH, np.float64)
-    for n in range(T * B):
-        for g in range(GH):
-            acc[g] += dgx2[n, g]
-    return dx, dW, dR, acc.astype(x.dtype)
+    dx2 = dx.reshape(N, I)
+    # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
+    dW, pW = np.empty((I, GH), x.dtype), np.empty((chunks - 1, I, GH), x.dtype)
+    dR, pR = np.empty((H, GH), x.dtype), np.empty((chunks - 1, H, GH), x.dtype)
+    db = np.zeros((chunks, GH), np.float64)
+    if chunks == 1:
+        _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
+    else:
+        for i in prange(chunks):
+            lo, hi = i * N // chunks, (i + 1) * N // chunks
+            _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
+                               dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
+        for i in range(chunks - 1):
+            add_into(dW, pW[i])
+            add_into(dR, pR[i])
+        for i in range(1, chunks):
+            for g in range(GH):
+                db[0, g] += db[i, g]
+    return dx, dW, dR, db[0].astype(x.dtype)
 
 
 @njit(**JIT)

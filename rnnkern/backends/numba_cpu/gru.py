@@ -68,15 +68,17 @@ def _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, length
 
 
 @njit(**JIT)
-def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks):
+def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
+    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
     gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = input_projection(x, W, 3 * H)
+    gates = input_projection(x, W, 3 * H, gemm_chunks)
     h = np.empty((T + 1, B, H), x.dtype)
     h[0] = h0
     hn = np.empty((T, B, H), x.dtype)

@@ -78,8 +78,10 @@ def _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengt
 
 
 @njit(**JIT)
-def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks):
+def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
+    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
     gates: (T, B, 4H) post-activation, tanh_c: (T, B, H), hT, cT: (B, H) copies of
@@ -87,7 +89,7 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks):
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = input_projection(x, W, 4 * H)
+    gates = input_projection(x, W, 4 * H, gemm_chunks)
     h = np.empty((T + 1, B, H), x.dtype)
     c = np.empty((T + 1, B, H), x.dtype)
     h[0] = h0

@@ -69,15 +69,17 @@ def _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths):
 
 
 @njit(**JIT)
-def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks):
+def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
+    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
     hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    a = input_projection(x, W, H)
+    a = input_projection(x, W, H, gemm_chunks)
     h = np.empty((T + 1, B, H), x.dtype)
     h[0] = h0
     y = np.empty((T, B, H), x.dtype)
