@@ -24,8 +24,8 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
-    """Step t of batch rows lo <= n < hi.
+def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
 
     gates: (T, B, 3H) holds x @ W on entry, the post-activation (r, z, n) on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
@@ -33,38 +33,39 @@ def _forward_rows(t, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     """
     H = h.shape[2]
     one = gates.dtype.type(1)
-    if fused:
-        rec[lo:hi] = 0
-        add_rows_product(h[t], R, rec, lo, hi)
-    else:
-        matmul(h[t, lo:hi], R, rec[lo:hi])
-    for n in range(lo, hi):
-        g, r = gates[t, n], rec[n]
-        hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
-        for k in range(2 * H):
-            g[k] = fast_sigmoid(g[k] + r[k] + b[k])
-        for j in range(H):
-            hnn[j] = r[2 * H + j] + b_hn[j]
-        for j in range(H):
-            g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
-        for j in range(H):
-            z = g[H + j]
-            hnew[j] = (one - z) * g[2 * H + j] + z * hp[j]
-        if t < lengths[n]:
-            for j in range(H):
-                yn[j] = hnew[j]
+    for t in range(t0, t1):
+        if fused:
+            rec[lo:hi] = 0
+            add_rows_product(h[t], R, rec, lo, hi)
         else:
+            matmul(h[t, lo:hi], R, rec[lo:hi])
+        for n in range(lo, hi):
+            g, r = gates[t, n], rec[n]
+            hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
+            for k in range(2 * H):
+                g[k] = fast_sigmoid(g[k] + r[k] + b[k])
             for j in range(H):
-                hnew[j] = hp[j]
-                yn[j] = 0
+                hnn[j] = r[2 * H + j] + b_hn[j]
+            for j in range(H):
+                g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
+            for j in range(H):
+                z = g[H + j]
+                hnew[j] = (one - z) * g[2 * H + j] + z * hp[j]
+            if t < lengths[n]:
+                for j in range(H):
+                    yn[j] = hnew[j]
+            else:
+                for j in range(H):
+                    hnew[j] = hp[j]
+                    yn[j] = 0
 
 
 @njit(parallel=True, **JIT)
 def _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b, b_hn,
-                      h, hn, y, lengths)
+        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+                      b_hn, h, hn, y, lengths)
 
 
 @njit(**JIT)
@@ -84,11 +85,11 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
     hn = np.empty((T, B, H), x.dtype)
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, 3 * H), x.dtype)
-    for t in range(T):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T):
             _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
-        else:
-            _forward_rows(t, 0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+    else:
+        _forward_rows(0, T, 0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
     return y, h, gates, hn, h[T].copy()
 
 
@@ -138,8 +139,8 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
-    """Step t of batch rows lo <= n < hi, backwards.
+def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
+    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
     on exit (plus that part, dgh[t, n] @ R.T, when fused).
@@ -149,36 +150,37 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
-    for n in range(lo, hi):
-        g, dgx_, dgh_, dhn = gates[t, n], dgx[t, n], dgh[t, n], dh[n]
-        if t < lengths[n]:
-            dyn, hp, hnn = dy[t, n], h[t, n], hn[t, n]
-            for j in range(H):
-                rr, z, nn = g[j], g[H + j], g[2 * H + j]
-                dh_new = dyn[j] + dhn[j]
-                dn = dh_new * (one - z) * (one - nn * nn)
-                dr = dn * hnn[j] * rr * (one - rr)
-                dz = dh_new * (hp[j] - nn) * z * (one - z)
-                dgx_[j], dgx_[H + j], dgx_[2 * H + j] = dr, dz, dn
-                dgh_[j], dgh_[H + j], dgh_[2 * H + j] = dr, dz, dn * rr
-                dhn[j] = dh_new * z
+    for t in range(t1 - 1, t0 - 1, -1):
+        for n in range(lo, hi):
+            g, dgx_, dgh_, dhn = gates[t, n], dgx[t, n], dgh[t, n], dh[n]
+            if t < lengths[n]:
+                dyn, hp, hnn = dy[t, n], h[t, n], hn[t, n]
+                for j in range(H):
+                    rr, z, nn = g[j], g[H + j], g[2 * H + j]
+                    dh_new = dyn[j] + dhn[j]
+                    dn = dh_new * (one - z) * (one - nn * nn)
+                    dr = dn * hnn[j] * rr * (one - rr)
+                    dz = dh_new * (hp[j] - nn) * z * (one - z)
+                    dgx_[j], dgx_[H + j], dgx_[2 * H + j] = dr, dz, dn
+                    dgh_[j], dgh_[H + j], dgh_[2 * H + j] = dr, dz, dn * rr
+                    dhn[j] = dh_new * z
+            else:
+                for k in range(3 * H):
+                    dgx_[k] = 0
+                    dgh_[k] = 0
+        if fused:
+            add_rows_product(dgh[t], RT, dh, lo, hi)
         else:
-            for k in range(3 * H):
-                dgx_[k] = 0
-                dgh_[k] = 0
-    if fused:
-        add_rows_product(dgh[t], RT, dh, lo, hi)
-    else:
-        matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
-        add_into(dh[lo:hi], dhr[lo:hi])
+            matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
+            add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
 def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh, dhr,
-                       gates, h, hn, R, RT, lengths)
+        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
+                       dhr, gates, h, hn, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -196,12 +198,12 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
-    for t in range(T - 1, -1, -1):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T - 1, -1, -1):
             _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
                                lengths)
-        else:
-            _backward_rows(t, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
+    else:
+        _backward_rows(0, T, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):

@@ -3,7 +3,9 @@
 Gate order (i, f, g, o):  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t).
 Each kernel allocates everything before its time loop; a step is the recurrent
 product (one GEMM, or the fused per-row loop) and one pass over a block of batch rows,
-one block, or one per thread (see ``_common.VARIANTS``).
+one block, or one per thread (see ``_common.VARIANTS``). With one block the whole time
+loop runs inside one call of ``_forward_rows``/``_backward_rows`` (a call per step,
+with its dozen array arguments, cost ~0.1 us of a 0.5 us LSTM step at B1 H32).
 """
 
 from __future__ import annotations
@@ -25,56 +27,58 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
-    """Step t of batch rows lo <= n < hi.
+def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
+    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
 
     gates: (T, B, 4H) holds x @ W on entry, the post-activation (i, f, g, o) on exit
     rec: (B, 4H) h[t] @ R unless fused (then the product is made here, row by row)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
-    if fused:
-        add_rows_product(h[t], R, gates[t], lo, hi)
-    else:
-        matmul(h[t, lo:hi], R, rec[lo:hi])
-    for n in range(lo, hi):
-        g = gates[t, n]
-        if not fused:
-            for k in range(4 * H):
-                g[k] += rec[n, k]
-        # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
-        # ran 2.5x slower (H=256), calls on sliced views 2x slower (H=32)
-        for k in range(2 * H):
-            g[k] = fast_sigmoid(g[k] + b[k])
-        for k in range(H):
-            g[2 * H + k] = fast_tanh(g[2 * H + k] + b[2 * H + k])
-        for k in range(H):
-            g[3 * H + k] = fast_sigmoid(g[3 * H + k] + b[3 * H + k])
-        # loops over few arrays each: LLVM vectorises a loop only after checking that its
-        # arrays do not overlap, and gives up when a loop touches too many
-        hp, cp, hn, cn, tc, yn = h[t, n], c[t, n], h[t + 1, n], c[t + 1, n], tanh_c[t, n], y[t, n]
-        for j in range(H):
-            cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
-        for j in range(H):
-            tc[j] = fast_tanh(cn[j])
-        for j in range(H):
-            hn[j] = g[3 * H + j] * tc[j]
-        if t < lengths[n]:
-            for j in range(H):
-                yn[j] = hn[j]
+    for t in range(t0, t1):
+        if fused:
+            add_rows_product(h[t], R, gates[t], lo, hi)
         else:
+            matmul(h[t, lo:hi], R, rec[lo:hi])
+        for n in range(lo, hi):
+            g = gates[t, n]
+            if not fused:
+                for k in range(4 * H):
+                    g[k] += rec[n, k]
+            # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
+            # ran 2.5x slower (H=256), calls on sliced views 2x slower (H=32)
+            for k in range(2 * H):
+                g[k] = fast_sigmoid(g[k] + b[k])
+            for k in range(H):
+                g[2 * H + k] = fast_tanh(g[2 * H + k] + b[2 * H + k])
+            for k in range(H):
+                g[3 * H + k] = fast_sigmoid(g[3 * H + k] + b[3 * H + k])
+            # loops over few arrays each: LLVM vectorises a loop only after checking that its
+            # arrays do not overlap, and gives up when a loop touches too many
+            hp, cp, hn, cn = h[t, n], c[t, n], h[t + 1, n], c[t + 1, n]
+            tc, yn = tanh_c[t, n], y[t, n]
             for j in range(H):
-                cn[j] = cp[j]
-                hn[j] = hp[j]
-                yn[j] = 0
+                cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
+            for j in range(H):
+                tc[j] = fast_tanh(cn[j])
+            for j in range(H):
+                hn[j] = g[3 * H + j] * tc[j]
+            if t < lengths[n]:
+                for j in range(H):
+                    yn[j] = hn[j]
+            else:
+                for j in range(H):
+                    cn[j] = cp[j]
+                    hn[j] = hp[j]
+                    yn[j] = 0
 
 
 @njit(parallel=True, **JIT)
 def _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b, h, c,
-                      tanh_c, y, lengths)
+        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+                      h, c, tanh_c, y, lengths)
 
 
 @njit(**JIT)
@@ -97,11 +101,11 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
     tanh_c = np.empty((T, B, H), x.dtype)
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, 4 * H), x.dtype)
-    for t in range(T):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T):
             _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
-        else:
-            _forward_rows(t, 0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
+    else:
+        _forward_rows(0, T, 0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
     return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 
@@ -161,8 +165,9 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
-    """Step t of batch rows lo <= n < hi, backwards.
+def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+                   lengths):
+    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
     w.r.t. c[t] and dh holds what is carried past inactive rows, plus (fused) the
@@ -172,46 +177,47 @@ def _backward_rows(t, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, 
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
-    for n in range(lo, hi):
-        g, dg = gates[t, n], dgates[t, n]
-        dhn, dcn = dh[n], dc[n]
-        if t < lengths[n]:
-            dyn, cp, tc = dy[t, n], c[t, n], tanh_c[t, n]
-            # dhn becomes the gradient w.r.t. h[t+1] in full, dcn the one w.r.t. c[t+1];
-            # short loops over few arrays vectorise (one loop over all of them ran 1.6x slower)
-            for j in range(H):
-                dhn[j] += dyn[j]
-            for j in range(H):
-                dcn[j] += dhn[j] * g[3 * H + j] * (one - tc[j] * tc[j])
-            for j in range(H):
-                o = g[3 * H + j]
-                dg[3 * H + j] = dhn[j] * tc[j] * o * (one - o)
-            for j in range(H):
-                i, gg = g[j], g[2 * H + j]
-                dg[j] = dcn[j] * gg * i * (one - i)
-                dg[2 * H + j] = dcn[j] * i * (one - gg * gg)
-            for j in range(H):
-                f = g[H + j]
-                dg[H + j] = dcn[j] * cp[j] * f * (one - f)
-                dcn[j] *= f
-            for j in range(H):
-                dhn[j] = 0
+    for t in range(t1 - 1, t0 - 1, -1):
+        for n in range(lo, hi):
+            g, dg = gates[t, n], dgates[t, n]
+            dhn, dcn = dh[n], dc[n]
+            if t < lengths[n]:
+                dyn, cp, tc = dy[t, n], c[t, n], tanh_c[t, n]
+                # dhn becomes the gradient w.r.t. h[t+1] in full, dcn the one w.r.t. c[t+1];
+                # short loops over few arrays vectorise (one loop over all of them ran 1.6x slower)
+                for j in range(H):
+                    dhn[j] += dyn[j]
+                for j in range(H):
+                    dcn[j] += dhn[j] * g[3 * H + j] * (one - tc[j] * tc[j])
+                for j in range(H):
+                    o = g[3 * H + j]
+                    dg[3 * H + j] = dhn[j] * tc[j] * o * (one - o)
+                for j in range(H):
+                    i, gg = g[j], g[2 * H + j]
+                    dg[j] = dcn[j] * gg * i * (one - i)
+                    dg[2 * H + j] = dcn[j] * i * (one - gg * gg)
+                for j in range(H):
+                    f = g[H + j]
+                    dg[H + j] = dcn[j] * cp[j] * f * (one - f)
+                    dcn[j] *= f
+                for j in range(H):
+                    dhn[j] = 0
+            else:
+                for k in range(4 * H):
+                    dg[k] = 0
+        if fused:
+            add_rows_product(dgates[t], RT, dh, lo, hi)
         else:
-            for k in range(4 * H):
-                dg[k] = 0
-    if fused:
-        add_rows_product(dgates[t], RT, dh, lo, hi)
-    else:
-        matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
-        add_into(dh[lo:hi], dhr[lo:hi])
+            matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
+            add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
 def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates, dhr,
-                       gates, c, tanh_c, R, RT, lengths)
+        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
+                       dhr, gates, c, tanh_c, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -229,11 +235,11 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
-    for t in range(T - 1, -1, -1):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T - 1, -1, -1):
             _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
                                lengths)
-        else:
-            _backward_rows(t, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
-                           lengths)
+    else:
+        _backward_rows(0, T, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+                       lengths)
     return dh, dc, dgates

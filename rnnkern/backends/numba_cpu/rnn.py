@@ -22,8 +22,8 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
-    """Step t of batch rows lo <= n < hi.
+def _forward_rows(t0, t1, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
+    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
 
     a: (T, B, H) holds x @ W on entry and the post-activation on exit
     rec: (B, H) h[t] @ R unless fused (then made here row by row)   h: (T+1, B, H)
@@ -31,41 +31,42 @@ def _forward_rows(t, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
-    if fused:
-        add_rows_product(h[t], R, a[t], lo, hi)
-    else:
-        matmul(h[t, lo:hi], R, rec[lo:hi])
-    for n in range(lo, hi):
-        an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
-        if not fused:
-            for j in range(H):
-                an[j] += rec[n, j]
-        if code == 0:
-            for j in range(H):
-                an[j] = fast_tanh(an[j] + b[j])
-        elif code == 1:
-            for j in range(H):
-                v = an[j] + b[j]
-                an[j] = v if v > zero else zero
+    for t in range(t0, t1):
+        if fused:
+            add_rows_product(h[t], R, a[t], lo, hi)
         else:
-            for j in range(H):
-                an[j] = an[j] + b[j]
-        if t < lengths[n]:
-            for j in range(H):
-                hn[j] = an[j]
-                yn[j] = an[j]
-        else:
-            for j in range(H):
-                hn[j] = hp[j]
-                yn[j] = zero
+            matmul(h[t, lo:hi], R, rec[lo:hi])
+        for n in range(lo, hi):
+            an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
+            if not fused:
+                for j in range(H):
+                    an[j] += rec[n, j]
+            if code == 0:
+                for j in range(H):
+                    an[j] = fast_tanh(an[j] + b[j])
+            elif code == 1:
+                for j in range(H):
+                    v = an[j] + b[j]
+                    an[j] = v if v > zero else zero
+            else:
+                for j in range(H):
+                    an[j] = an[j] + b[j]
+            if t < lengths[n]:
+                for j in range(H):
+                    hn[j] = an[j]
+                    yn[j] = an[j]
+            else:
+                for j in range(H):
+                    hn[j] = hp[j]
+                    yn[j] = zero
 
 
 @njit(parallel=True, **JIT)
 def _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths):
     B = a.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, b, h, y,
-                      lengths)
+        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, b,
+                      h, y, lengths)
 
 
 @njit(**JIT)
@@ -84,11 +85,11 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
     h[0] = h0
     y = np.empty((T, B, H), x.dtype)
     rec = np.empty((B, H), x.dtype)
-    for t in range(T):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T):
             _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths)
-        else:
-            _forward_rows(t, 0, B, fused, code, a, rec, R, b, h, y, lengths)
+    else:
+        _forward_rows(0, T, 0, B, fused, code, a, rec, R, b, h, y, lengths)
     return y, h, a, h[T].copy()
 
 
@@ -136,8 +137,8 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
-    """Step t of batch rows lo <= n < hi, backwards.
+def _backward_rows(t0, t1, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
+    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
@@ -146,37 +147,38 @@ def _backward_rows(t, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
-    for n in range(lo, hi):
-        an, dan, dyn, dhn = a[t, n], da[t, n], dy[t, n], dh[n]
-        if t < lengths[n]:
-            # derivative of the activation from its output a = act(v)
-            if code == 0:
+    for t in range(t1 - 1, t0 - 1, -1):
+        for n in range(lo, hi):
+            an, dan, dyn, dhn = a[t, n], da[t, n], dy[t, n], dh[n]
+            if t < lengths[n]:
+                # derivative of the activation from its output a = act(v)
+                if code == 0:
+                    for j in range(H):
+                        dan[j] = (dyn[j] + dhn[j]) * (one - an[j] * an[j])
+                elif code == 1:
+                    for j in range(H):
+                        dan[j] = dyn[j] + dhn[j] if an[j] > zero else zero
+                else:
+                    for j in range(H):
+                        dan[j] = dyn[j] + dhn[j]
                 for j in range(H):
-                    dan[j] = (dyn[j] + dhn[j]) * (one - an[j] * an[j])
-            elif code == 1:
-                for j in range(H):
-                    dan[j] = dyn[j] + dhn[j] if an[j] > zero else zero
+                    dhn[j] = zero
             else:
                 for j in range(H):
-                    dan[j] = dyn[j] + dhn[j]
-            for j in range(H):
-                dhn[j] = zero
+                    dan[j] = zero
+        if fused:
+            add_rows_product(da[t], RT, dh, lo, hi)
         else:
-            for j in range(H):
-                dan[j] = zero
-    if fused:
-        add_rows_product(da[t], RT, dh, lo, hi)
-    else:
-        matmul(da[t, lo:hi], R.T, dhr[lo:hi])
-        add_into(dh[lo:hi], dhr[lo:hi])
+            matmul(da[t, lo:hi], R.T, dhr[lo:hi])
+            add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
 def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da, dhr,
-                       a, R, RT, lengths)
+        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da,
+                       dhr, a, R, RT, lengths)
 
 
 @njit(**JIT)
@@ -193,9 +195,9 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
-    for t in range(T - 1, -1, -1):
-        if chunks > 1:
+    if chunks > 1:
+        for t in range(T - 1, -1, -1):
             _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
-        else:
-            _backward_rows(t, 0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
+    else:
+        _backward_rows(0, T, 0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
     return dh, da
