@@ -161,6 +161,16 @@ def matmul(A, B, out):
     if M * N * K >= SMALL_MACS:
         np.dot(A, B, out=out)
         return
+    if N < 8:
+        # rows shorter than a vector: one reduction along K per element (an inner loop
+        # over N this short ran 5x slower, e.g. dx = dgates @ W.T at I=1)
+        for m in range(M):
+            for n in range(N):
+                acc = out.dtype.type(0)
+                for k in range(K):
+                    acc += A[m, k] * B[k, n]
+                out[m, n] = acc
+        return
     for m in range(M):
         for n in range(N):
             out[m, n] = 0
