@@ -285,18 +285,16 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
             lo, hi = i * N // chunks, (i + 1) * N // chunks
             _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
                                dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
-        for i in range(chunks - 1):
-            add_into(dW, pW[i])
-            add_into(dR, pR[i])
         for i in range(1, chunks):
-            for g in range(GH):
-                db[0, g] += db[i, g]
+            add_into(dW, pW[i - 1])
+            add_into(dR, pR[i - 1])
+            add_into(db[:1], db[i:i + 1])
     return dx, dW, dR, db[0].astype(x.dtype)
 
 
 @njit(**JIT)
 def add_into(a, b):
-    """a += b for two (B, H) arrays, without a temporary."""
+    """a += b for two 2-D arrays of one shape, without a temporary."""
     for n in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[n, j] += b[n, j]
