@@ -34,6 +34,11 @@ CELLS = ("rnn", "lstm", "gru")
 PASSES = ("forward", "forward+backward")
 #: a timed sample repeats the call until it has taken at least this long
 MIN_SAMPLE_S = 0.02
+#: idle time before every sample, so that the worker threads of whatever ran before it
+#: have gone to sleep: SciPy's OpenBLAS workers spin for ~0.1 s after a threaded call and,
+#: on a small machine, take cores from the next implementation's threads (measured: torch
+#: LSTM forward at B64 T100 I256 H256, 50 ms alone, 130 ms right after a numba call)
+SETTLE_S = 0.25
 
 
 class Shape(NamedTuple):
@@ -186,7 +191,8 @@ def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: i
     """Seconds per call of every (implementation, pass), ``repeat`` samples each.
 
     Two untimed warm-up calls per runner first (compile or cache load, first-touch of
-    buffers); then the samples go round-robin over all runners.
+    buffers); then the samples go round-robin over all runners, each after ``SETTLE_S``
+    of idle time.
     """
     for passes in runners.values():
         for fn in passes.values():
@@ -197,6 +203,7 @@ def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: i
     out: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
     for _ in range(repeat):
         for (impl, ps), n in calls.items():
+            time.sleep(SETTLE_S)
             out[impl, ps].append(_sample(runners[impl][ps], n))
     return out
 

@@ -194,10 +194,12 @@ def test_backward_validation():
 
 
 @pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 32, "v3"),
-                                          (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v1")])
+                                          (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v2"),
+                                          (1, 65, "v1"), (8, 1200, "v1")])
 def test_automatic_variant(B, H, expected):
-    if expected == "v4" and not 2 <= numba.get_num_threads() <= B // 2:
-        expected = "v3"  # row blocks need two threads and two rows per thread
+    serial = nb._common.SERIAL
+    if expected in serial and not 2 <= numba.get_num_threads() <= B // 2:
+        expected = serial[expected]  # row blocks need two threads and two rows per thread
     p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
     P = p.params
     _, _, cache = nb.gru_forward(p.inputs["x"], None, P["W"], P["R"], P["b"], P["b_hn"])

@@ -11,6 +11,7 @@ keep the pointwise pass scalar. ``sigmoid(v) = (1 + tanh(v / 2)) / 2``.
 from __future__ import annotations
 
 import math
+import sys
 
 import numba
 import numpy as np
@@ -28,11 +29,11 @@ JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
 VARIANTS = {
     "v1": "BLAS GEMM for x@W before the loop, per-step BLAS h@R, one fused pointwise "
           "pass, one thread",
-    "v2": "as v1, each step split into row blocks, one per Numba thread: a block's h@R "
-          "(single-threaded BLAS) and its pointwise pass",
+    "v2": "as v1, the batch split into row blocks, one per Numba thread, each running "
+          "every step of its rows (single-threaded BLAS)",
     "v3": "fully fused: the recurrent product in the kernel's own loop (no BLAS per step), "
           "one thread",
-    "v4": "as v3, each step split into row blocks, one per Numba thread",
+    "v4": "as v3, the batch split into row blocks, one per Numba thread",
     "v5": "forward with the batch as the innermost, vectorised axis (for tiny H, where a "
           "row of H units is shorter than a vector); backward as v3",
 }
@@ -52,6 +53,13 @@ FUSED_PARALLEL_MAX_H = 64
 #: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
 BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
+#: per-step products (B*G*H*H multiply-adds) below this run as row blocks on the Numba
+#: threads (v2), above it as one GEMM per step on OpenBLAS's threads (v1). Measured at
+#: B64 on 2 cores, forward+backward: H256 and H320, v2 1.1-1.25x faster for RNN and GRU
+#: (the pointwise pass runs on both cores too), LSTM within the noise; H1024, v1 1.05-1.2x
+#: faster (one thread's share of a 64-row GEMM runs at ~90 GFLOP/s, half of OpenBLAS's
+#: two threads on the whole of it)
+ROW_BLOCKS_MAX_MACS = 1 << 25
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
 #: multiply-adds of a product over all steps (input projection, weight gradients) from
@@ -74,9 +82,9 @@ def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]
         name = "v4" if B * G * H >= PARALLEL_MIN_WORK else "v3"
     elif H <= FUSED_PARALLEL_MAX_H:
         name = "v4"
+    elif B * G * H * H < ROW_BLOCKS_MAX_MACS:
+        name = "v2"
     else:
-        # at the sizes the BLAS path serves, OpenBLAS's own threads on one GEMM per step
-        # beat row blocks per Numba thread (v2) where measured
         name = "v1"
     fused, parallel, _ = VARIANT_FLAGS[name]
     if not parallel:
@@ -142,6 +150,46 @@ def _ol_sigmoid(v):
         return lambda v: _HALF + _HALF * fast_tanh(_HALF * v)
     # exp(-v) overflows to inf for v < -709 and 1 / inf is the right 0
     return lambda v: 1.0 / (1.0 + math.exp(-v))
+
+
+# ----------------------------------------------------------------------------
+# allocation of the big arrays
+
+#: arrays from this size get transparent huge pages where the kernel offers them
+HUGE_PAGE = 1 << 21
+HUGE_MIN_BYTES = 2 * HUGE_PAGE
+
+if sys.platform.startswith("linux"):
+    _madvise = types.ExternalFunction("madvise", types.intc(types.uintp, types.uintp, types.intc))
+    _MADV_HUGEPAGE = 14
+
+    @njit(**JIT)
+    def _advise_huge_pages(a):
+        nbytes = a.size * a.itemsize
+        if nbytes < HUGE_MIN_BYTES:
+            return
+        p = a.ctypes.data
+        lo = (p + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+        hi = (p + nbytes) // HUGE_PAGE * HUGE_PAGE
+        _madvise(lo, hi - lo, _MADV_HUGEPAGE)  # a hint: its failure changes nothing
+else:
+    @njit(**JIT)
+    def _advise_huge_pages(a):
+        pass
+
+
+@njit(**JIT)
+def empty(shape, like):
+    """np.empty(shape, like.dtype), asking Linux for huge pages when the array is big.
+
+    NumPy does the same for its own arrays; Numba's allocator does not, and the first
+    touch of a fresh 4 KiB page costs a page fault: an LSTM forward at B64 T100 H256
+    writes ~50 MB of new arrays per call, which took ~12k faults and ~30 ms of a ~65 ms
+    call on this (virtualised) machine, against ~5 ms with 2 MiB pages (measured).
+    """
+    a = np.empty(shape, like.dtype)
+    _advise_huge_pages(a)
+    return a
 
 
 # ----------------------------------------------------------------------------
@@ -231,7 +279,7 @@ def input_projection(x, W, G, chunks):
     ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread."""
     T, B, I = x.shape
     N = T * B
-    out = np.empty((T, B, G), x.dtype)
+    out = empty((T, B, G), x)
     x2, o2 = x.reshape(N, I), out.reshape(N, G)
     if chunks == 1:
         matmul(x2, W, o2)
@@ -272,11 +320,11 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     N = T * B
     x2, h2 = x.reshape(N, I), h[:T].reshape(N, H)
     dgx2, dgh2 = dgx.reshape(N, GH), dgh.reshape(N, GH)
-    dx = np.empty((T, B, I), x.dtype)
+    dx = empty((T, B, I), x)
     dx2 = dx.reshape(N, I)
     # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
-    dW, pW = np.empty((I, GH), x.dtype), np.empty((chunks - 1, I, GH), x.dtype)
-    dR, pR = np.empty((H, GH), x.dtype), np.empty((chunks - 1, H, GH), x.dtype)
+    dW, pW = empty((I, GH), x), empty((chunks - 1, I, GH), x)
+    dR, pR = empty((H, GH), x), empty((chunks - 1, H, GH), x)
     db = np.zeros((chunks, GH), np.float64)
     if chunks == 1:
         _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])

@@ -16,6 +16,7 @@ from ._common import (
     add_into,
     add_rows_product,
     batch_inner_preactivation,
+    empty,
     fast_sigmoid,
     fast_tanh,
     input_projection,
@@ -24,8 +25,8 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
-    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
+def _forward_rows(lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+    """Every step of batch rows lo <= n < hi.
 
     gates: (T, B, 3H) holds x @ W on entry, the post-activation (r, z, n) on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
@@ -33,7 +34,7 @@ def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengt
     """
     H = h.shape[2]
     one = gates.dtype.type(1)
-    for t in range(t0, t1):
+    for t in range(y.shape[0]):
         if fused:
             rec[lo:hi] = 0
             add_rows_product(h[t], R, rec, lo, hi)
@@ -61,10 +62,10 @@ def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengt
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+def _forward_parallel(chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
                       b_hn, h, hn, y, lengths)
 
 
@@ -80,16 +81,15 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = input_projection(x, W, 3 * H, gemm_chunks)
-    h = np.empty((T + 1, B, H), x.dtype)
+    h = empty((T + 1, B, H), x)
     h[0] = h0
-    hn = np.empty((T, B, H), x.dtype)
-    y = np.empty((T, B, H), x.dtype)
+    hn = empty((T, B, H), x)
+    y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
     if chunks > 1:
-        for t in range(T):
-            _forward_parallel(t, chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+        _forward_parallel(chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
     else:
-        _forward_rows(0, T, 0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+        _forward_rows(0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
     return y, h, gates, hn, h[T].copy()
 
 
@@ -100,11 +100,11 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     and results."""
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = np.empty((T, B, 3 * H), x.dtype)
-    h = np.empty((T + 1, B, H), x.dtype)
+    gates = empty((T, B, 3 * H), x)
+    h = empty((T + 1, B, H), x)
     h[0] = h0
-    hn = np.empty((T, B, H), x.dtype)
-    y = np.empty((T, B, H), x.dtype)
+    hn = empty((T, B, H), x)
+    y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the state, transposed
     g = np.empty((3 * H, B), x.dtype)
     hr = np.empty((3 * H, B), x.dtype)
@@ -139,8 +139,8 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
-    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
+def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
+    """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
     on exit (plus that part, dgh[t, n] @ R.T, when fused).
@@ -150,7 +150,7 @@ def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
-    for t in range(t1 - 1, t0 - 1, -1):
+    for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             g, dgx_, dgh_, dhn = gates[t, n], dgx[t, n], dgh[t, n], dh[n]
             if t < lengths[n]:
@@ -176,10 +176,10 @@ def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
+        _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
                        dhr, gates, h, hn, R, RT, lengths)
 
 
@@ -192,18 +192,17 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
     """
     T, B, H = dy.shape
     dh = dhT.copy()
-    dgx = np.empty((T, B, 3 * H), dy.dtype)
-    dgh = np.empty((T, B, 3 * H), dy.dtype)
+    dgx = empty((T, B, 3 * H), dy)
+    dgh = empty((T, B, 3 * H), dy)
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     if chunks > 1:
-        for t in range(T - 1, -1, -1):
-            _backward_parallel(t, chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
-                               lengths)
+        _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
+                           lengths)
     else:
-        _backward_rows(0, T, 0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
+        _backward_rows(0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):

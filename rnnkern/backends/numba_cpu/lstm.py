@@ -2,10 +2,11 @@
 
 Gate order (i, f, g, o):  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t).
 Each kernel allocates everything before its time loop; a step is the recurrent
-product (one GEMM, or the fused per-row loop) and one pass over a block of batch rows,
-one block, or one per thread (see ``_common.VARIANTS``). With one block the whole time
-loop runs inside one call of ``_forward_rows``/``_backward_rows`` (a call per step,
-with its dozen array arguments, cost ~0.1 us of a 0.5 us LSTM step at B1 H32).
+product (one GEMM, or the fused per-row loop) and one pass over a block of batch rows.
+Batch rows never exchange data, forward or backward, so each block (the whole batch,
+or one per Numba thread, see ``_common.VARIANTS``) runs every step in one call of
+``_forward_rows``/``_backward_rows``, with no synchronisation between steps (a call
+per step, with its dozen array arguments, cost ~0.1 us of a 0.5 us step at B1 H32).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._common import (
     add_into,
     add_rows_product,
     batch_inner_preactivation,
+    empty,
     fast_sigmoid,
     fast_tanh,
     input_projection,
@@ -27,15 +29,15 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
-    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
+def _forward_rows(lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
+    """Every step of batch rows lo <= n < hi.
 
     gates: (T, B, 4H) holds x @ W on entry, the post-activation (i, f, g, o) on exit
     rec: (B, 4H) h[t] @ R unless fused (then the product is made here, row by row)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
-    for t in range(t0, t1):
+    for t in range(y.shape[0]):
         if fused:
             add_rows_product(h[t], R, gates[t], lo, hi)
         else:
@@ -74,10 +76,10 @@ def _forward_rows(t0, t1, lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, leng
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
+def _forward_parallel(chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
                       h, c, tanh_c, y, lengths)
 
 
@@ -94,18 +96,17 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = input_projection(x, W, 4 * H, gemm_chunks)
-    h = np.empty((T + 1, B, H), x.dtype)
-    c = np.empty((T + 1, B, H), x.dtype)
+    h = empty((T + 1, B, H), x)
+    c = empty((T + 1, B, H), x)
     h[0] = h0
     c[0] = c0
-    tanh_c = np.empty((T, B, H), x.dtype)
-    y = np.empty((T, B, H), x.dtype)
+    tanh_c = empty((T, B, H), x)
+    y = empty((T, B, H), x)
     rec = np.empty((B, 4 * H), x.dtype)
     if chunks > 1:
-        for t in range(T):
-            _forward_parallel(t, chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
+        _forward_parallel(chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
     else:
-        _forward_rows(0, T, 0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
+        _forward_rows(0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
     return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 
@@ -116,13 +117,13 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     and results."""
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = np.empty((T, B, 4 * H), x.dtype)
-    h = np.empty((T + 1, B, H), x.dtype)
-    c = np.empty((T + 1, B, H), x.dtype)
+    gates = empty((T, B, 4 * H), x)
+    h = empty((T + 1, B, H), x)
+    c = empty((T + 1, B, H), x)
     h[0] = h0
     c[0] = c0
-    tanh_c = np.empty((T, B, H), x.dtype)
-    y = np.empty((T, B, H), x.dtype)
+    tanh_c = empty((T, B, H), x)
+    y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the states, transposed
     cb = c0.T.copy()
     g = np.empty((4 * H, B), x.dtype)
@@ -165,9 +166,9 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
                    lengths):
-    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
+    """Every step, from the last, of batch rows lo <= n < hi.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
     w.r.t. c[t] and dh holds what is carried past inactive rows, plus (fused) the
@@ -177,7 +178,7 @@ def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tan
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
-    for t in range(t1 - 1, t0 - 1, -1):
+    for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             g, dg = gates[t, n], dgates[t, n]
             dhn, dcn = dh[n], dc[n]
@@ -213,10 +214,10 @@ def _backward_rows(t0, t1, lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tan
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
+        _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
                        dhr, gates, c, tanh_c, R, RT, lengths)
 
 
@@ -230,16 +231,15 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
     T, B, H = dy.shape
     dh = dhT.copy()
     dc = dcT.copy()
-    dgates = np.empty((T, B, 4 * H), dy.dtype)
+    dgates = empty((T, B, 4 * H), dy)
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     if chunks > 1:
-        for t in range(T - 1, -1, -1):
-            _backward_parallel(t, chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
-                               lengths)
+        _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+                           lengths)
     else:
-        _backward_rows(0, T, 0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+        _backward_rows(0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
                        lengths)
     return dh, dc, dgates

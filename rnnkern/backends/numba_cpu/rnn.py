@@ -15,6 +15,7 @@ from ._common import (
     add_into,
     add_rows_product,
     batch_inner_preactivation,
+    empty,
     fast_tanh,
     input_projection,
     matmul,
@@ -22,8 +23,8 @@ from ._common import (
 
 
 @njit(**JIT)
-def _forward_rows(t0, t1, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
-    """Steps t0 <= t < t1 of batch rows lo <= n < hi.
+def _forward_rows(lo, hi, fused, code, a, rec, R, b, h, y, lengths):
+    """Every step of batch rows lo <= n < hi.
 
     a: (T, B, H) holds x @ W on entry and the post-activation on exit
     rec: (B, H) h[t] @ R unless fused (then made here row by row)   h: (T+1, B, H)
@@ -31,7 +32,7 @@ def _forward_rows(t0, t1, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
-    for t in range(t0, t1):
+    for t in range(y.shape[0]):
         if fused:
             add_rows_product(h[t], R, a[t], lo, hi)
         else:
@@ -62,10 +63,10 @@ def _forward_rows(t0, t1, lo, hi, fused, code, a, rec, R, b, h, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths):
+def _forward_parallel(chunks, fused, code, a, rec, R, b, h, y, lengths):
     B = a.shape[1]
     for i in prange(chunks):
-        _forward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, b,
                       h, y, lengths)
 
 
@@ -81,15 +82,14 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     a = input_projection(x, W, H, gemm_chunks)
-    h = np.empty((T + 1, B, H), x.dtype)
+    h = empty((T + 1, B, H), x)
     h[0] = h0
-    y = np.empty((T, B, H), x.dtype)
+    y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
     if chunks > 1:
-        for t in range(T):
-            _forward_parallel(t, chunks, fused, code, a, rec, R, b, h, y, lengths)
+        _forward_parallel(chunks, fused, code, a, rec, R, b, h, y, lengths)
     else:
-        _forward_rows(0, T, 0, B, fused, code, a, rec, R, b, h, y, lengths)
+        _forward_rows(0, B, fused, code, a, rec, R, b, h, y, lengths)
     return y, h, a, h[T].copy()
 
 
@@ -100,10 +100,10 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     and results."""
     T, B, _ = x.shape
     H = R.shape[0]
-    a = np.empty((T, B, H), x.dtype)
-    h = np.empty((T + 1, B, H), x.dtype)
+    a = empty((T, B, H), x)
+    h = empty((T + 1, B, H), x)
     h[0] = h0
-    y = np.empty((T, B, H), x.dtype)
+    y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the state, transposed
     v = np.empty((H, B), x.dtype)
     hr = np.empty((H, B), x.dtype)
@@ -137,8 +137,8 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(t0, t1, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
-    """Steps t1 - 1 down to t0 of batch rows lo <= n < hi.
+def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
+    """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
@@ -147,7 +147,7 @@ def _backward_rows(t0, t1, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengt
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
-    for t in range(t1 - 1, t0 - 1, -1):
+    for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             an, dan, dyn, dhn = a[t, n], da[t, n], dy[t, n], dh[n]
             if t < lengths[n]:
@@ -174,10 +174,10 @@ def _backward_rows(t0, t1, lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengt
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
+def _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
-        _backward_rows(t, t + 1, i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da,
+        _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da,
                        dhr, a, R, RT, lengths)
 
 
@@ -190,14 +190,13 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
     """
     T, B, H = dy.shape
     dh = dhT.copy()
-    da = np.empty((T, B, H), dy.dtype)
+    da = empty((T, B, H), dy)
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
     if chunks > 1:
-        for t in range(T - 1, -1, -1):
-            _backward_parallel(t, chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
+        _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
     else:
-        _backward_rows(0, T, 0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
+        _backward_rows(0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
     return dh, da
