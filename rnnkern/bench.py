@@ -192,7 +192,7 @@ def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: i
 
     Two untimed warm-up calls per runner first (compile or cache load, first-touch of
     buffers); then the samples go round-robin over all runners, each after ``SETTLE_S``
-    of idle time.
+    of idle time and one more untimed call.
     """
     for passes in runners.values():
         for fn in passes.values():
@@ -204,6 +204,7 @@ def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: i
     for _ in range(repeat):
         for (impl, ps), n in calls.items():
             time.sleep(SETTLE_S)
+            runners[impl][ps]()  # untimed: caches and clocks back up after the idle time
             out[impl, ps].append(_sample(runners[impl][ps], n))
     return out
 
