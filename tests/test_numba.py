@@ -240,3 +240,16 @@ def test_outputs_do_not_share_memory_between_calls():
     y2, (h2, c2), _ = nb.lstm_forward(x, None, None, P["W"], P["R"], P["b"])
     for a, b in zip((y2, h2, c2), expected):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [3, 3_000_000])  # 12 MB in float32: asks for huge pages
+def test_empty_allocates_writable_arrays_of_the_dtype(n):
+    common = nb._common
+    a = common.empty((n,), np.zeros(1, np.float32))
+    assert a.shape == (n,) and a.dtype == np.float32 and a.flags.c_contiguous
+    a[:] = 1.5
+    assert a.sum(dtype=np.float64) == 1.5 * n
+    s0 = np.arange(6, dtype=np.float64).reshape(2, 3)
+    s = common.states(s0, 4)
+    assert s.shape == (5, 2, 3) and s.dtype == np.float64
+    np.testing.assert_array_equal(s[0], s0)

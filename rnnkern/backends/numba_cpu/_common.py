@@ -192,6 +192,15 @@ def empty(shape, like):
     return a
 
 
+@njit(**JIT)
+def states(s0, T):
+    """(T+1, B, H) for the states of a sequence, s0: (B, H) the first (the rest are
+    for the kernel to write): s[t] enters step t."""
+    s = empty((T + 1, s0.shape[0], s0.shape[1]), s0)
+    s[0] = s0
+    return s
+
+
 # ----------------------------------------------------------------------------
 # pointwise pieces and products shared by the cells
 

@@ -21,6 +21,7 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
+    states,
 )
 
 
@@ -81,8 +82,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = input_projection(x, W, 3 * H, gemm_chunks)
-    h = empty((T + 1, B, H), x)
-    h[0] = h0
+    h = states(h0, T)
     hn = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
@@ -101,8 +101,7 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = empty((T, B, 3 * H), x)
-    h = empty((T + 1, B, H), x)
-    h[0] = h0
+    h = states(h0, T)
     hn = empty((T, B, H), x)
     y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the state, transposed

@@ -25,6 +25,7 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
+    states,
 )
 
 
@@ -96,10 +97,7 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = input_projection(x, W, 4 * H, gemm_chunks)
-    h = empty((T + 1, B, H), x)
-    c = empty((T + 1, B, H), x)
-    h[0] = h0
-    c[0] = c0
+    h, c = states(h0, T), states(c0, T)
     tanh_c = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 4 * H), x.dtype)
@@ -118,10 +116,7 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     T, B, _ = x.shape
     H = R.shape[0]
     gates = empty((T, B, 4 * H), x)
-    h = empty((T + 1, B, H), x)
-    c = empty((T + 1, B, H), x)
-    h[0] = h0
-    c[0] = c0
+    h, c = states(h0, T), states(c0, T)
     tanh_c = empty((T, B, H), x)
     y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the states, transposed

@@ -19,6 +19,7 @@ from ._common import (
     fast_tanh,
     input_projection,
     matmul,
+    states,
 )
 
 
@@ -82,8 +83,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
     T, B, _ = x.shape
     H = R.shape[0]
     a = input_projection(x, W, H, gemm_chunks)
-    h = empty((T + 1, B, H), x)
-    h[0] = h0
+    h = states(h0, T)
     y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
     if chunks > 1:
@@ -101,8 +101,7 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     T, B, _ = x.shape
     H = R.shape[0]
     a = empty((T, B, H), x)
-    h = empty((T + 1, B, H), x)
-    h[0] = h0
+    h = states(h0, T)
     y = empty((T, B, H), x)
     hb = h0.T.copy()  # (H, B): the state, transposed
     v = np.empty((H, B), x.dtype)
