@@ -49,7 +49,7 @@ def test_parity_per_step(cell, activation, dtype):
     _check(p, dtype, per_step=True)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v3"])
+@pytest.mark.parametrize("variant", ["v1", "v3", "v6"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_parity_wide_and_saturating(cell, variant):
     """Hidden sizes past a vector width and pre-activations far into the tails of
@@ -82,13 +82,49 @@ def test_products_over_all_steps_in_row_blocks(chunks):
         np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4", "v6", "v7"])
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypatch):
     """The whole forward and backward with every product over all steps split over the
     Numba threads (the size threshold lowered to zero)."""
     monkeypatch.setattr(nb, "GEMM_PARALLEL_MIN_MACS", 0)
     p = make_problem(cell, T=5, B=3, I=4, H=9, activation=activation, lengths=True, seed=4)
+    p.options = {"variant": variant}
+    _check(p, np.float32)
+    _check(p, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_product_against_numpy(dtype):
+    """``_simd.product``: rows lo..hi of A @ B through whole 4-row tiles, left-over rows,
+    whole panels and left-over columns, for a row-major B and a transposed view (the
+    backward's R.T); the rows outside lo..hi stay untouched. An empty pack calls BLAS."""
+    from rnnkern.backends.numba_cpu._simd import pack, pack_if, product
+
+    rng = np.random.default_rng(11)
+    nr = 2 * 32 // np.dtype(dtype).itemsize
+    for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
+                            (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        for B in (rng.standard_normal((K, N)).astype(dtype),
+                  rng.standard_normal((N, K)).astype(dtype).T):
+            assert pack(B).shape == (N // nr, K, nr)
+            for P in (pack_if(B, True), pack_if(B, False)):
+                out = np.full((M, N), np.nan, dtype)
+                product(A, B, P, out, lo, hi)
+                tol = PARITY_TOL[np.dtype(dtype).name]
+                np.testing.assert_allclose(out[lo:hi], A[lo:hi].astype(np.float64) @ B,
+                                           rtol=tol, atol=10 * tol)
+                assert np.isnan(out[:lo]).all() and np.isnan(out[hi:]).all()
+
+
+@pytest.mark.parametrize("variant", ["v6", "v7"])
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_parity_packed_product_in_whole_tiles(cell, activation, variant):
+    """The packed variants with row blocks of 4 rows and more and gate columns past the
+    last whole panel (B=11, H=37), variable lengths and carried state."""
+    p = make_problem(cell, T=4, B=11, I=6, H=37, activation=activation, lengths=True,
+                     h0=True, dstate=True, seed=9)
     p.options = {"variant": variant}
     _check(p, np.float32)
     _check(p, np.float64)
@@ -194,8 +230,8 @@ def test_backward_validation():
 
 
 @pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 32, "v3"),
-                                          (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v2"),
-                                          (1, 65, "v1"), (8, 1200, "v1")])
+                                          (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v7"),
+                                          (1, 65, "v6"), (8, 1200, "v7")])
 def test_automatic_variant(B, H, expected):
     serial = nb._common.SERIAL
     if expected in serial and not 2 <= numba.get_num_threads() <= B // 2:

@@ -18,7 +18,7 @@ from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
-from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, choose, weight_grads
+from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, Plan, choose, weight_grads
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -64,16 +64,16 @@ def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> 
     return _shared((shape, dtype), lambda: np.zeros(shape, dtype))
 
 
-def _blas_threads(d: Dims, fused: bool, chunks: int, G: int) -> int:
+def _blas_threads(d: Dims, plan: Plan, G: int) -> int:
     """SciPy OpenBLAS threads for one forward or backward time loop (0: leave as is), see
     ``_blas``."""
-    if chunks > 1:
+    if plan.chunks > 1:
         return 1  # each Numba thread makes its own single-threaded BLAS calls
-    if d.H <= 8 and fused and d.T * d.B * d.I < SMALL_MACS // 32:
+    if d.H <= 8 and plan.fused and d.T * d.B * d.I < SMALL_MACS // 32:
         return 0  # the common tiny case, answered before the arithmetic below
-    if not fused:
+    if not (plan.fused or plan.packed):
         return threads_for(d.B * d.H * G * d.H)
-    # the fused kernels call BLAS only for the products over all steps, and only big ones
+    # the other kernels call BLAS only for the products over all steps, and only big ones
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
 
 
@@ -139,15 +139,16 @@ def rnn_forward(
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     code = ACTIVATION_CODES[check_activation(activation)]
-    name, fused, chunks = choose(variant, d.B, d.H, 1)
+    plan = choose(variant, d.B, d.H, 1)
     lens = _lengths(lengths, d)
-    threads = _blas_threads(d, fused, chunks, 1)
-    kernel, how = ((rnn.rnn_forward_bi, ()) if name == "v5" else
-                   (rnn.rnn_forward, (fused, chunks, _projection_chunks(threads, d, 1))))
+    threads = _blas_threads(d, plan, 1)
+    kernel, how = ((rnn.rnn_forward_bi, ()) if plan.name == "v5" else
+                   (rnn.rnn_forward, (plan.fused, plan.packed, plan.chunks,
+                    _projection_chunks(threads, d, 1))))
     y, h, a, hT = _call(threads, kernel, x,
                     _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, *how)
     cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
-                 lengths=lens, variant=name)
+                 lengths=lens, variant=plan.name)
     return y, hT, cache
 
 
@@ -162,13 +163,13 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    _, fused, chunks = choose(variant, d.B, d.H, 1)
-    threads = _blas_threads(d, fused, chunks, 1)
+    plan = choose(variant, d.B, d.H, 1)
+    threads = _blas_threads(d, plan, 1)
     dh0, da = _call(
         threads, rnn.rnn_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["R"], cache["a"], ACTIVATION_CODES[cache["activation"]], cache["lengths"], fused,
-        chunks)
+        cache["R"], cache["a"], ACTIVATION_CODES[cache["activation"]], cache["lengths"],
+        plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, da, da)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
@@ -193,16 +194,17 @@ def lstm_forward(
     Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
-    name, fused, chunks = choose(variant, d.B, d.H, 4)
+    plan = choose(variant, d.B, d.H, 4)
     lens = _lengths(lengths, d)
-    threads = _blas_threads(d, fused, chunks, 4)
-    kernel, how = ((lstm.lstm_forward_bi, ()) if name == "v5" else
-                   (lstm.lstm_forward, (fused, chunks, _projection_chunks(threads, d, 4))))
+    threads = _blas_threads(d, plan, 4)
+    kernel, how = ((lstm.lstm_forward_bi, ()) if plan.name == "v5" else
+                   (lstm.lstm_forward, (plan.fused, plan.packed, plan.chunks,
+                    _projection_chunks(threads, d, 4))))
     y, h, c, gates, tanh_c, hT, cT = _call(
         threads, kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
         _zeros_or(c0, (d.B, d.H), d.dtype), W, R, b, lens, *how)
     cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
-                 lengths=lens, variant=name)
+                 lengths=lens, variant=plan.name)
     return y, (hT, cT), cache
 
 
@@ -221,13 +223,13 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    _, fused, chunks = choose(variant, d.B, d.H, 4)
-    threads = _blas_threads(d, fused, chunks, 4)
+    plan = choose(variant, d.B, d.H, 4)
+    threads = _blas_threads(d, plan, 4)
     dh0, dc0, dgates = _call(
         threads, lstm.lstm_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
         _zeros_or(dcT, (d.B, d.H), d.dtype), cache["R"], cache["c"], cache["gates"],
-        cache["tanh_c"], cache["lengths"], fused, chunks)
+        cache["tanh_c"], cache["lengths"], plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, dgates, dgates)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
@@ -253,15 +255,16 @@ def gru_forward(
     Returns y: (T, B, H), hT: (B, H), cache.
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
-    name, fused, chunks = choose(variant, d.B, d.H, 3)
+    plan = choose(variant, d.B, d.H, 3)
     lens = _lengths(lengths, d)
-    threads = _blas_threads(d, fused, chunks, 3)
-    kernel, how = ((gru.gru_forward_bi, ()) if name == "v5" else
-                   (gru.gru_forward, (fused, chunks, _projection_chunks(threads, d, 3))))
+    threads = _blas_threads(d, plan, 3)
+    kernel, how = ((gru.gru_forward_bi, ()) if plan.name == "v5" else
+                   (gru.gru_forward, (plan.fused, plan.packed, plan.chunks,
+                    _projection_chunks(threads, d, 3))))
     y, h, gates, hn, hT = _call(threads, kernel, x,
                             _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, *how)
     cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
-                 variant=name)
+                 variant=plan.name)
     return y, hT, cache
 
 
@@ -276,12 +279,13 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    _, fused, chunks = choose(variant, d.B, d.H, 3)
-    threads = _blas_threads(d, fused, chunks, 3)
+    plan = choose(variant, d.B, d.H, 3)
+    threads = _blas_threads(d, plan, 3)
     dh0, db_hn, dgx, dgh = _call(
         threads, gru.gru_backward,
         _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["R"], cache["h"], cache["gates"], cache["hn"], cache["lengths"], fused, chunks)
+        cache["R"], cache["h"], cache["gates"], cache["hn"], cache["lengths"],
+        plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, dgx, dgh)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -25,7 +26,7 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: would otherwise keep every loop containing a division from vectorising
 JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
 
-#: variant -> one-line description; DEFAULT_ORDER is how ``choose`` picks automatically
+#: variant -> one-line description (``choose`` picks one by shape when none is asked for)
 VARIANTS = {
     "v1": "BLAS GEMM for x@W before the loop, per-step BLAS h@R, one fused pointwise "
           "pass, one thread",
@@ -36,13 +37,28 @@ VARIANTS = {
     "v4": "as v3, the batch split into row blocks, one per Numba thread",
     "v5": "forward with the batch as the innermost, vectorised axis (for tiny H, where a "
           "row of H units is shorter than a vector); backward as v3",
+    "v6": "as v1, the per-step product on a register-blocked SIMD micro-kernel over R "
+          "packed once per call (``_simd``) instead of BLAS",
+    "v7": "as v6, the batch split into row blocks, one per Numba thread",
 }
-#: (fused, parallel, batch innermost in the forward) of each variant
-VARIANT_FLAGS = {"v1": (False, False, False), "v2": (False, True, False),
-                 "v3": (True, False, False), "v4": (True, True, False),
-                 "v5": (True, False, True)}
+
+
+class Plan(NamedTuple):
+    """How a kernel call runs: the variant, and what it means for the kernels."""
+
+    name: str
+    fused: bool  # the per-step product in the kernel's own loop, row by row
+    packed: bool  # the per-step product on ``_simd``'s micro-kernel over a packed R
+    chunks: int  # row blocks, one per Numba thread in parallel when > 1
+
+
+#: (fused, packed, parallel) of each variant (v5 is v3 with its own forward kernel)
+VARIANT_FLAGS = {"v1": (False, False, False), "v2": (False, False, True),
+                 "v3": (True, False, False), "v4": (True, False, True),
+                 "v5": (True, False, False), "v6": (False, True, False),
+                 "v7": (False, True, True)}
 #: the serial variant a parallel one falls back to when there is one thread or one row
-SERIAL = {"v2": "v1", "v4": "v3"}
+SERIAL = {"v2": "v1", "v4": "v3", "v7": "v6"}
 
 #: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
 FUSED_MAX_H = 32
@@ -53,13 +69,6 @@ FUSED_PARALLEL_MAX_H = 64
 #: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
 BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
-#: per-step products (B*G*H*H multiply-adds) below this run as row blocks on the Numba
-#: threads (v2), above it as one GEMM per step on OpenBLAS's threads (v1). Measured at
-#: B64 on 2 cores, forward+backward: H256 and H320, v2 1.1-1.25x faster for RNN and GRU
-#: (the pointwise pass runs on both cores too), LSTM within the noise; H1024, v1 1.05-1.2x
-#: faster (one thread's share of a 64-row GEMM runs at ~90 GFLOP/s, half of OpenBLAS's
-#: two threads on the whole of it)
-ROW_BLOCKS_MAX_MACS = 1 << 25
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
 #: multiply-adds of a product over all steps (input projection, weight gradients) from
@@ -67,9 +76,8 @@ PARALLEL_MIN_WORK = 16384
 GEMM_PARALLEL_MIN_MACS = 1 << 18
 
 
-def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]:
-    """(variant, fused, row blocks per step) for ``variant``, or picked by shape when
-    ``variant`` is None; more than one block means one per Numba thread, in parallel."""
+def choose(variant: str | None, B: int, H: int, G: int) -> Plan:
+    """The plan of ``variant``, or of the variant picked by shape when it is None."""
     if variant is not None:
         if variant not in VARIANTS:
             raise ValueError(
@@ -82,18 +90,16 @@ def choose(variant: str | None, B: int, H: int, G: int) -> tuple[str, bool, int]
         name = "v4" if B * G * H >= PARALLEL_MIN_WORK else "v3"
     elif H <= FUSED_PARALLEL_MAX_H:
         name = "v4"
-    elif B * G * H * H < ROW_BLOCKS_MAX_MACS:
-        name = "v2"
     else:
-        name = "v1"
-    fused, parallel, _ = VARIANT_FLAGS[name]
+        name = "v7"
+    fused, packed, parallel = VARIANT_FLAGS[name]
     if not parallel:
-        return name, fused, 1
+        return Plan(name, fused, packed, 1)
     # asked last: numba.get_num_threads() costs microseconds
     threads = numba.get_num_threads()
     if threads < 2 or B < 2 or (variant is None and B < 2 * threads):
-        return SERIAL[name], fused, 1
-    return name, fused, min(B, threads)
+        return Plan(SERIAL[name], fused, packed, 1)
+    return Plan(name, fused, packed, min(B, threads))
 
 
 # ----------------------------------------------------------------------------

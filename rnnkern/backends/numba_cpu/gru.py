@@ -20,17 +20,18 @@ from ._common import (
     fast_sigmoid,
     fast_tanh,
     input_projection,
-    matmul,
     states,
 )
+from ._simd import pack_if, product
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+def _forward_rows(lo, hi, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     gates: (T, B, 3H) holds x @ W on entry, the post-activation (r, z, n) on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
+    P: R packed for ``_simd.product`` (empty: BLAS)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
     """
     H = h.shape[2]
@@ -40,7 +41,7 @@ def _forward_rows(lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
             rec[lo:hi] = 0
             add_rows_product(h[t], R, rec, lo, hi)
         else:
-            matmul(h[t, lo:hi], R, rec[lo:hi])
+            product(h[t], R, P, rec, lo, hi)
         for n in range(lo, hi):
             g, r = gates[t, n], rec[n]
             hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
@@ -63,17 +64,17 @@ def _forward_rows(lo, hi, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths):
+def _forward_parallel(chunks, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, P, b,
                       b_hn, h, hn, y, lengths)
 
 
 @njit(**JIT)
-def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
+def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
     the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
@@ -86,10 +87,11 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, chunks, gemm_chunks):
     hn = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
+    P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+        _forward_parallel(chunks, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths)
     else:
-        _forward_rows(0, B, fused, gates, rec, R, b, b_hn, h, hn, y, lengths)
+        _forward_rows(0, B, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths)
     return y, h, gates, hn, h[T].copy()
 
 
@@ -138,7 +140,7 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
+def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
@@ -146,6 +148,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, le
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     RT: (G*H, H) R.T as a C-contiguous copy when fused
+    P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -170,20 +173,20 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, le
         if fused:
             add_rows_product(dgh[t], RT, dh, lo, hi)
         else:
-            matmul(dgh[t, lo:hi], R.T, dhr[lo:hi])
+            product(dgh[t], R.T, P, dhr, lo, hi)
             add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
-                       dhr, gates, h, hn, R, RT, lengths)
+                       dhr, gates, h, hn, R, RT, P, lengths)
 
 
 @njit(**JIT)
-def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
+def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``gru_forward`` returned them.
 
     Returns dh0: (B, H), db_hn: (H,), dgx, dgh: (T, B, 3H) gradients of x @ W + b and of
@@ -197,11 +200,12 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT,
+        _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P,
                            lengths)
     else:
-        _backward_rows(0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, lengths)
+        _backward_rows(0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):

@@ -24,17 +24,18 @@ from ._common import (
     fast_sigmoid,
     fast_tanh,
     input_projection,
-    matmul,
     states,
 )
+from ._simd import pack_if, product
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
+def _forward_rows(lo, hi, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     gates: (T, B, 4H) holds x @ W on entry, the post-activation (i, f, g, o) on exit
     rec: (B, 4H) h[t] @ R unless fused (then the product is made here, row by row)
+    P: R packed for ``_simd.product`` (empty: BLAS)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
@@ -42,7 +43,7 @@ def _forward_rows(lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
         if fused:
             add_rows_product(h[t], R, gates[t], lo, hi)
         else:
-            matmul(h[t, lo:hi], R, rec[lo:hi])
+            product(h[t], R, P, rec, lo, hi)
         for n in range(lo, hi):
             g = gates[t, n]
             if not fused:
@@ -77,17 +78,17 @@ def _forward_rows(lo, hi, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths):
+def _forward_parallel(chunks, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, P, b,
                       h, c, tanh_c, y, lengths)
 
 
 @njit(**JIT)
-def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
+def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
-    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
     the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
@@ -101,10 +102,11 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, chunks, gemm_chunks):
     tanh_c = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 4 * H), x.dtype)
+    P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
+        _forward_parallel(chunks, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths)
     else:
-        _forward_rows(0, B, fused, gates, rec, R, b, h, c, tanh_c, y, lengths)
+        _forward_rows(0, B, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths)
     return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 
@@ -161,7 +163,7 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
                    lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
@@ -170,6 +172,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, 
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     RT: (G*H, H) R.T as a C-contiguous copy when fused
+    P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -204,20 +207,20 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, 
         if fused:
             add_rows_product(dgates[t], RT, dh, lo, hi)
         else:
-            matmul(dgates[t, lo:hi], R.T, dhr[lo:hi])
+            product(dgates[t], R.T, P, dhr, lo, hi)
             add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
-                       dhr, gates, c, tanh_c, R, RT, lengths)
+                       dhr, gates, c, tanh_c, R, RT, P, lengths)
 
 
 @njit(**JIT)
-def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
+def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chunks):
     """dy: (T, B, H)   dhT, dcT: (B, H)   the rest as ``lstm_forward`` returned them.
 
     Returns dh0, dc0: (B, H), dgates: (T, B, 4H) pre-activation gradients
@@ -231,10 +234,11 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+        _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
                            lengths)
     else:
-        _backward_rows(0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT,
+        _backward_rows(0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
                        lengths)
     return dh, dc, dgates

@@ -18,17 +18,18 @@ from ._common import (
     empty,
     fast_tanh,
     input_projection,
-    matmul,
     states,
 )
+from ._simd import pack_if, product
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, code, a, rec, R, b, h, y, lengths):
+def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     a: (T, B, H) holds x @ W on entry and the post-activation on exit
     rec: (B, H) h[t] @ R unless fused (then made here row by row)   h: (T+1, B, H)
+    P: R packed for ``_simd.product`` (empty: BLAS)
     y: (T, B, H)
     """
     H = h.shape[2]
@@ -37,7 +38,7 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, b, h, y, lengths):
         if fused:
             add_rows_product(h[t], R, a[t], lo, hi)
         else:
-            matmul(h[t, lo:hi], R, rec[lo:hi])
+            product(h[t], R, P, rec, lo, hi)
         for n in range(lo, hi):
             an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
             if not fused:
@@ -64,17 +65,17 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, b, h, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, code, a, rec, R, b, h, y, lengths):
+def _forward_parallel(chunks, fused, code, a, rec, R, P, b, h, y, lengths):
     B = a.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, b,
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, P, b,
                       h, y, lengths)
 
 
 @njit(**JIT)
-def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
+def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
-    fused, chunks: the variant's layout (``_common.choose``); gemm_chunks: row blocks of
+    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
     the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
@@ -86,10 +87,11 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, chunks, gemm_chunks):
     h = states(h0, T)
     y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
+    P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, code, a, rec, R, b, h, y, lengths)
+        _forward_parallel(chunks, fused, code, a, rec, R, P, b, h, y, lengths)
     else:
-        _forward_rows(0, B, fused, code, a, rec, R, b, h, y, lengths)
+        _forward_rows(0, B, fused, code, a, rec, R, P, b, h, y, lengths)
     return y, h, a, h[T].copy()
 
 
@@ -136,13 +138,14 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
+def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
     dhr: (B, H) workspace for the block's gradient through h @ R unless fused
     RT: (G*H, H) R.T as a C-contiguous copy when fused
+    P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
@@ -168,20 +171,20 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
         if fused:
             add_rows_product(da[t], RT, dh, lo, hi)
         else:
-            matmul(da[t, lo:hi], R.T, dhr[lo:hi])
+            product(da[t], R.T, P, dhr, lo, hi)
             add_into(dh[lo:hi], dhr[lo:hi])
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths):
+def _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da,
-                       dhr, a, R, RT, lengths)
+                       dhr, a, R, RT, P, lengths)
 
 
 @njit(**JIT)
-def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
+def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     """dy: (T, B, H)   dhT: (B, H)   the rest as ``rnn_forward`` returned them.
 
     Returns dh0: (B, H), da: (T, B, H) pre-activation gradients (``weight_grads`` turns
@@ -194,8 +197,9 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, chunks):
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
+        _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
     else:
-        _backward_rows(0, B, fused, code, dy, dh, da, dhr, a, R, RT, lengths)
+        _backward_rows(0, B, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
     return dh, da

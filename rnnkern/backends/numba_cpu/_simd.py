@@ -1,0 +1,248 @@
+"""The per-step recurrent product on explicit 256-bit vectors, over a packed copy of R.
+
+Why: at the GEMM-bound shapes the per-step ``h @ R`` (e.g. 64x256 @ 256x1024) is where
+the time goes, and OpenBLAS runs it at ~65 GFLOP/s on one core of this machine against
+~90 for a big GEMM: it packs all of R again on every call, once per step. Here R is packed
+once per kernel call into panels of ``2 * lanes`` columns, and each step runs a register-
+blocked micro-kernel over them (4 rows x 2 vectors of accumulators, the panel streamed
+from cache): ~90-95 GFLOP/s on one core at those shapes (measured, float32).
+
+Numba has no SIMD types of its own, and LLVM keeps a tile of the output in registers only
+when the accumulators are values, not array elements it cannot prove unaliased. So
+``Vec`` is an LLVM vector of 32 bytes (8 float32 or 4 float64) that Numba code holds in
+local variables, and a few intrinsics move data in and out of it: ``vload``/``vstore``
+(flat index into a C-contiguous array), ``vbcast`` (one element in every lane, without
+the wraparound check of ``a[i]`` that cost a third of the speed) and ``vfma``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
+
+from ._common import JIT, empty, matmul
+
+#: bytes of one vector: AVX2's ymm registers (wider ISAs still run this width well)
+VECTOR_BYTES = 32
+
+
+class Vec(types.Type):
+    """An LLVM vector of ``lanes`` elements of ``dtype``, held in a register."""
+
+    def __init__(self, dtype: types.Type, lanes: int) -> None:
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vec({dtype} x {lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elt = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.lanes))
+
+
+def _vec_of(dtype: types.Type) -> Vec:
+    return Vec(dtype, VECTOR_BYTES // (dtype.bitwidth // 8))
+
+
+def _c_array(a: types.Type) -> bool:
+    return isinstance(a, types.Array) and a.layout == "C" and \
+        isinstance(a.dtype, types.Float)
+
+
+def _pointer(context, builder, aryty, ary, i):
+    return builder.gep(context.make_array(aryty)(context, builder, ary).data, [i])
+
+
+@intrinsic
+def vload(typingctx, a, i):
+    """a.flat[i : i + lanes] of a C-contiguous float array."""
+    if not _c_array(a):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _pointer(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, context.get_value_type(vt).as_pointer()),
+                            align=a.dtype.bitwidth // 8)
+    return vt(a, i), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, i, v):
+    """a.flat[i : i + lanes] = v."""
+    if not _c_array(a) or v != _vec_of(a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _pointer(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()),
+                      align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(a, i, v), codegen
+
+
+def _splat(builder, ty, x):
+    v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [0] * ty.count)
+    return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), zeros)
+
+
+@intrinsic
+def vbcast(typingctx, a, i):
+    """a.flat[i] in every lane."""
+    if not _c_array(a):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        x = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1]))
+        return _splat(builder, context.get_value_type(vt), x)
+    return vt(a, i), codegen
+
+
+@intrinsic
+def vzero(typingctx, a):
+    """A vector of zeros of a's dtype."""
+    if not _c_array(a):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+    return vt(a), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, lane by lane, fused."""
+    if not (isinstance(a, Vec) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        name = f"llvm.fma.v{ty.count}f{a.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+def lanes(a):
+    """Elements of a's dtype in one vector, a compile-time constant."""
+    return VECTOR_BYTES // a.itemsize
+
+
+@overload(lanes, jit_options=JIT)
+def _ol_lanes(a):
+    n = _vec_of(a.dtype).lanes
+    return lambda a: n
+
+
+# ----------------------------------------------------------------------------
+# the packed product
+
+
+@njit(parallel=True, **JIT)
+def pack(B):
+    """B: (K, N), any layout -> (N // NR, K, NR) C-contiguous, NR = 2 * lanes: B's columns
+    in panels of NR, each panel's rows consecutive (the order the micro-kernel reads them).
+    The last N % NR columns are left out; ``product`` takes those from B itself."""
+    K, N = B.shape
+    nr = 2 * lanes(B)
+    P = empty((N // nr, K, nr), B)
+    # read B along its memory order: by rows when it is row-major, by columns when it is
+    # a transposed view (the backward's R.T)
+    if B.strides[1] <= B.strides[0]:
+        for p in prange(N // nr):
+            for k in range(K):
+                for j in range(nr):
+                    P[p, k, j] = B[k, p * nr + j]
+    else:
+        for p in prange(N // nr):
+            for j in range(nr):
+                for k in range(K):
+                    P[p, k, j] = B[k, p * nr + j]
+    return P
+
+
+@njit(**JIT)
+def _tile4(A, P, out, m, p):
+    """out[m:m+4, panel p] = A[m:m+4] @ P[p]: 8 vector accumulators in registers.
+    A: (M, K)   P: (panels, K, NR)   out: (M, N), all C-contiguous."""
+    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    c00, c01, c10, c11 = vzero(A), vzero(A), vzero(A), vzero(A)
+    c20, c21, c30, c31 = vzero(A), vzero(A), vzero(A), vzero(A)
+    a0, pk = m * K, p * K * 2 * L
+    for k in range(K):
+        b0, b1 = vload(P, pk + 2 * L * k), vload(P, pk + 2 * L * k + L)
+        a = vbcast(A, a0 + k)
+        c00, c01 = vfma(a, b0, c00), vfma(a, b1, c01)
+        a = vbcast(A, a0 + K + k)
+        c10, c11 = vfma(a, b0, c10), vfma(a, b1, c11)
+        a = vbcast(A, a0 + 2 * K + k)
+        c20, c21 = vfma(a, b0, c20), vfma(a, b1, c21)
+        a = vbcast(A, a0 + 3 * K + k)
+        c30, c31 = vfma(a, b0, c30), vfma(a, b1, c31)
+    o = m * N + p * 2 * L
+    vstore(out, o, c00)
+    vstore(out, o + L, c01)
+    vstore(out, o + N, c10)
+    vstore(out, o + N + L, c11)
+    vstore(out, o + 2 * N, c20)
+    vstore(out, o + 2 * N + L, c21)
+    vstore(out, o + 3 * N, c30)
+    vstore(out, o + 3 * N + L, c31)
+
+
+@njit(**JIT)
+def _tile1(A, P, out, m, p):
+    """``_tile4`` for the one row m (the rows left over past a multiple of 4)."""
+    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    c0, c1 = vzero(A), vzero(A)
+    pk = p * K * 2 * L
+    for k in range(K):
+        a = vbcast(A, m * K + k)
+        c0 = vfma(a, vload(P, pk + 2 * L * k), c0)
+        c1 = vfma(a, vload(P, pk + 2 * L * k + L), c1)
+    vstore(out, m * N + p * 2 * L, c0)
+    vstore(out, m * N + p * 2 * L + L, c1)
+
+
+@njit(**JIT)
+def product(A, B, P, out, lo, hi):
+    """out[lo:hi] = A[lo:hi] @ B, the per-step recurrent product of a block of rows.
+
+    A: (M, K) C-contiguous   B: (K, N)   out: (M, N) C-contiguous
+    P: ``pack(B)``, or an empty (0, K, NR) array to call BLAS (``matmul``) instead.
+    """
+    if P.shape[0] == 0:
+        matmul(A[lo:hi], B, out[lo:hi])
+        return
+    K, N = B.shape
+    nr = P.shape[2]
+    m4 = lo + (hi - lo) // 4 * 4
+    for p in range(P.shape[0]):
+        for m in range(lo, m4, 4):
+            _tile4(A, P, out, m, p)
+        for m in range(m4, hi):
+            _tile1(A, P, out, m, p)
+    # columns past the last whole panel, read from B itself
+    for m in range(lo, hi):
+        for j in range(P.shape[0] * nr, N):
+            out[m, j] = 0
+        for k in range(K):
+            a = A[m, k]
+            for j in range(P.shape[0] * nr, N):
+                out[m, j] += a * B[k, j]
+
+
+@njit(**JIT)
+def pack_if(B, packed):
+    """``pack(B)`` for a packed variant, else the empty stand-in that makes ``product``
+    call BLAS."""
+    if packed:
+        return pack(B)
+    return np.empty((0, B.shape[0], 2 * lanes(B)), B.dtype)
