@@ -289,9 +289,21 @@ def add_rows_product(A, R, out, lo, hi):
 
 
 @njit(parallel=True, **JIT)
+def _rows_product_parallel(chunks, A, B, out):
+    """out = A @ B with A: (N, K) split into ``chunks`` row blocks, one per Numba thread."""
+    N = A.shape[0]
+    for i in prange(chunks):
+        lo, hi = i * N // chunks, (i + 1) * N // chunks
+        matmul(A[lo:hi], B, out[lo:hi])
+
+
+@njit(**JIT)
 def input_projection(x, W, G, chunks):
     """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once;
-    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread."""
+    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread.
+    (The parallel loop is a function of its own: entering a ``parallel=True`` function
+    costs ~2 us even when its prange is not reached, a tenth of a call at the smallest
+    shapes.)"""
     T, B, I = x.shape
     N = T * B
     out = empty((T, B, G), x)
@@ -299,9 +311,7 @@ def input_projection(x, W, G, chunks):
     if chunks == 1:
         matmul(x2, W, o2)
     else:
-        for i in prange(chunks):
-            lo, hi = i * N // chunks, (i + 1) * N // chunks
-            matmul(x2[lo:hi], W, o2[lo:hi])
+        _rows_product_parallel(chunks, x2, W, o2)
     return out
 
 
@@ -320,6 +330,17 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
 
 
 @njit(parallel=True, **JIT)
+def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db):
+    """``_weight_grads_rows`` over ``chunks`` row blocks, one per Numba thread: block 0
+    into dW, dR, db[0], block i > 0 into the partials pW[i - 1], pR[i - 1], db[i]."""
+    N = x2.shape[0]
+    for i in prange(chunks):
+        lo, hi = i * N // chunks, (i + 1) * N // chunks
+        _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
+                           dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
+
+
+@njit(**JIT)
 def weight_grads(x, W, h, dgx, dgh, chunks):
     """dx and the weight gradients as GEMMs over all steps at once.
 
@@ -344,10 +365,7 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     if chunks == 1:
         _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
     else:
-        for i in prange(chunks):
-            lo, hi = i * N // chunks, (i + 1) * N // chunks
-            _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
-                               dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
+        _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db)
         for i in range(1, chunks):
             add_into(dW, pW[i - 1])
             add_into(dR, pR[i - 1])
