@@ -229,7 +229,7 @@ def test_backward_validation():
 # variant choice and BLAS threads
 
 
-@pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 32, "v3"),
+@pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 24, "v3"), (1, 32, "v6"),
                                           (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v7"),
                                           (1, 65, "v6"), (8, 1200, "v7")])
 def test_automatic_variant(B, H, expected):
