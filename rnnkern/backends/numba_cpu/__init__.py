@@ -4,7 +4,10 @@ Mirrors ``numpy_ref`` function by function: every public function validates its
 arguments with ``rnnkern._validate`` first, then hands C-contiguous arrays to a
 compiled kernel of ``rnn``, ``lstm`` or ``gru``. Each takes ``variant=None``
 (chosen by shape) or one of ``VARIANTS``' names. Caches are dicts of named arrays,
-as in the reference: post-activation gates and the states entering every step.
+as in the reference: post-activation gates and the states entering every step. The v5
+forward leaves them with each step's batch rows transposed and padded, (T, K, Bp), the
+layout it computes in (``_batch``); the backward turns them into (T, B, K) first, so that
+a forward alone (inference, generation) never pays for the transposes.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
-from . import gru, lstm, rnn
+from . import _batch, gru, lstm, rnn
 from ._blas import blas_threads, threads_for
 from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, Plan, choose, weight_grads
 
@@ -107,6 +110,26 @@ def _call(threads: int, kernel: Any, *args: Any) -> Any:
         return kernel(*args)
 
 
+#: the cache arrays a v5 forward leaves as (T, K, Bp), see the module docstring
+_BATCH_LAYOUT = {"rnn": ("h", "a"), "lstm": ("h", "c", "gates", "tanh_c"),
+                 "gru": ("h", "gates", "hn")}
+
+
+def _forward_cache(plan: Plan, **cache: Any) -> Cache:
+    cache["variant"] = plan.name
+    cache["batch_layout"] = plan.name == "v5"
+    return cache
+
+
+def _rows_layout(cache: Cache) -> None:
+    """A v5 cache's (T, K, Bp) arrays as the (T, B, K) the backward kernels read, once."""
+    if cache["batch_layout"]:
+        B = cache["dims"].B
+        for k in _BATCH_LAYOUT[cache["cell"]]:
+            cache[k] = _batch.rows(cache[k], B)
+        cache["batch_layout"] = False
+
+
 def _finish(dx: np.ndarray, dstate: Any, grads: dict, cache: Cache, dgx: np.ndarray,
             dgh: np.ndarray, per_step: bool) -> tuple:
     """The backward's return value; with per_step, the per-step contributions as well."""
@@ -147,8 +170,8 @@ def rnn_forward(
                     _projection_chunks(threads, d, 1))))
     y, h, a, hT = _call(threads, kernel, x,
                     _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, *how)
-    cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R, h=h, a=a,
-                 lengths=lens, variant=plan.name)
+    cache = _forward_cache(plan, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
+                           h=h, a=a, lengths=lens)
     return y, hT, cache
 
 
@@ -163,6 +186,7 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
+    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 1)
     threads = _blas_threads(d, plan, 1)
     dh0, da = _call(
@@ -203,8 +227,8 @@ def lstm_forward(
     y, h, c, gates, tanh_c, hT, cT = _call(
         threads, kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
         _zeros_or(c0, (d.B, d.H), d.dtype), W, R, b, lens, *how)
-    cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates, tanh_c=tanh_c,
-                 lengths=lens, variant=plan.name)
+    cache = _forward_cache(plan, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates,
+                           tanh_c=tanh_c, lengths=lens)
     return y, (hT, cT), cache
 
 
@@ -223,6 +247,7 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
+    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 4)
     threads = _blas_threads(d, plan, 4)
     dh0, dc0, dgates = _call(
@@ -263,8 +288,8 @@ def gru_forward(
                     _projection_chunks(threads, d, 3))))
     y, h, gates, hn, hT = _call(threads, kernel, x,
                             _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, *how)
-    cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, lengths=lens,
-                 variant=plan.name)
+    cache = _forward_cache(plan, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn,
+                           lengths=lens)
     return y, hT, cache
 
 
@@ -279,6 +304,7 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
+    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 3)
     threads = _blas_threads(d, plan, 3)
     dh0, db_hn, dgx, dgh = _call(

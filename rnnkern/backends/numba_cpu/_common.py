@@ -19,6 +19,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._vec import Vec, maximum, minimum, vexp_libm, vtanh_libm
+
 #: fastmath flags of every kernel: reassociation lets LLVM vectorise the reductions
 #: of the fused recurrent product; no nnan/ninf, so NaN and inf still propagate
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -128,8 +130,7 @@ _HALF = _F(0.5)
 
 def _tanh32(v):
     # odd rational p(v)/q(v^2) on the clamped input; tanh is +-1 in float32 beyond the clamp
-    v = v if v < _TANH_CLAMP else _TANH_CLAMP
-    v = v if v > -_TANH_CLAMP else -_TANH_CLAMP
+    v = maximum(minimum(v, _TANH_CLAMP), -_TANH_CLAMP)
     v2 = v * v
     p = v2 * _A13 + _A11
     p = v2 * p + _A9
@@ -144,27 +145,33 @@ def _tanh32(v):
 
 
 def fast_tanh(v):
-    """tanh of a scalar: libm in float64, the vectorisable rational form in float32."""
+    """tanh of a scalar or a ``Vec``: libm in float64, the vectorisable rational form in
+    float32."""
     return math.tanh(v)
 
 
 def fast_sigmoid(v):
-    """The logistic function of a scalar, by the same per-dtype rule as ``fast_tanh``."""
+    """The logistic function of a scalar or a ``Vec``, by the same per-dtype rule as
+    ``fast_tanh``."""
     return 1.0 / (1.0 + math.exp(-v))
 
 
 @overload(fast_tanh, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_tanh(v):
-    if v == types.float32:
+    if v == types.float32 or (isinstance(v, Vec) and v.dtype == types.float32):
         return _tanh32
+    if isinstance(v, Vec):
+        return lambda v: vtanh_libm(v)
     return lambda v: math.tanh(v)
 
 
 @overload(fast_sigmoid, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_sigmoid(v):
-    if v == types.float32:
+    if v == types.float32 or (isinstance(v, Vec) and v.dtype == types.float32):
         return lambda v: _HALF + _HALF * fast_tanh(_HALF * v)
     # exp(-v) overflows to inf for v < -709 and 1 / inf is the right 0
+    if isinstance(v, Vec):
+        return lambda v: 1.0 / (1.0 + vexp_libm(-v))
     return lambda v: 1.0 / (1.0 + math.exp(-v))
 
 
@@ -389,35 +396,3 @@ def add_into(a, b):
     for n in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[n, j] += b[n, j]
-
-
-@njit(**JIT)
-def batch_inner_preactivation(x, t, W, R, b, hb, xg, hr):
-    """The batch-innermost (v5) step's products, vectorised over the batch.
-
-    x: (T, B, I)   W: (I, G*H)   R: (H, G*H)   b: (G*H,)   hb: (H, B) the state entering
-    step t, transposed. Writes xg: (G*H, B) = (x[t] @ W + b).T and hr: (G*H, B) = (hb.T @ R).T.
-    """
-    B, I = x.shape[1], x.shape[2]
-    H, GH = R.shape
-    for g in range(GH):
-        bg = b[g]
-        for n in range(B):
-            xg[g, n] = bg
-        for k in range(I):
-            w = W[k, g]
-            for n in range(B):
-                xg[g, n] += x[t, n, k] * w
-        for n in range(B):
-            hr[g, n] = 0
-        for k in range(H):
-            r = R[k, g]
-            for n in range(B):
-                hr[g, n] += hb[k, n] * r
-
-
-@njit(**JIT)
-def active_rows(lengths, t, act):
-    """act: (B,) = t < lengths, the rows that step t advances."""
-    for n in range(lengths.shape[0]):
-        act[n] = t < lengths[n]

@@ -7,139 +7,17 @@ once per kernel call into panels of ``2 * lanes`` columns, and each step runs a 
 blocked micro-kernel over them (4 rows x 2 vectors of accumulators, the panel streamed
 from cache): ~90-95 GFLOP/s on one core at those shapes (measured, float32).
 
-Numba has no SIMD types of its own, and LLVM keeps a tile of the output in registers only
-when the accumulators are values, not array elements it cannot prove unaliased. So
-``Vec`` is an LLVM vector of 32 bytes (8 float32 or 4 float64) that Numba code holds in
-local variables, and a few intrinsics move data in and out of it: ``vload``/``vstore``
-(flat index into a C-contiguous array), ``vbcast`` (one element in every lane, without
-the wraparound check of ``a[i]`` that cost a third of the speed) and ``vfma``.
+The micro-kernel's accumulators are ``_vec.Vec`` values: LLVM keeps a tile of the output
+in registers only when they are values, not array elements it cannot prove unaliased.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba import njit, prange
 
 from ._common import JIT, empty, matmul
-
-#: bytes of one vector: AVX2's ymm registers (wider ISAs still run this width well)
-VECTOR_BYTES = 32
-
-
-class Vec(types.Type):
-    """An LLVM vector of ``lanes`` elements of ``dtype``, held in a register."""
-
-    def __init__(self, dtype: types.Type, lanes: int) -> None:
-        self.dtype, self.lanes = dtype, lanes
-        super().__init__(name=f"Vec({dtype} x {lanes})")
-
-
-@register_model(Vec)
-class _VecModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        elt = dmm.lookup(fe_type.dtype).get_value_type()
-        super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.lanes))
-
-
-def _vec_of(dtype: types.Type) -> Vec:
-    return Vec(dtype, VECTOR_BYTES // (dtype.bitwidth // 8))
-
-
-def _c_array(a: types.Type) -> bool:
-    return isinstance(a, types.Array) and a.layout == "C" and \
-        isinstance(a.dtype, types.Float)
-
-
-def _pointer(context, builder, aryty, ary, i):
-    return builder.gep(context.make_array(aryty)(context, builder, ary).data, [i])
-
-
-@intrinsic
-def vload(typingctx, a, i):
-    """a.flat[i : i + lanes] of a C-contiguous float array."""
-    if not _c_array(a):
-        return None
-    vt = _vec_of(a.dtype)
-
-    def codegen(context, builder, sig, args):
-        p = _pointer(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(p, context.get_value_type(vt).as_pointer()),
-                            align=a.dtype.bitwidth // 8)
-    return vt(a, i), codegen
-
-
-@intrinsic
-def vstore(typingctx, a, i, v):
-    """a.flat[i : i + lanes] = v."""
-    if not _c_array(a) or v != _vec_of(a.dtype):
-        return None
-
-    def codegen(context, builder, sig, args):
-        p = _pointer(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()),
-                      align=a.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-    return types.none(a, i, v), codegen
-
-
-def _splat(builder, ty, x):
-    v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [0] * ty.count)
-    return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), zeros)
-
-
-@intrinsic
-def vbcast(typingctx, a, i):
-    """a.flat[i] in every lane."""
-    if not _c_array(a):
-        return None
-    vt = _vec_of(a.dtype)
-
-    def codegen(context, builder, sig, args):
-        x = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1]))
-        return _splat(builder, context.get_value_type(vt), x)
-    return vt(a, i), codegen
-
-
-@intrinsic
-def vzero(typingctx, a):
-    """A vector of zeros of a's dtype."""
-    if not _c_array(a):
-        return None
-    vt = _vec_of(a.dtype)
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(context.get_value_type(vt), None)
-    return vt(a), codegen
-
-
-@intrinsic
-def vfma(typingctx, a, b, c):
-    """a * b + c, lane by lane, fused."""
-    if not (isinstance(a, Vec) and a == b == c):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        name = f"llvm.fma.v{ty.count}f{a.dtype.bitwidth}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
-        return builder.call(fn, args)
-    return a(a, b, c), codegen
-
-
-def lanes(a):
-    """Elements of a's dtype in one vector, a compile-time constant."""
-    return VECTOR_BYTES // a.itemsize
-
-
-@overload(lanes, jit_options=JIT)
-def _ol_lanes(a):
-    n = _vec_of(a.dtype).lanes
-    return lambda a: n
-
+from ._vec import lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
 # the packed product

@@ -10,12 +10,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._batch import (
+    commit,
+    final,
+    outputs,
+    padded,
+    preactivation,
+    stacked,
+    transpose_in,
+    vcopy,
+    workspace,
+)
 from ._common import (
     JIT,
-    active_rows,
     add_into,
     add_rows_product,
-    batch_inner_preactivation,
     empty,
     fast_sigmoid,
     fast_tanh,
@@ -23,6 +32,7 @@ from ._common import (
     states,
 )
 from ._simd import pack_if, product
+from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
@@ -97,46 +107,47 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, gemm_chunk
 
 @njit(**JIT)
 def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
-    """v5: ``gru_forward`` with the batch as the innermost axis of every step's work, so
-    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
-    and results."""
-    T, B, _ = x.shape
+    """v5: ``gru_forward`` with the batch as the innermost axis of every step's work
+    (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
+    fused, chunks) and results, except that h, gates and hn are (T+1 or T, K, Bp) with
+    Bp = ``_batch.padded(B)``, each step's rows transposed (see ``lstm_forward_bi``)."""
+    T, B, I = x.shape
     H = R.shape[0]
-    gates = empty((T, B, 3 * H), x)
-    h = states(h0, T)
-    hn = empty((T, B, H), x)
+    Bp = padded(B, x)
+    HB, L = H * Bp, lanes(x)
+    gates = np.empty((T, 3 * H, Bp), x.dtype)  # (r, z, n) of every row
+    hn = np.empty((T, H, Bp), x.dtype)  # h @ R_n + b_hn
+    h = np.empty((T + 1, H, Bp), x.dtype)
     y = empty((T, B, H), x)
-    hb = h0.T.copy()  # (H, B): the state, transposed
-    g = np.empty((3 * H, B), x.dtype)
-    hr = np.empty((3 * H, B), x.dtype)
-    hnb = np.empty((H, B), x.dtype)  # this step's h @ R_n + b_hn and new h of every row
-    hnew = np.empty((H, B), x.dtype)
-    act = np.empty(B, np.bool_)
+    M = stacked(W, R)
+    bh = np.zeros(3 * H, x.dtype)  # the bias inside r * (h @ R_n + b_hn)
+    bh[2 * H:] = b_hn
+    xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
+    hr = np.empty((3 * H, Bp), x.dtype)  # h @ R + bh
+    new = np.empty((H, Bp), x.dtype)  # this step's h
+    vcopy(xh[I:], h[0])
     one = x.dtype.type(1)
+    shortest = lengths.min()
     for t in range(T):
-        batch_inner_preactivation(x, t, W, R, b, hb, g, hr)
-        active_rows(lengths, t, act)
-        for k in range(2 * H):
-            for n in range(B):
-                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
-        for j in range(H):
-            for n in range(B):
-                hnb[j, n] = hr[2 * H + j, n] + b_hn[j]
-            for n in range(B):
-                g[2 * H + j, n] = fast_tanh(g[2 * H + j, n] + g[j, n] * hnb[j, n])
-            for n in range(B):
-                z = g[H + j, n]
-                hnew[j, n] = (one - z) * g[2 * H + j, n] + z * hb[j, n]
-            for n in range(B):
-                hb[j, n] = hnew[j, n] if act[n] else hb[j, n]
-        for n in range(B):
-            for k in range(3 * H):
-                gates[t, n, k] = g[k, n]
-            for j in range(H):
-                hn[t, n, j] = hnb[j, n]
-                h[t + 1, n, j] = hb[j, n]
-                y[t, n, j] = hnew[j, n] if act[n] else 0
-    return y, h, gates, hn, h[T].copy()
+        g, hnt = gates[t], hn[t]
+        transpose_in(x[t], xh)
+        preactivation(M, xh, 0, I, b, g)
+        preactivation(M, xh, I, I + H, bh, hr)
+        for j in range(0, HB, L):
+            r = fast_sigmoid(vload(g, j) + vload(hr, j))
+            z = fast_sigmoid(vload(g, HB + j) + vload(hr, HB + j))
+            hnj = vload(hr, 2 * HB + j)
+            n = fast_tanh(vload(g, 2 * HB + j) + r * hnj)
+            vstore(g, j, r)
+            vstore(g, HB + j, z)
+            vstore(g, 2 * HB + j, n)
+            vstore(hnt, j, hnj)
+            vstore(new, j, (one - z) * n + z * vload(xh, I * Bp + j))
+        every = t < shortest
+        commit(new, xh[I:], lengths, t, every)
+        vcopy(xh[I:], h[t + 1])
+        outputs(new, lengths, t, every, y[t])
+    return y, h, gates, hn, final(h[T], B)
 
 
 @njit(**JIT)

@@ -14,12 +14,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._batch import (
+    commit,
+    final,
+    outputs,
+    padded,
+    preactivation,
+    stacked,
+    transpose_in,
+    vcopy,
+    workspace,
+)
 from ._common import (
     JIT,
-    active_rows,
     add_into,
     add_rows_product,
-    batch_inner_preactivation,
     empty,
     fast_sigmoid,
     fast_tanh,
@@ -27,6 +36,7 @@ from ._common import (
     states,
 )
 from ._simd import pack_if, product
+from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
@@ -112,54 +122,51 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks
 
 @njit(**JIT)
 def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
-    """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work, so
-    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
-    and results."""
-    T, B, _ = x.shape
+    """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work
+    (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
+    fused, chunks) and results, except that h, c, gates and tanh_c are (T+1 or T, K, Bp)
+    with Bp = ``_batch.padded(B)``, each step's rows transposed (``_batch.rows`` turns
+    them into the others' layout): a forward writes no more than y in rows."""
+    T, B, I = x.shape
     H = R.shape[0]
-    gates = empty((T, B, 4 * H), x)
-    h, c = states(h0, T), states(c0, T)
-    tanh_c = empty((T, B, H), x)
+    Bp = padded(B, x)
+    HB, L = H * Bp, lanes(x)
+    gates = np.empty((T, 4 * H, Bp), x.dtype)  # (i, f, g, o) of every row
+    h = np.empty((T + 1, H, Bp), x.dtype)
+    c = np.empty((T + 1, H, Bp), x.dtype)
+    tanh_c = np.empty((T, H, Bp), x.dtype)
     y = empty((T, B, H), x)
-    hb = h0.T.copy()  # (H, B): the states, transposed
-    cb = c0.T.copy()
-    g = np.empty((4 * H, B), x.dtype)
-    hr = np.empty((4 * H, B), x.dtype)
-    cn = np.empty((H, B), x.dtype)  # this step's c, tanh(c) and h of every row
-    tc = np.empty((H, B), x.dtype)
-    hn = np.empty((H, B), x.dtype)
-    act = np.empty(B, np.bool_)
+    M = stacked(W, R)
+    xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
+    cb = workspace(c0, H, Bp)  # (H, Bp): c
+    cn = np.empty((H, Bp), x.dtype)  # this step's c and h
+    hn = np.empty((H, Bp), x.dtype)
+    vcopy(xh[I:], h[0])
+    vcopy(cb, c[0])
+    shortest = lengths.min()
     for t in range(T):
-        batch_inner_preactivation(x, t, W, R, b, hb, g, hr)
-        active_rows(lengths, t, act)
-        for k in range(2 * H):
-            for n in range(B):
-                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
-        for k in range(2 * H, 3 * H):
-            for n in range(B):
-                g[k, n] = fast_tanh(g[k, n] + hr[k, n])
-        for k in range(3 * H, 4 * H):
-            for n in range(B):
-                g[k, n] = fast_sigmoid(g[k, n] + hr[k, n])
-        for j in range(H):
-            for n in range(B):
-                cn[j, n] = g[H + j, n] * cb[j, n] + g[j, n] * g[2 * H + j, n]
-            for n in range(B):
-                tc[j, n] = fast_tanh(cn[j, n])
-            for n in range(B):
-                hn[j, n] = g[3 * H + j, n] * tc[j, n]
-            for n in range(B):
-                cb[j, n] = cn[j, n] if act[n] else cb[j, n]
-                hb[j, n] = hn[j, n] if act[n] else hb[j, n]
-        for n in range(B):
-            for k in range(4 * H):
-                gates[t, n, k] = g[k, n]
-            for j in range(H):
-                tanh_c[t, n, j] = tc[j, n]
-                c[t + 1, n, j] = cb[j, n]
-                h[t + 1, n, j] = hb[j, n]
-                y[t, n, j] = hn[j, n] if act[n] else 0
-    return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
+        g, tc = gates[t], tanh_c[t]
+        transpose_in(x[t], xh)
+        preactivation(M, xh, 0, I + H, b, g)
+        for j in range(0, HB, L):
+            i, f = fast_sigmoid(vload(g, j)), fast_sigmoid(vload(g, HB + j))
+            gg, o = fast_tanh(vload(g, 2 * HB + j)), fast_sigmoid(vload(g, 3 * HB + j))
+            vstore(g, j, i)
+            vstore(g, HB + j, f)
+            vstore(g, 2 * HB + j, gg)
+            vstore(g, 3 * HB + j, o)
+            cj = f * vload(cb, j) + i * gg
+            tcj = fast_tanh(cj)
+            vstore(cn, j, cj)
+            vstore(tc, j, tcj)
+            vstore(hn, j, o * tcj)
+        every = t < shortest
+        commit(cn, cb, lengths, t, every)
+        commit(hn, xh[I:], lengths, t, every)
+        vcopy(cb, c[t + 1])
+        vcopy(xh[I:], h[t + 1])
+        outputs(hn, lengths, t, every, y[t])
+    return y, h, c, gates, tanh_c, final(h[T], B), final(c[T], B)
 
 
 @njit(**JIT)

@@ -9,18 +9,28 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._batch import (
+    commit,
+    final,
+    outputs,
+    padded,
+    preactivation,
+    stacked,
+    transpose_in,
+    vcopy,
+    workspace,
+)
 from ._common import (
     JIT,
-    active_rows,
     add_into,
     add_rows_product,
-    batch_inner_preactivation,
     empty,
     fast_tanh,
     input_projection,
     states,
 )
 from ._simd import pack_if, product
+from ._vec import lanes, maximum, vload, vstore
 
 
 @njit(**JIT)
@@ -97,44 +107,37 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, gemm_chunk
 
 @njit(**JIT)
 def rnn_forward_bi(x, h0, W, R, b, code, lengths):
-    """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work, so
-    that the loops vectorise over B when H is tiny. Same arguments (less fused, chunks)
-    and results."""
-    T, B, _ = x.shape
+    """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work
+    (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
+    fused, chunks) and results, except that h and a are (T+1 or T, H, Bp) with
+    Bp = ``_batch.padded(B)``, each step's rows transposed (see ``lstm_forward_bi``)."""
+    T, B, I = x.shape
     H = R.shape[0]
-    a = empty((T, B, H), x)
-    h = states(h0, T)
+    Bp = padded(B, x)
+    HB, L = H * Bp, lanes(x)
+    a = np.empty((T, H, Bp), x.dtype)
+    h = np.empty((T + 1, H, Bp), x.dtype)
     y = empty((T, B, H), x)
-    hb = h0.T.copy()  # (H, B): the state, transposed
-    v = np.empty((H, B), x.dtype)
-    hr = np.empty((H, B), x.dtype)
-    act = np.empty(B, np.bool_)
+    M = stacked(W, R)
+    xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
+    vcopy(xh[I:], h[0])
     zero = x.dtype.type(0)
+    shortest = lengths.min()
     for t in range(T):
-        batch_inner_preactivation(x, t, W, R, b, hb, v, hr)
-        active_rows(lengths, t, act)
+        v = a[t]
+        transpose_in(x[t], xh)
+        preactivation(M, xh, 0, I + H, b, v)
         if code == 0:
-            for j in range(H):
-                for n in range(B):
-                    v[j, n] = fast_tanh(v[j, n] + hr[j, n])
+            for j in range(0, HB, L):
+                vstore(v, j, fast_tanh(vload(v, j)))
         elif code == 1:
-            for j in range(H):
-                for n in range(B):
-                    s = v[j, n] + hr[j, n]
-                    v[j, n] = s if s > zero else zero
-        else:
-            for j in range(H):
-                for n in range(B):
-                    v[j, n] += hr[j, n]
-        for j in range(H):
-            for n in range(B):
-                hb[j, n] = v[j, n] if act[n] else hb[j, n]
-        for n in range(B):
-            for j in range(H):
-                a[t, n, j] = v[j, n]
-                h[t + 1, n, j] = hb[j, n]
-                y[t, n, j] = v[j, n] if act[n] else zero
-    return y, h, a, h[T].copy()
+            for j in range(0, HB, L):
+                vstore(v, j, maximum(vload(v, j), zero))
+        every = t < shortest
+        commit(v, xh[I:], lengths, t, every)
+        vcopy(xh[I:], h[t + 1])
+        outputs(v, lengths, t, every, y[t])
+    return y, h, a, final(h[T], B)
 
 
 @njit(**JIT)

@@ -1,0 +1,134 @@
+"""Pieces of the batch-innermost (v5) forward kernels: every step's work laid out as
+(unit, batch row), so that it vectorises over the batch when H is tiny (a row of H=3
+units is shorter than one vector).
+
+Why the rows are padded and the work is on explicit vectors: with rows of B=16 elements,
+loops over ``range(B)`` ran at a fixed ~5-10 ns each whatever B (LLVM's runtime overlap
+checks, a vector body that wants 32 elements, the scalar remainder), and a step of the
+LSTM made ~80 of them (~0.5 us per step at B=8 and at B=16, measured). Here every
+workspace is (rows, Bp) with Bp a multiple of the vector width, and the products and the
+pointwise pass run on ``_vec.Vec`` values over whole vectors of batch rows. Padding
+lanes compute on zeros and are never written out. Only the transposes into the (T, B, .)
+results stay scalar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._common import JIT, empty
+from ._vec import lanes, vbcast, vfma, vload, vstore
+
+
+@njit(**JIT)
+def padded(B, like):
+    """B rounded up to a whole number of vectors of like's dtype."""
+    L = lanes(like)
+    return (B + L - 1) // L * L
+
+
+@njit(**JIT)
+def stacked(W, R):
+    """M: (I+H, G*H) = [W; R], the weights of z = [x[t]; h] (see ``preactivation``)."""
+    I, H = W.shape[0], R.shape[0]
+    M = np.empty((I + H, W.shape[1]), W.dtype)
+    M[:I] = W
+    M[I:] = R
+    return M
+
+
+@njit(**JIT)
+def workspace(s0, rows, Bp):
+    """(rows, Bp) zeros with s0: (B, H) transposed into its last H rows (the rows of a
+    state, below those of the input in z = [x[t]; h])."""
+    B, H = s0.shape
+    z = np.zeros((rows, Bp), s0.dtype)
+    transpose_in(s0, z[rows - H:])
+    return z
+
+
+@njit(**JIT)
+def transpose_in(a, z):
+    """z[k, n] = a[n, k] for a: (B, K), z: (K, Bp)."""
+    B, K = a.shape
+    for n in range(B):
+        for k in range(K):
+            z[k, n] = a[n, k]
+
+
+@njit(**JIT)
+def preactivation(M, z, k0, k1, bias, out):
+    """out: (G*H, Bp) = bias[:, None] + M[k0:k1].T @ z[k0:k1], one vector of batch rows
+    at a time, its accumulator in a register.
+
+    M: (K, G*H)   z: (K, Bp)   bias: (G*H,), all C-contiguous
+    """
+    GH = M.shape[1]
+    Bp = z.shape[1]
+    L = lanes(z)
+    for g in range(GH):
+        for n0 in range(0, Bp, L):
+            acc = vbcast(bias, g)
+            for k in range(k0, k1):
+                acc = vfma(vbcast(M, k * GH + g), vload(z, k * Bp + n0), acc)
+            vstore(out, g * Bp + n0, acc)
+
+
+@njit(**JIT)
+def vcopy(src, dst):
+    """dst = src, two C-contiguous arrays of one shape whose size is a whole number of
+    vectors."""
+    for i in range(0, src.size, lanes(src)):
+        vstore(dst, i, vload(src, i))
+
+
+@njit(**JIT)
+def commit(new, state, lengths, t, every):
+    """state[j, n] = new[j, n] for the rows n that step t advances (t < lengths[n]);
+    every: all of them. new, state: (H, Bp)."""
+    if every:
+        vcopy(new, state)
+        return
+    for j in range(new.shape[0]):
+        for n in range(lengths.shape[0]):
+            if t < lengths[n]:
+                state[j, n] = new[j, n]
+
+
+@njit(**JIT)
+def transpose_out(z, out):
+    """out: (B, K) = z[:, :B].T for z: (K, Bp)."""
+    B, K = out.shape
+    for k in range(K):
+        for n in range(B):
+            out[n, k] = z[k, n]
+
+
+@njit(**JIT)
+def outputs(new, lengths, t, every, y):
+    """y: (B, H) = this step's new state new: (H, Bp) transposed, zeros in the rows past
+    their length."""
+    transpose_out(new, y)
+    if not every:
+        for n in range(y.shape[0]):
+            if t >= lengths[n]:
+                y[n] = 0
+
+
+@njit(**JIT)
+def final(s, B):
+    """(B, H) = s: (H, Bp), the state after the last step, in the rows' layout."""
+    out = np.empty((B, s.shape[0]), s.dtype)
+    transpose_out(s, out)
+    return out
+
+
+@njit(**JIT)
+def rows(a, B):
+    """(T, B, K) = a: (T, K, Bp) in the rows' layout of the other kernels' caches."""
+    T, K = a.shape[0], a.shape[1]
+    out = empty((T, B, K), a)
+    for t in range(T):
+        transpose_out(a[t], out[t])
+    return out
