@@ -121,6 +121,12 @@ def _forward_cache(plan: Plan, **cache: Any) -> Cache:
     return cache
 
 
+def _batch_backward(cache: Cache, plan: Plan, per_step: bool) -> bool:
+    """Whether the backward runs v5's own kernel, on the cache as the v5 forward left it
+    (the per-step contributions come from the (T, B, .) gate gradients of the others)."""
+    return plan.name == "v5" and cache["batch_layout"] and not per_step
+
+
 def _rows_layout(cache: Cache) -> None:
     """A v5 cache's (T, K, Bp) arrays as the (T, B, K) the backward kernels read, once."""
     if cache["batch_layout"]:
@@ -186,13 +192,17 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 1)
+    dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
+    code = ACTIVATION_CODES[cache["activation"]]
+    if _batch_backward(cache, plan, per_step):
+        dx, dh0, dW, dR, db = rnn.rnn_backward_bi(dy, dhT, cache["x"], cache["W"], cache["R"],
+                                                  cache["h"], cache["a"], code, cache["lengths"])
+        return dx, dh0, {"W": dW, "R": dR, "b": db}
+    _rows_layout(cache)
     threads = _blas_threads(d, plan, 1)
     dh0, da = _call(
-        threads, rnn.rnn_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["R"], cache["a"], ACTIVATION_CODES[cache["activation"]], cache["lengths"],
+        threads, rnn.rnn_backward, dy, dhT, cache["R"], cache["a"], code, cache["lengths"],
         plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, da, da)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
@@ -247,13 +257,18 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 4)
+    dy, dhT, dcT = (_zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
+                    _zeros_or(dcT, (d.B, d.H), d.dtype))
+    if _batch_backward(cache, plan, per_step):
+        dx, dh0, dc0, dW, dR, db = lstm.lstm_backward_bi(
+            dy, dhT, dcT, cache["x"], cache["W"], cache["R"], cache["h"], cache["c"],
+            cache["gates"], cache["tanh_c"], cache["lengths"])
+        return dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}
+    _rows_layout(cache)
     threads = _blas_threads(d, plan, 4)
     dh0, dc0, dgates = _call(
-        threads, lstm.lstm_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
-        _zeros_or(dcT, (d.B, d.H), d.dtype), cache["R"], cache["c"], cache["gates"],
+        threads, lstm.lstm_backward, dy, dhT, dcT, cache["R"], cache["c"], cache["gates"],
         cache["tanh_c"], cache["lengths"], plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, dgates, dgates)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
@@ -304,14 +319,18 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    _rows_layout(cache)
     plan = choose(variant, d.B, d.H, 3)
+    dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
+    if _batch_backward(cache, plan, per_step):
+        dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(
+            dy, dhT, cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"],
+            cache["hn"], cache["lengths"])
+        return dx, dh0, {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
+    _rows_layout(cache)
     threads = _blas_threads(d, plan, 3)
     dh0, db_hn, dgx, dgh = _call(
-        threads, gru.gru_backward,
-        _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
-        cache["R"], cache["h"], cache["gates"], cache["hn"], cache["lengths"],
-        plan.fused, plan.packed, plan.chunks)
+        threads, gru.gru_backward, dy, dhT, cache["R"], cache["h"], cache["gates"], cache["hn"],
+        cache["lengths"], plan.fused, plan.packed, plan.chunks)
     dx, dW, dR, db = _weight_grads(threads, cache, dgx, dgh)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

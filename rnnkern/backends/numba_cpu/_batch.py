@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from ._common import JIT, empty
-from ._vec import lanes, vbcast, vfma, vload, vstore
+from ._vec import lanes, vbcast, vfma, vload, vstore, vsum, vzero
 
 
 @njit(**JIT)
@@ -58,20 +58,22 @@ def transpose_in(a, z):
 
 
 @njit(**JIT)
-def preactivation(M, z, k0, k1, bias, out):
-    """out: (G*H, Bp) = bias[:, None] + M[k0:k1].T @ z[k0:k1], one vector of batch rows
-    at a time, its accumulator in a register.
+def affine(M, z, k0, k1, bias, out):
+    """out: (N, Bp) = bias[:N, None] + M[k0:k1].T @ z[k0:k1], one vector of batch rows
+    at a time, its accumulator in a register: a step's pre-activations (M = [W; R],
+    z = [x[t]; h]) and, backward, the gradients through them (M = R.T or W.T, z the
+    gate gradients).
 
-    M: (K, G*H)   z: (K, Bp)   bias: (G*H,), all C-contiguous
+    M: (K, N)   z: (K, Bp)   bias: (>= N,), all C-contiguous
     """
-    GH = M.shape[1]
+    N = M.shape[1]
     Bp = z.shape[1]
     L = lanes(z)
-    for g in range(GH):
+    for g in range(N):
         for n0 in range(0, Bp, L):
             acc = vbcast(bias, g)
             for k in range(k0, k1):
-                acc = vfma(vbcast(M, k * GH + g), vload(z, k * Bp + n0), acc)
+                acc = vfma(vbcast(M, k * N + g), vload(z, k * Bp + n0), acc)
             vstore(out, g * Bp + n0, acc)
 
 
@@ -94,6 +96,15 @@ def commit(new, state, lengths, t, every):
         for n in range(lengths.shape[0]):
             if t < lengths[n]:
                 state[j, n] = new[j, n]
+
+
+@njit(**JIT)
+def transpose_add(a, z):
+    """z[k, n] += a[n, k] for a: (B, K), z: (K, Bp)."""
+    B, K = a.shape
+    for k in range(K):
+        for n in range(B):
+            z[k, n] += a[n, k]
 
 
 @njit(**JIT)
@@ -132,3 +143,53 @@ def rows(a, B):
     for t in range(T):
         transpose_out(a[t], out[t])
     return out
+
+
+# ----------------------------------------------------------------------------
+# backward
+
+
+@njit(**JIT)
+def inputs_and_ones(x, Bp):
+    """(T, I+1, Bp): every step's x[t] transposed, and a row of ones below it (its sums
+    with the gate gradients, ``outer_sums``, are dW and db at once)."""
+    T, B, I = x.shape
+    xb = np.ones((T, I + 1, Bp), x.dtype)
+    for t in range(T):
+        transpose_in(x[t], xb[t])
+    return xb
+
+
+@njit(**JIT)
+def outer_sums(a, b, out):
+    """out: (K, G) = sum over t and n of a[t, k, n] * b[t, g, n], for a: (>= T, K, Bp),
+    b: (T, G, Bp): the weight gradients of all steps (zeros in b's padding lanes)."""
+    T, G, Bp = b.shape
+    K = out.shape[0]
+    L = lanes(b)
+    for k in range(K):
+        for g in range(G):
+            acc = vzero(b)
+            for t in range(T):
+                ak, bg = (t * a.shape[1] + k) * Bp, (t * G + g) * Bp
+                for n0 in range(0, Bp, L):
+                    acc = vfma(vload(a, ak + n0), vload(b, bg + n0), acc)
+            out[k, g] = vsum(acc)
+
+
+@njit(**JIT)
+def zero_inactive(d, lengths, t):
+    """d[:, n] = 0 for the rows n that step t leaves alone (t >= lengths[n])."""
+    for n in range(lengths.shape[0]):
+        if t >= lengths[n]:
+            for j in range(d.shape[0]):
+                d[j, n] = 0
+
+
+@njit(**JIT)
+def keep_inactive(new, old, lengths, t):
+    """new[:, n] = old[:, n] for the rows n that step t leaves alone (t >= lengths[n])."""
+    for n in range(lengths.shape[0]):
+        if t >= lengths[n]:
+            for j in range(new.shape[0]):
+                new[j, n] = old[j, n]

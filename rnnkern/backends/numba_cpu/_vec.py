@@ -281,3 +281,30 @@ def _per_lane(fn):
 
 #: math.tanh and math.exp of every lane
 vtanh_libm, vexp_libm = _per_lane(math.tanh), _per_lane(math.exp)
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """The sum of v's lanes, added in lane order (the same result on every run)."""
+    if not isinstance(v, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
+        for k in range(1, v.lanes):
+            s = builder.fadd(s, builder.extract_element(args[0], ir.Constant(ir.IntType(32), k)))
+        return s
+    return v.dtype(v), codegen
+
+
+@intrinsic
+def where_positive(typingctx, a, d):
+    """Lane by lane, d where a > 0, else 0 (the gradient through a ReLU, from its
+    output a)."""
+    if not (isinstance(a, Vec) and a == d):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_ordered(">", args[0], zero), args[1], zero)
+    return a(a, d), codegen

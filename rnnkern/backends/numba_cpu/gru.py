@@ -11,15 +11,21 @@ import numpy as np
 from numba import njit, prange
 
 from ._batch import (
+    affine,
     commit,
     final,
+    inputs_and_ones,
+    keep_inactive,
+    outer_sums,
     outputs,
     padded,
-    preactivation,
     stacked,
+    transpose_add,
     transpose_in,
+    transpose_out,
     vcopy,
     workspace,
+    zero_inactive,
 )
 from ._common import (
     JIT,
@@ -131,8 +137,8 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     for t in range(T):
         g, hnt = gates[t], hn[t]
         transpose_in(x[t], xh)
-        preactivation(M, xh, 0, I, b, g)
-        preactivation(M, xh, I, I + H, bh, hr)
+        affine(M, xh, 0, I, b, g)
+        affine(M, xh, I, I + H, bh, hr)
         for j in range(0, HB, L):
             r = fast_sigmoid(vload(g, j) + vload(hr, j))
             z = fast_sigmoid(vload(g, HB + j) + vload(hr, HB + j))
@@ -224,3 +230,63 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
             for j in range(H):
                 db_hn[j] += dgh[t, n, 2 * H + j]
     return dh, db_hn.astype(dy.dtype), dgx, dgh
+
+
+@njit(**JIT)
+def gru_backward_bi(dy, dhT, x, W, R, h, gates, hn, lengths):
+    """v5 backward, on ``gru_forward_bi``'s (T, K, Bp) cache, batch innermost as there.
+
+    dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, 3H)   R: (H, 3H)
+    Returns dx: (T, B, I), dh0: (B, H), dW: (I, 3H), dR: (H, 3H), db: (3H,), db_hn: (H,).
+    """
+    T, B, H = dy.shape
+    I = x.shape[2]
+    Bp = h.shape[2]
+    HB, L = H * Bp, lanes(dy)
+    one = dy.dtype.type(1)
+    dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
+    dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
+    dhz = np.empty((H, Bp), dy.dtype)  # the part of dh[t] through z * h[t]
+    dgx = np.zeros((T, 3 * H, Bp), dy.dtype)  # gradients of x @ W + b
+    dgh = np.zeros((T, 3 * H, Bp), dy.dtype)  # gradients of h @ R (+ b_hn)
+    dx = empty((T, B, I), dy)
+    dxt = np.empty((I, Bp), dy.dtype)
+    RT, WT = R.T.copy(), W.T.copy()
+    nobias = np.zeros(max(H, I), dy.dtype)
+    shortest = lengths.min()
+    for t in range(T - 1, -1, -1):
+        g, gx, gh, hnt, hp = gates[t], dgx[t], dgh[t], hn[t], h[t]
+        every = t < shortest
+        if not every:
+            vcopy(dh, dhs)
+        transpose_add(dy[t], dh)
+        for j in range(0, HB, L):
+            r, z, n = vload(g, j), vload(g, HB + j), vload(g, 2 * HB + j)
+            dhj = vload(dh, j)
+            dn = dhj * (one - z) * (one - n * n)
+            dr = dn * vload(hnt, j) * r * (one - r)
+            dz = dhj * (vload(hp, j) - n) * z * (one - z)
+            vstore(gx, j, dr)
+            vstore(gx, HB + j, dz)
+            vstore(gx, 2 * HB + j, dn)
+            vstore(gh, j, dr)
+            vstore(gh, HB + j, dz)
+            vstore(gh, 2 * HB + j, dn * r)
+            vstore(dhz, j, dhj * z)
+        if not every:
+            zero_inactive(gx, lengths, t)
+            zero_inactive(gh, lengths, t)
+        affine(RT, gh, 0, 3 * H, nobias, dh)
+        for j in range(0, HB, L):
+            vstore(dh, j, vload(dh, j) + vload(dhz, j))
+        if not every:
+            keep_inactive(dh, dhs, lengths, t)
+        affine(WT, gx, 0, 3 * H, nobias, dxt)
+        transpose_out(dxt, dx[t])
+    dWb = np.empty((I + 1, 3 * H), dy.dtype)  # [dW; db]
+    outer_sums(inputs_and_ones(x, Bp), dgx, dWb)
+    dR = np.empty((H, 3 * H), dy.dtype)
+    outer_sums(h, dgh, dR)
+    sgh = np.empty((1, 3 * H), dy.dtype)  # the sums of dgh, db_hn among them
+    outer_sums(np.ones((T, 1, Bp), dy.dtype), dgh, sgh)
+    return dx, final(dh, B), dWb[:I].copy(), dR, dWb[I].copy(), sgh[0, 2 * H:].copy()

@@ -15,15 +15,21 @@ import numpy as np
 from numba import njit, prange
 
 from ._batch import (
+    affine,
     commit,
     final,
+    inputs_and_ones,
+    keep_inactive,
+    outer_sums,
     outputs,
     padded,
-    preactivation,
     stacked,
+    transpose_add,
     transpose_in,
+    transpose_out,
     vcopy,
     workspace,
+    zero_inactive,
 )
 from ._common import (
     JIT,
@@ -147,7 +153,7 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     for t in range(T):
         g, tc = gates[t], tanh_c[t]
         transpose_in(x[t], xh)
-        preactivation(M, xh, 0, I + H, b, g)
+        affine(M, xh, 0, I + H, b, g)
         for j in range(0, HB, L):
             i, f = fast_sigmoid(vload(g, j)), fast_sigmoid(vload(g, HB + j))
             gg, o = fast_tanh(vload(g, 2 * HB + j)), fast_sigmoid(vload(g, 3 * HB + j))
@@ -249,3 +255,57 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
         _backward_rows(0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
                        lengths)
     return dh, dc, dgates
+
+
+@njit(**JIT)
+def lstm_backward_bi(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths):
+    """v5 backward, on ``lstm_forward_bi``'s (T, K, Bp) cache, batch innermost as there.
+
+    dy: (T, B, H)   dhT, dcT: (B, H)   x: (T, B, I)   W: (I, 4H)   R: (H, 4H)
+    Returns dx: (T, B, I), dh0, dc0: (B, H), dW: (I, 4H), dR: (H, 4H), db: (4H,).
+    """
+    T, B, H = dy.shape
+    I = x.shape[2]
+    Bp = h.shape[2]
+    HB, L = H * Bp, lanes(dy)
+    one = dy.dtype.type(1)
+    dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
+    dc = workspace(dcT, H, Bp)  # (H, Bp): the same for c
+    dhs = np.empty((H, Bp), dy.dtype)  # dh, dc kept for the rows a step leaves alone
+    dcs = np.empty((H, Bp), dy.dtype)
+    dgates = np.zeros((T, 4 * H, Bp), dy.dtype)  # pre-activation gradients
+    dx = empty((T, B, I), dy)
+    dxt = np.empty((I, Bp), dy.dtype)
+    RT, WT = R.T.copy(), W.T.copy()  # (4H, H), (4H, I): the products below take rows
+    nobias = np.zeros(max(H, I), dy.dtype)
+    shortest = lengths.min()
+    for t in range(T - 1, -1, -1):
+        g, dg, tc, cp = gates[t], dgates[t], tanh_c[t], c[t]
+        every = t < shortest
+        if not every:
+            vcopy(dh, dhs)
+            vcopy(dc, dcs)
+        transpose_add(dy[t], dh)
+        for j in range(0, HB, L):
+            i, f = vload(g, j), vload(g, HB + j)
+            gg, o = vload(g, 2 * HB + j), vload(g, 3 * HB + j)
+            dhj, tcj = vload(dh, j), vload(tc, j)
+            dcj = vload(dc, j) + dhj * o * (one - tcj * tcj)
+            vstore(dg, j, dcj * gg * i * (one - i))
+            vstore(dg, HB + j, dcj * vload(cp, j) * f * (one - f))
+            vstore(dg, 2 * HB + j, dcj * i * (one - gg * gg))
+            vstore(dg, 3 * HB + j, dhj * tcj * o * (one - o))
+            vstore(dc, j, dcj * f)
+        if not every:
+            zero_inactive(dg, lengths, t)
+            keep_inactive(dc, dcs, lengths, t)
+        affine(RT, dg, 0, 4 * H, nobias, dh)
+        if not every:
+            keep_inactive(dh, dhs, lengths, t)
+        affine(WT, dg, 0, 4 * H, nobias, dxt)
+        transpose_out(dxt, dx[t])
+    dWb = np.empty((I + 1, 4 * H), dy.dtype)  # [dW; db]
+    outer_sums(inputs_and_ones(x, Bp), dgates, dWb)
+    dR = np.empty((H, 4 * H), dy.dtype)
+    outer_sums(h, dgates, dR)
+    return dx, final(dh, B), final(dc, B), dWb[:I].copy(), dR, dWb[I].copy()

@@ -10,15 +10,21 @@ import numpy as np
 from numba import njit, prange
 
 from ._batch import (
+    affine,
     commit,
     final,
+    inputs_and_ones,
+    keep_inactive,
+    outer_sums,
     outputs,
     padded,
-    preactivation,
     stacked,
+    transpose_add,
     transpose_in,
+    transpose_out,
     vcopy,
     workspace,
+    zero_inactive,
 )
 from ._common import (
     JIT,
@@ -30,7 +36,7 @@ from ._common import (
     states,
 )
 from ._simd import pack_if, product
-from ._vec import lanes, maximum, vload, vstore
+from ._vec import lanes, maximum, vload, vstore, where_positive
 
 
 @njit(**JIT)
@@ -126,7 +132,7 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     for t in range(T):
         v = a[t]
         transpose_in(x[t], xh)
-        preactivation(M, xh, 0, I + H, b, v)
+        affine(M, xh, 0, I + H, b, v)
         if code == 0:
             for j in range(0, HB, L):
                 vstore(v, j, fast_tanh(vload(v, j)))
@@ -206,3 +212,53 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     else:
         _backward_rows(0, B, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
     return dh, da
+
+
+@njit(**JIT)
+def rnn_backward_bi(dy, dhT, x, W, R, h, a, code, lengths):
+    """v5 backward, on ``rnn_forward_bi``'s (T, H, Bp) cache, batch innermost as there.
+
+    dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, H)   R: (H, H)
+    Returns dx: (T, B, I), dh0: (B, H), dW: (I, H), dR: (H, H), db: (H,).
+    """
+    T, B, H = dy.shape
+    I = x.shape[2]
+    Bp = h.shape[2]
+    HB, L = H * Bp, lanes(dy)
+    one = dy.dtype.type(1)
+    dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
+    dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
+    da = np.zeros((T, H, Bp), dy.dtype)  # pre-activation gradients
+    dx = empty((T, B, I), dy)
+    dxt = np.empty((I, Bp), dy.dtype)
+    RT, WT = R.T.copy(), W.T.copy()
+    nobias = np.zeros(max(H, I), dy.dtype)
+    shortest = lengths.min()
+    for t in range(T - 1, -1, -1):
+        at, dat = a[t], da[t]
+        every = t < shortest
+        if not every:
+            vcopy(dh, dhs)
+        transpose_add(dy[t], dh)
+        # derivative of the activation from its output a = act(v)
+        if code == 0:
+            for j in range(0, HB, L):
+                aj = vload(at, j)
+                vstore(dat, j, vload(dh, j) * (one - aj * aj))
+        elif code == 1:
+            for j in range(0, HB, L):
+                vstore(dat, j, where_positive(vload(at, j), vload(dh, j)))
+        else:
+            vcopy(dh, dat)
+        if not every:
+            zero_inactive(dat, lengths, t)
+        affine(RT, dat, 0, H, nobias, dh)
+        if not every:
+            keep_inactive(dh, dhs, lengths, t)
+        affine(WT, dat, 0, H, nobias, dxt)
+        transpose_out(dxt, dx[t])
+    dWb = np.empty((I + 1, H), dy.dtype)  # [dW; db]
+    outer_sums(inputs_and_ones(x, Bp), da, dWb)
+    dR = np.empty((H, H), dy.dtype)
+    outer_sums(h, da, dR)
+    return dx, final(dh, B), dWb[:I].copy(), dR, dWb[I].copy()
