@@ -5,9 +5,10 @@ arguments with ``rnnkern._validate`` first, then hands C-contiguous arrays to a
 compiled kernel of ``rnn``, ``lstm`` or ``gru``. Each takes ``variant=None``
 (chosen by shape) or one of ``VARIANTS``' names. Caches are dicts of named arrays,
 as in the reference: post-activation gates and the states entering every step. The v5
-forward leaves them with each step's batch rows transposed and padded, (T, K, Bp), the
-layout it computes in (``_batch``); the backward turns them into (T, B, K) first, so that
-a forward alone (inference, generation) never pays for the transposes.
+forward leaves them in one buffer ("buf"), each step's batch rows transposed and padded,
+(T, K, Bp), the layout it computes in (``_batch``); v5's backward reads them there, any
+other backward turns them into the named (T, B, K) arrays first, so that a forward alone
+(inference, generation) never pays for the transposes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
-from . import _batch, gru, lstm, rnn
+from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
 from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, Plan, choose, weight_grads
 
@@ -45,18 +46,18 @@ _SHARED_MAX = 64
 
 
 def _shared(key: tuple, make: Any) -> np.ndarray:
-    a = _SHARED.get(key)
-    if a is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            _SHARED.clear()
-        a = _SHARED[key] = make()
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    a = _SHARED[key] = make()
     return a
 
 
 def _lengths(lengths: Any, d: Dims) -> np.ndarray:
     """lengths: (B,) int64 for the kernels; all T when None."""
     if lengths is None:
-        return _shared((d.B, d.T), lambda: np.full(d.B, d.T, np.int64))
+        key = (d.B, d.T)
+        a = _SHARED.get(key)
+        return a if a is not None else _shared(key, lambda: np.full(d.B, d.T, np.int64))
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
@@ -64,7 +65,9 @@ def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> 
     """``a``, or zeros in its place (shared: no kernel writes into its inputs)."""
     if a is not None:
         return a
-    return _shared((shape, dtype), lambda: np.zeros(shape, dtype))
+    key = (shape, dtype)
+    z = _SHARED.get(key)
+    return z if z is not None else _shared(key, lambda: np.zeros(shape, dtype))
 
 
 def _blas_threads(d: Dims, plan: Plan, G: int) -> int:
@@ -110,30 +113,25 @@ def _call(threads: int, kernel: Any, *args: Any) -> Any:
         return kernel(*args)
 
 
-#: the cache arrays a v5 forward leaves as (T, K, Bp), see the module docstring
+#: the cache arrays a v5 forward keeps in one buffer, see the module docstring
 _BATCH_LAYOUT = {"rnn": ("h", "a"), "lstm": ("h", "c", "gates", "tanh_c"),
                  "gru": ("h", "gates", "hn")}
-
-
-def _forward_cache(plan: Plan, **cache: Any) -> Cache:
-    cache["variant"] = plan.name
-    cache["batch_layout"] = plan.name == "v5"
-    return cache
+_CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
 
 
 def _batch_backward(cache: Cache, plan: Plan, per_step: bool) -> bool:
     """Whether the backward runs v5's own kernel, on the cache as the v5 forward left it
     (the per-step contributions come from the (T, B, .) gate gradients of the others)."""
-    return plan.name == "v5" and cache["batch_layout"] and not per_step
+    return plan.name == "v5" and "buf" in cache and not per_step
 
 
 def _rows_layout(cache: Cache) -> None:
-    """A v5 cache's (T, K, Bp) arrays as the (T, B, K) the backward kernels read, once."""
-    if cache["batch_layout"]:
-        B = cache["dims"].B
-        for k in _BATCH_LAYOUT[cache["cell"]]:
-            cache[k] = _batch.rows(cache[k], B)
-        cache["batch_layout"] = False
+    """A v5 cache's buffer as the (T, B, K) arrays the other backward kernels read, once."""
+    buf = cache.pop("buf", None)
+    if buf is not None:
+        d: Dims = cache["dims"]
+        arrays = _CELLS[cache["cell"]].cache_rows(buf, d.T, d.B, d.H)
+        cache.update(zip(_BATCH_LAYOUT[cache["cell"]], arrays))
 
 
 def _finish(dx: np.ndarray, dstate: Any, grads: dict, cache: Cache, dgx: np.ndarray,
@@ -170,15 +168,16 @@ def rnn_forward(
     code = ACTIVATION_CODES[check_activation(activation)]
     plan = choose(variant, d.B, d.H, 1)
     lens = _lengths(lengths, d)
+    h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
+    if plan.name == "v5":
+        y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens)
+        return y, hT, {"cell": "rnn", "dims": d, "activation": activation, "x": x, "W": W,
+                       "R": R, "buf": buf, "lengths": lens, "variant": "v5"}
     threads = _blas_threads(d, plan, 1)
-    kernel, how = ((rnn.rnn_forward_bi, ()) if plan.name == "v5" else
-                   (rnn.rnn_forward, (plan.fused, plan.packed, plan.chunks,
-                    _projection_chunks(threads, d, 1))))
-    y, h, a, hT = _call(threads, kernel, x,
-                    _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, code, lens, *how)
-    cache = _forward_cache(plan, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
-                           h=h, a=a, lengths=lens)
-    return y, hT, cache
+    y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
+                        plan.packed, plan.chunks, _projection_chunks(threads, d, 1))
+    return y, hT, {"cell": "rnn", "dims": d, "activation": activation, "x": x, "W": W, "R": R,
+                   "h": h, "a": a, "lengths": lens, "variant": plan.name}
 
 
 def rnn_backward(
@@ -197,7 +196,7 @@ def rnn_backward(
     code = ACTIVATION_CODES[cache["activation"]]
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dW, dR, db = rnn.rnn_backward_bi(dy, dhT, cache["x"], cache["W"], cache["R"],
-                                                  cache["h"], cache["a"], code, cache["lengths"])
+                                                  cache["buf"], code, cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
     threads = _blas_threads(d, plan, 1)
@@ -230,16 +229,18 @@ def lstm_forward(
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
     plan = choose(variant, d.B, d.H, 4)
     lens = _lengths(lengths, d)
+    h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
+    if plan.name == "v5":
+        y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens)
+        return y, (hT, cT), {"cell": "lstm", "dims": d, "x": x, "W": W, "R": R, "buf": buf,
+                             "lengths": lens, "variant": "v5"}
     threads = _blas_threads(d, plan, 4)
-    kernel, how = ((lstm.lstm_forward_bi, ()) if plan.name == "v5" else
-                   (lstm.lstm_forward, (plan.fused, plan.packed, plan.chunks,
-                    _projection_chunks(threads, d, 4))))
     y, h, c, gates, tanh_c, hT, cT = _call(
-        threads, kernel, x, _zeros_or(h0, (d.B, d.H), d.dtype),
-        _zeros_or(c0, (d.B, d.H), d.dtype), W, R, b, lens, *how)
-    cache = _forward_cache(plan, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates,
-                           tanh_c=tanh_c, lengths=lens)
-    return y, (hT, cT), cache
+        threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
+        plan.chunks, _projection_chunks(threads, d, 4))
+    return y, (hT, cT), {"cell": "lstm", "dims": d, "x": x, "W": W, "R": R, "h": h, "c": c,
+                         "gates": gates, "tanh_c": tanh_c, "lengths": lens,
+                         "variant": plan.name}
 
 
 def lstm_backward(
@@ -262,8 +263,7 @@ def lstm_backward(
                     _zeros_or(dcT, (d.B, d.H), d.dtype))
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dc0, dW, dR, db = lstm.lstm_backward_bi(
-            dy, dhT, dcT, cache["x"], cache["W"], cache["R"], cache["h"], cache["c"],
-            cache["gates"], cache["tanh_c"], cache["lengths"])
+            dy, dhT, dcT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
     threads = _blas_threads(d, plan, 4)
@@ -297,15 +297,17 @@ def gru_forward(
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
     plan = choose(variant, d.B, d.H, 3)
     lens = _lengths(lengths, d)
+    h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
+    if plan.name == "v5":
+        y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens)
+        return y, hT, {"cell": "gru", "dims": d, "x": x, "W": W, "R": R, "buf": buf,
+                       "lengths": lens, "variant": "v5"}
     threads = _blas_threads(d, plan, 3)
-    kernel, how = ((gru.gru_forward_bi, ()) if plan.name == "v5" else
-                   (gru.gru_forward, (plan.fused, plan.packed, plan.chunks,
-                    _projection_chunks(threads, d, 3))))
-    y, h, gates, hn, hT = _call(threads, kernel, x,
-                            _zeros_or(h0, (d.B, d.H), d.dtype), W, R, b, b_hn, lens, *how)
-    cache = _forward_cache(plan, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn,
-                           lengths=lens)
-    return y, hT, cache
+    y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
+                                plan.fused, plan.packed, plan.chunks,
+                                _projection_chunks(threads, d, 3))
+    return y, hT, {"cell": "gru", "dims": d, "x": x, "W": W, "R": R, "h": h, "gates": gates,
+                   "hn": hn, "lengths": lens, "variant": plan.name}
 
 
 def gru_backward(
@@ -323,8 +325,7 @@ def gru_backward(
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(
-            dy, dhT, cache["x"], cache["W"], cache["R"], cache["h"], cache["gates"],
-            cache["hn"], cache["lengths"])
+            dy, dhT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     _rows_layout(cache)
     threads = _blas_threads(d, plan, 3)

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from ._batch import (
     affine,
+    carve,
     commit,
     final,
     inputs_and_ones,
@@ -19,6 +20,7 @@ from ._batch import (
     outer_sums,
     outputs,
     padded,
+    rows,
     stacked,
     transpose_add,
     transpose_in,
@@ -112,18 +114,34 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, gemm_chunk
 
 
 @njit(**JIT)
+def _bi_cache(buf, T, H, Bp):
+    """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
+    gates: (T, 3H, Bp) post-activation (r, z, n), hn: (T, H, Bp) h @ R_n + b_hn."""
+    h, o = carve(buf, 0, T + 1, H, Bp)
+    gates, o = carve(buf, o, T, 3 * H, Bp)
+    hn, o = carve(buf, o, T, H, Bp)
+    return h, gates, hn
+
+
+@njit(**JIT)
+def cache_rows(buf, T, B, H):
+    """A v5 cache as ``gru_forward``'s h: (T+1, B, H), gates: (T, B, 3H), hn: (T, B, H)."""
+    h, gates, hn = _bi_cache(buf, T, H, padded(B, buf))
+    return rows(h, B), rows(gates, B), rows(hn, B)
+
+
+@njit(**JIT)
 def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     """v5: ``gru_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks) and results, except that h, gates and hn are (T+1 or T, K, Bp) with
-    Bp = ``_batch.padded(B)``, each step's rows transposed (see ``lstm_forward_bi``)."""
+    fused, chunks); returns y: (T, B, H), hT: (B, H) and the cache in one buffer
+    (``_bi_cache``, see ``lstm_forward_bi``)."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    gates = np.empty((T, 3 * H, Bp), x.dtype)  # (r, z, n) of every row
-    hn = np.empty((T, H, Bp), x.dtype)  # h @ R_n + b_hn
-    h = np.empty((T + 1, H, Bp), x.dtype)
+    buf = empty(((5 * T + 1) * HB,), x)
+    h, gates, hn = _bi_cache(buf, T, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     bh = np.zeros(3 * H, x.dtype)  # the bias inside r * (h @ R_n + b_hn)
@@ -153,7 +171,7 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
         commit(new, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[t + 1])
         outputs(new, lengths, t, every, y[t])
-    return y, h, gates, hn, final(h[T], B)
+    return y, final(h[T], B), buf
 
 
 @njit(**JIT)
@@ -233,16 +251,17 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
 
 
 @njit(**JIT)
-def gru_backward_bi(dy, dhT, x, W, R, h, gates, hn, lengths):
-    """v5 backward, on ``gru_forward_bi``'s (T, K, Bp) cache, batch innermost as there.
+def gru_backward_bi(dy, dhT, x, W, R, buf, lengths):
+    """v5 backward, on ``gru_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, 3H)   R: (H, 3H)
     Returns dx: (T, B, I), dh0: (B, H), dW: (I, 3H), dR: (H, 3H), db: (3H,), db_hn: (H,).
     """
     T, B, H = dy.shape
     I = x.shape[2]
-    Bp = h.shape[2]
+    Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
+    h, gates, hn = _bi_cache(buf, T, H, Bp)
     one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from ._batch import (
     affine,
+    carve,
     commit,
     final,
     inputs_and_ones,
@@ -23,6 +24,7 @@ from ._batch import (
     outer_sums,
     outputs,
     padded,
+    rows,
     stacked,
     transpose_add,
     transpose_in,
@@ -127,20 +129,37 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks
 
 
 @njit(**JIT)
+def _bi_cache(buf, T, H, Bp):
+    """The arrays of a v5 cache in its one buffer: h, c: (T+1, H, Bp) (h[t], c[t] enter
+    step t), gates: (T, 4H, Bp) post-activation, tanh_c: (T, H, Bp)."""
+    h, o = carve(buf, 0, T + 1, H, Bp)
+    c, o = carve(buf, o, T + 1, H, Bp)
+    gates, o = carve(buf, o, T, 4 * H, Bp)
+    tanh_c, o = carve(buf, o, T, H, Bp)
+    return h, c, gates, tanh_c
+
+
+@njit(**JIT)
+def cache_rows(buf, T, B, H):
+    """A v5 cache as ``lstm_forward``'s h, c: (T+1, B, H), gates: (T, B, 4H), tanh_c."""
+    h, c, gates, tanh_c = _bi_cache(buf, T, H, padded(B, buf))
+    return rows(h, B), rows(c, B), rows(gates, B), rows(tanh_c, B)
+
+
+@njit(**JIT)
 def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks) and results, except that h, c, gates and tanh_c are (T+1 or T, K, Bp)
-    with Bp = ``_batch.padded(B)``, each step's rows transposed (``_batch.rows`` turns
-    them into the others' layout): a forward writes no more than y in rows."""
+    fused, chunks); returns y: (T, B, H), hT, cT: (B, H) and the cache in one buffer
+    (``_bi_cache``), each step's rows transposed and padded to Bp = ``_batch.padded(B)``
+    (``cache_rows`` turns it into the others' layout): a forward writes no more than y in
+    rows."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    gates = np.empty((T, 4 * H, Bp), x.dtype)  # (i, f, g, o) of every row
-    h = np.empty((T + 1, H, Bp), x.dtype)
-    c = np.empty((T + 1, H, Bp), x.dtype)
-    tanh_c = np.empty((T, H, Bp), x.dtype)
+    buf = empty(((2 * (T + 1) + 5 * T) * HB,), x)
+    h, c, gates, tanh_c = _bi_cache(buf, T, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
@@ -172,7 +191,7 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
         vcopy(cb, c[t + 1])
         vcopy(xh[I:], h[t + 1])
         outputs(hn, lengths, t, every, y[t])
-    return y, h, c, gates, tanh_c, final(h[T], B), final(c[T], B)
+    return y, final(h[T], B), final(c[T], B), buf
 
 
 @njit(**JIT)
@@ -258,16 +277,17 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
 
 
 @njit(**JIT)
-def lstm_backward_bi(dy, dhT, dcT, x, W, R, h, c, gates, tanh_c, lengths):
-    """v5 backward, on ``lstm_forward_bi``'s (T, K, Bp) cache, batch innermost as there.
+def lstm_backward_bi(dy, dhT, dcT, x, W, R, buf, lengths):
+    """v5 backward, on ``lstm_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT, dcT: (B, H)   x: (T, B, I)   W: (I, 4H)   R: (H, 4H)
     Returns dx: (T, B, I), dh0, dc0: (B, H), dW: (I, 4H), dR: (H, 4H), db: (4H,).
     """
     T, B, H = dy.shape
     I = x.shape[2]
-    Bp = h.shape[2]
+    Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
+    h, c, gates, tanh_c = _bi_cache(buf, T, H, Bp)
     one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dc = workspace(dcT, H, Bp)  # (H, Bp): the same for c

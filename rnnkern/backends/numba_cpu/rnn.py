@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from ._batch import (
     affine,
+    carve,
     commit,
     final,
     inputs_and_ones,
@@ -18,6 +19,7 @@ from ._batch import (
     outer_sums,
     outputs,
     padded,
+    rows,
     stacked,
     transpose_add,
     transpose_in,
@@ -112,17 +114,33 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, gemm_chunk
 
 
 @njit(**JIT)
+def _bi_cache(buf, T, H, Bp):
+    """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
+    a: (T, H, Bp) post-activation."""
+    h, o = carve(buf, 0, T + 1, H, Bp)
+    a, o = carve(buf, o, T, H, Bp)
+    return h, a
+
+
+@njit(**JIT)
+def cache_rows(buf, T, B, H):
+    """A v5 cache as ``rnn_forward``'s h: (T+1, B, H), a: (T, B, H)."""
+    h, a = _bi_cache(buf, T, H, padded(B, buf))
+    return rows(h, B), rows(a, B)
+
+
+@njit(**JIT)
 def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks) and results, except that h and a are (T+1 or T, H, Bp) with
-    Bp = ``_batch.padded(B)``, each step's rows transposed (see ``lstm_forward_bi``)."""
+    fused, chunks); returns y: (T, B, H), hT: (B, H) and the cache in one buffer
+    (``_bi_cache``, see ``lstm_forward_bi``)."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    a = np.empty((T, H, Bp), x.dtype)
-    h = np.empty((T + 1, H, Bp), x.dtype)
+    buf = empty(((2 * T + 1) * HB,), x)
+    h, a = _bi_cache(buf, T, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
@@ -143,7 +161,7 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
         commit(v, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[t + 1])
         outputs(v, lengths, t, every, y[t])
-    return y, h, a, final(h[T], B)
+    return y, final(h[T], B), buf
 
 
 @njit(**JIT)
@@ -215,16 +233,17 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
 
 
 @njit(**JIT)
-def rnn_backward_bi(dy, dhT, x, W, R, h, a, code, lengths):
-    """v5 backward, on ``rnn_forward_bi``'s (T, H, Bp) cache, batch innermost as there.
+def rnn_backward_bi(dy, dhT, x, W, R, buf, code, lengths):
+    """v5 backward, on ``rnn_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, H)   R: (H, H)
     Returns dx: (T, B, I), dh0: (B, H), dW: (I, H), dR: (H, H), db: (H,).
     """
     T, B, H = dy.shape
     I = x.shape[2]
-    Bp = h.shape[2]
+    Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
+    h, a = _bi_cache(buf, T, H, Bp)
     one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
