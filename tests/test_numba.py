@@ -131,6 +131,66 @@ def test_parity_packed_product_in_whole_tiles(cell, activation, variant):
 
 
 @pytest.mark.parametrize("cell,activation", CELLS)
+def test_batch_inner_cache_read_by_every_backward(cell, activation):
+    """v5 keeps its cache in one buffer, each step's rows transposed and padded: its own
+    backward reads it there; a per-step backward, or another variant's, turns it into rows
+    first. Each agrees with the oracle, with rows padded past whole vectors (B=11),
+    variable lengths, carried state and pre-activations deep in the tails."""
+    p = make_problem(cell, T=5, B=11, I=3, H=4, activation=activation, lengths=True,
+                     h0=True, dstate=True, scale=4.0, seed=12)
+    p.options = {"variant": "v5"}
+    for dtype in (np.float32, np.float64):
+        _check(p, dtype)
+        _check(p, dtype, per_step=True)
+    q = p.astype(np.float64)
+    fwd, bwd = getattr(nb, f"{cell}_forward"), getattr(nb, f"{cell}_backward")
+    names = gradcheck.PARAMS[cell]
+    state = [q.inputs.get("h0")] + ([q.inputs.get("c0")] if cell == "lstm" else [])
+    kw = {"activation": activation} if cell == "rnn" else {}
+    dstate = ((q.out_grads["dhT"], q.out_grads["dcT"]) if cell == "lstm"
+              else q.out_grads["dhT"])
+    results = []
+    for variant in ("v5", "v3", "v1"):
+        _, _, cache = fwd(q.inputs["x"], *state, *(q.params[k] for k in names),
+                          lengths=q.lengths, variant="v5", **kw)
+        assert "buf" in cache
+        results.append(bwd(q.out_grads["dy"], dstate, cache, variant=variant))
+        assert ("buf" in cache) == (variant == "v5")
+    for other in results[1:]:
+        np.testing.assert_allclose(other[0], results[0][0], rtol=1e-12, atol=1e-12)
+        for k in names:
+            np.testing.assert_allclose(other[2][k], results[0][2][k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_activations_match_scalar(dtype):
+    """``fast_tanh``/``fast_sigmoid`` on a ``_vec.Vec`` give what they give on each lane's
+    scalar: the rational form in float32, libm in float64; NaN, inf and the clamp alike."""
+    from numba import njit
+
+    from rnnkern.backends.numba_cpu._common import fast_sigmoid, fast_tanh
+    from rnnkern.backends.numba_cpu._vec import lanes, vload, vstore
+
+    @njit
+    def both(a, scalar, vector):
+        L = lanes(a)
+        for i in range(a.size):
+            scalar[0, i], scalar[1, i] = fast_tanh(a[i]), fast_sigmoid(a[i])
+        for i in range(0, a.size, L):
+            vstore(vector[0], i, fast_tanh(vload(a, i)))
+            vstore(vector[1], i, fast_sigmoid(vload(a, i)))
+
+    a = np.concatenate([np.linspace(-12, 12, 61), [0.0, -0.0, 1e-30, 9.0, -9.0, np.inf,
+                                                     -np.inf, np.nan, 800.0, -800.0, 3.0]])
+    a = a.astype(dtype)
+    scalar, vector = np.empty((2, a.size), dtype), np.empty((2, a.size), dtype)
+    both(a, scalar, vector)
+    np.testing.assert_array_equal(vector, scalar)
+    assert np.all(np.abs(scalar[0] - np.tanh(a.astype(np.float64)))[np.isfinite(a)]
+                  <= 4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("cell,activation", CELLS)
 def test_finite_differences(cell, activation):
     p = make_problem(cell, T=3, B=2, I=2, H=3, activation=activation, lengths=True, seed=5)
     errors = gradcheck.fd_check(p, backend="numba")

@@ -38,8 +38,9 @@ VARIANTS = {
     "v3": "fully fused: the recurrent product in the kernel's own loop (no BLAS per step), "
           "one thread",
     "v4": "as v3, the batch split into row blocks, one per Numba thread",
-    "v5": "forward with the batch as the innermost, vectorised axis (for tiny H, where a "
-          "row of H units is shorter than a vector); backward as v3",
+    "v5": "forward and backward with the batch as the innermost axis, on explicit "
+          "vectors over rows padded to whole vectors, the cache kept in that layout (for "
+          "tiny H, where a row of H units is shorter than a vector)",
     "v6": "as v1, the per-step product on a register-blocked SIMD micro-kernel over R "
           "packed once per call (``_simd``) instead of BLAS",
     "v7": "as v6, the batch split into row blocks, one per Numba thread",
@@ -55,7 +56,8 @@ class Plan(NamedTuple):
     chunks: int  # row blocks, one per Numba thread in parallel when > 1
 
 
-#: (fused, packed, parallel) of each variant (v5 is v3 with its own forward kernel)
+#: (fused, packed, parallel) of each variant (v5: v3's, for a backward on rows, see
+#: ``numba_cpu._rows_layout``)
 VARIANT_FLAGS = {"v1": (False, False, False), "v2": (False, False, True),
                  "v3": (True, False, False), "v4": (True, False, True),
                  "v5": (True, False, False), "v6": (False, True, False),

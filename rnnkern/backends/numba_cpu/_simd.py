@@ -106,7 +106,8 @@ def _tile1x4(A, P, out, m, p):
 
 @njit(**JIT)
 def _tile1(A, P, out, m, p):
-    """``_tile4`` for the one row m (the rows left over past a multiple of 4)."""
+    """``_tile4`` for the one row m and the one panel p: a row left over past a multiple
+    of 4 rows, in the panels left over past a multiple of 4 panels."""
     K, N, L = A.shape[1], out.shape[1], lanes(A)
     c0, c1 = vzero(A), vzero(A)
     pk = p * K * 2 * L
@@ -123,13 +124,19 @@ def product(A, B, P, out, lo, hi):
     """out[lo:hi] = A[lo:hi] @ B, the per-step recurrent product of a block of rows.
 
     A: (M, K) C-contiguous   B: (K, N)   out: (M, N) C-contiguous
-    P: ``pack(B)``, or an empty (0, K, NR) array to call BLAS (``matmul``) instead.
+    P: ``pack(B)``, or an empty (0, K, NR) array to call ``matmul`` (BLAS from
+    ``SMALL_MACS`` multiply-adds) instead; ``pack`` of a B narrower than one panel is
+    empty too, so such a product is never on the micro-kernel.
     """
+    K, N = B.shape
+    nr = P.shape[2]
+    # the tiles index raw memory: shapes that do not fit would read or write out of bounds
+    assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
+    assert hi <= out.shape[0] and P.shape[1] == K and nr == 2 * lanes(A)
+    assert P.shape[0] == 0 or P.shape[0] == N // nr
     if P.shape[0] == 0:
         matmul(A[lo:hi], B, out[lo:hi])
         return
-    K, N = B.shape
-    nr = P.shape[2]
     m4 = lo + (hi - lo) // 4 * 4
     panels = P.shape[0]
     for p in range(panels):
