@@ -100,11 +100,15 @@ def test_packed_product_against_numpy(dtype):
     whole panels and left-over columns, for a row-major B and a transposed view (the
     backward's R.T); the rows outside lo..hi stay untouched. An empty pack calls BLAS."""
     from rnnkern.backends.numba_cpu._simd import pack, pack_if, product
+    from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
     rng = np.random.default_rng(11)
-    nr = 2 * 32 // np.dtype(dtype).itemsize
+    nr = 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+    # whole tiles, left-over rows over 4 panels at once and one at a time, no rows at all
     for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
-                            (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8)]:
+                            (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
+                            (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
+                            (4, 256, nr, 0, 4)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
@@ -180,7 +184,8 @@ def test_vector_activations_match_scalar(dtype):
             vstore(vector[0], i, fast_tanh(vload(a, i)))
             vstore(vector[1], i, fast_sigmoid(vload(a, i)))
 
-    a = np.concatenate([np.linspace(-12, 12, 61), [0.0, -0.0, 1e-30, 9.0, -9.0, np.inf,
+    # 80 values: a whole number of vectors at every lane count (4, 8, 16)
+    a = np.concatenate([np.linspace(-12, 12, 69), [0.0, -0.0, 1e-30, 9.0, -9.0, np.inf,
                                                      -np.inf, np.nan, 800.0, -800.0, 3.0]])
     a = a.astype(dtype)
     scalar, vector = np.empty((2, a.size), dtype), np.empty((2, a.size), dtype)
