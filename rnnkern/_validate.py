@@ -160,9 +160,9 @@ def _plain_forward(cell: str, G: int, x: Any, h0: Any, c0: Any, W: Any, R: Any, 
                    b_hn: Any) -> Dims | None:
     """Dims when every array of a forward call is plain and right, else None.
 
-    Only a fast yes (one expression, no calls: this runs before every kernel call and
-    took a fifth of a whole call at the smallest shapes); anything else goes through the
-    full checks, which alone build the error messages.
+    Only a fast yes (one expression, calls only for the optional arrays: this runs before
+    every kernel call and took a fifth of a whole call at the smallest shapes); anything
+    else goes through the full checks, which alone build the error messages.
     """
     nd = np.ndarray
     if not (type(x) is nd and x.ndim == 3 and type(R) is nd and R.ndim == 2):

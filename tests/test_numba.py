@@ -166,6 +166,26 @@ def test_batch_inner_cache_read_by_every_backward(cell, activation):
             np.testing.assert_allclose(other[2][k], results[0][2][k], rtol=1e-12, atol=1e-12)
 
 
+def test_batch_inner_padding_lanes_stay_zero():
+    """v5 pads the batch to whole vectors; the padding lanes of the state must stay zero.
+    A ReLU RNN whose real rows stay at 0 (relu(2h - 1)) would otherwise double its padding
+    lanes every step (relu(2h + 1)), inf within 140 float32 steps, and inf * 0 = NaN in dR."""
+    from rnnkern.backends import numpy_ref
+
+    T, B = 140, 3
+    x = np.full((T, B, 1), -2.0, np.float32)
+    W, R, b = np.ones((1, 1), np.float32), np.full((1, 1), 2.0, np.float32), np.ones(1, np.float32)
+    y, hT, cache = nb.rnn_forward(x, None, W, R, b, activation="relu", variant="v5")
+    dx, dh0, grads = nb.rnn_backward(np.ones_like(y), None, cache, variant="v5")
+    ref = numpy_ref.rnn_forward(x, None, W, R, b, activation="relu")
+    ref_dx, ref_dh0, ref_grads = numpy_ref.rnn_backward(np.ones_like(y), None, ref[2])
+    np.testing.assert_array_equal(y, ref[0])
+    np.testing.assert_allclose(dx, ref_dx)
+    for k in ("W", "R", "b"):
+        assert np.isfinite(grads[k]).all()
+        np.testing.assert_allclose(grads[k], ref_grads[k])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_activations_match_scalar(dtype):
     """``fast_tanh``/``fast_sigmoid`` on a ``_vec.Vec`` give what they give on each lane's

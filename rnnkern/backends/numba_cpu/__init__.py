@@ -113,9 +113,6 @@ def _call(threads: int, kernel: Any, *args: Any) -> Any:
         return kernel(*args)
 
 
-#: the cache arrays a v5 forward keeps in one buffer, see the module docstring
-_BATCH_LAYOUT = {"rnn": ("h", "a"), "lstm": ("h", "c", "gates", "tanh_c"),
-                 "gru": ("h", "gates", "hn")}
 _CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
 
 
@@ -126,12 +123,15 @@ def _batch_backward(cache: Cache, plan: Plan, per_step: bool) -> bool:
 
 
 def _rows_layout(cache: Cache) -> None:
-    """A v5 cache's buffer as the (T, B, K) arrays the other backward kernels read, once."""
-    buf = cache.pop("buf", None)
+    """A v5 cache's buffer as the (T, B, K) arrays the other backward kernels read, once
+    (the buffer goes only after the arrays are in: another thread's backward on the same
+    cache finds one or the other)."""
+    buf = cache.get("buf")
     if buf is not None:
         d: Dims = cache["dims"]
-        arrays = _CELLS[cache["cell"]].cache_rows(buf, d.T, d.B, d.H)
-        cache.update(zip(_BATCH_LAYOUT[cache["cell"]], arrays))
+        cell = _CELLS[cache["cell"]]
+        cache.update(zip(cell.CACHE_NAMES, cell.cache_rows(buf, d.T, d.B, d.H)))
+        cache.pop("buf", None)
 
 
 def _finish(dx: np.ndarray, dstate: Any, grads: dict, cache: Cache, dgx: np.ndarray,

@@ -1,4 +1,4 @@
-"""Pieces of the batch-innermost (v5) forward kernels: every step's work laid out as
+"""Pieces of the batch-innermost (v5) forward and backward kernels: every step's work laid out as
 (unit, batch row), so that it vectorises over the batch when H is tiny (a row of H=3
 units is shorter than one vector).
 
@@ -7,9 +7,10 @@ loops over ``range(B)`` ran at a fixed ~5-10 ns each whatever B (LLVM's runtime 
 checks, a vector body that wants 32 elements, the scalar remainder), and a step of the
 LSTM made ~80 of them (~0.5 us per step at B=8 and at B=16, measured). Here every
 workspace is (rows, Bp) with Bp a multiple of the vector width, and the products and the
-pointwise pass run on ``_vec.Vec`` values over whole vectors of batch rows. Padding
-lanes compute on zeros and are never written out. Only the transposes into the (T, B, .)
-results stay scalar.
+pointwise pass run on ``_vec.Vec`` values over whole vectors of batch rows. The states'
+padding lanes are kept at zero (``commit``), so the other padding lanes hold activations
+of the biases alone, finite, and every gradient's padding lanes are exact zeros; only the
+transposes into the (T, B, .) results stay scalar.
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ def affine(M, z, k0, k1, bias, out):
     z = [x[t]; h]) and, backward, the gradients through them (M = R.T or W.T, z the
     gate gradients).
 
-    M: (K, N)   z: (K, Bp)   bias: (>= N,), all C-contiguous
+    M: (K, N)   z: (K, Bp)   bias: (>= N,), all C-contiguous; out must not overlap z
     """
     N = M.shape[1]
     Bp = z.shape[1]
     L = lanes(z)
+    # raw loads and stores: shapes that do not fit would reach past the arrays
+    assert 0 <= k0 <= k1 <= z.shape[0] <= M.shape[0] and bias.shape[0] >= N
+    assert out.shape[0] == N and out.shape[1] == Bp and Bp % L == 0
     for g in range(N):
         for n0 in range(0, Bp, L):
             acc = vbcast(bias, g)
@@ -88,12 +92,18 @@ def vcopy(src, dst):
 @njit(**JIT)
 def commit(new, state, lengths, t, every):
     """state[j, n] = new[j, n] for the rows n that step t advances (t < lengths[n]);
-    every: all of them. new, state: (H, Bp)."""
+    every: all of them. new, state: (H, Bp); the padding lanes n >= B stay zero (the
+    whole-vector copy writes them, and a ReLU or identity RNN would otherwise grow them
+    without bound: inf * 0 = NaN in the weight gradients)."""
+    B = lengths.shape[0]
     if every:
         vcopy(new, state)
+        for j in range(state.shape[0]):
+            for n in range(B, state.shape[1]):
+                state[j, n] = 0
         return
     for j in range(new.shape[0]):
-        for n in range(lengths.shape[0]):
+        for n in range(B):
             if t < lengths[n]:
                 state[j, n] = new[j, n]
 
@@ -159,31 +169,63 @@ def rows(a, B):
 
 
 @njit(**JIT)
-def inputs_and_ones(x, Bp):
-    """(T, I+1, Bp): every step's x[t] transposed, and a row of ones below it (its sums
-    with the gate gradients, ``outer_sums``, are dW and db at once)."""
-    T, B, I = x.shape
-    xb = np.ones((T, I + 1, Bp), x.dtype)
-    for t in range(T):
-        transpose_in(x[t], xb[t])
-    return xb
-
-
-@njit(**JIT)
 def outer_sums(a, b, out):
     """out: (K, G) = sum over t and n of a[t, k, n] * b[t, g, n], for a: (>= T, K, Bp),
-    b: (T, G, Bp): the weight gradients of all steps (zeros in b's padding lanes)."""
+    b: (T, G, Bp): weight gradients over all steps (b's padding lanes are zeros)."""
     T, G, Bp = b.shape
     K = out.shape[0]
     L = lanes(b)
+    assert a.shape[0] >= T and a.shape[1] == K and a.shape[2] == Bp and out.shape[1] == G
     for k in range(K):
         for g in range(G):
             acc = vzero(b)
             for t in range(T):
-                ak, bg = (t * a.shape[1] + k) * Bp, (t * G + g) * Bp
+                ak, bg = (t * K + k) * Bp, (t * G + g) * Bp
                 for n0 in range(0, Bp, L):
                     acc = vfma(vload(a, ak + n0), vload(b, bg + n0), acc)
             out[k, g] = vsum(acc)
+
+
+@njit(**JIT)
+def column_sums(b):
+    """(G,) = the sums over t and n of b: (T, G, Bp) (bias gradients)."""
+    T, G, Bp = b.shape
+    L = lanes(b)
+    out = np.empty(G, b.dtype)
+    for g in range(G):
+        acc = vzero(b)
+        for t in range(T):
+            for n0 in range(0, Bp, L):
+                acc = acc + vload(b, (t * G + g) * Bp + n0)
+        out[g] = vsum(acc)
+    return out
+
+
+@njit(**JIT)
+def weight_grads(x, h, dgx, dgh):
+    """dW: (I, G), dR: (H, G), db: (G,) from the gate gradients of every step.
+
+    x: (T, B, I) inputs   h: (>= T, H, Bp) the states entering each step
+    dgx, dgh: (T, G, Bp) gradients of x @ W + b and of h @ R (one array but for the GRU)
+    """
+    T, B, I = x.shape
+    G, Bp = dgx.shape[1], dgx.shape[2]
+    xb = np.zeros((T, I, Bp), x.dtype)
+    for t in range(T):
+        transpose_in(x[t], xb[t])
+    dW = np.empty((I, G), x.dtype)
+    outer_sums(xb, dgx, dW)
+    dR = np.empty((h.shape[1], G), x.dtype)
+    outer_sums(h, dgh, dR)
+    return dW, dR, column_sums(dgx)
+
+
+@njit(**JIT)
+def input_grads(WT, dg, nobias, dxt, dx):
+    """dx: (B, I) of one step = (W @ dg) transposed. WT: (G, I) W.T, contiguous
+    dg: (G, Bp)   nobias: (>= I,) zeros   dxt: (I, Bp) workspace."""
+    affine(WT, dg, 0, WT.shape[0], nobias, dxt)
+    transpose_out(dxt, dx)
 
 
 @njit(**JIT)

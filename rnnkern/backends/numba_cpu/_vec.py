@@ -1,4 +1,4 @@
-"""``Vec``: explicit 256-bit vectors for Numba code, and the few operations on them.
+"""``Vec``: explicit SIMD vectors for Numba code, and the few operations on them.
 
 Numba has no SIMD types of its own. LLVM vectorises plain loops, but at the sizes these
 kernels run it often does badly: it keeps a tile of a product in registers only when the
@@ -14,8 +14,9 @@ local variables:
 - ``vfma`` (a * b + c), ``+ - * /`` between vectors or a vector and a scalar, and
   ``minimum``/``maximum`` (which also take two scalars, so that one source serves both:
   the activations of ``_common`` run on scalars and on vectors);
-- ``per_lane(fn, v)``: a scalar math function (``math.tanh``, ``math.exp``) on each lane,
-  for the float64 activations, which stay on libm for parity with the oracle.
+- ``vtanh_libm``/``vexp_libm``: ``math.tanh``/``math.exp`` on each lane, for the float64
+  activations, which stay on libm for parity with the oracle;
+- ``vsum`` (the lanes added in order) and ``where_positive`` (a ReLU's gradient).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import math
 import operator
 
 from llvmlite import ir
-from llvmlite.binding import get_host_cpu_features
 from numba import config, types
 from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
 from numba.core.typing import signature
 from numba.extending import intrinsic, models, overload, register_model
 
@@ -39,12 +40,12 @@ def _vector_bytes() -> int:
     core with 64-byte vectors against 83 with 32 (half the loads and instructions per
     multiply-add), and 111 against 104 at 32x256 @ 256x1024.
     """
-    features = config.CPU_FEATURES  # NUMBA_CPU_FEATURES, for caches portable between CPUs
-    if features is not None:
-        return 64 if "+avx512f" in features.split(",") else 32
-    if config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME alone: that CPU's defaults
-        return 32
-    return 64 if get_host_cpu_features().get("avx512f") else 32
+    # NUMBA_CPU_FEATURES when set (caches portable between CPUs), else the host's as Numba
+    # sees them (without the avx* ones under NUMBA_ENABLE_AVX=0)
+    features = config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return 64 if "+avx512f" in features.split(",") else 32
 
 
 #: bytes of one vector

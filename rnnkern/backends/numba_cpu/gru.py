@@ -13,19 +13,19 @@ from numba import njit, prange
 from ._batch import (
     affine,
     carve,
+    column_sums,
     commit,
     final,
-    inputs_and_ones,
+    input_grads,
     keep_inactive,
-    outer_sums,
     outputs,
     padded,
     rows,
     stacked,
     transpose_add,
     transpose_in,
-    transpose_out,
     vcopy,
+    weight_grads,
     workspace,
     zero_inactive,
 )
@@ -113,6 +113,10 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, gemm_chunk
     return y, h, gates, hn, h[T].copy()
 
 
+#: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
+CACHE_NAMES = ("h", "gates", "hn")
+
+
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
     """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
@@ -134,8 +138,8 @@ def cache_rows(buf, T, B, H):
 def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     """v5: ``gru_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks); returns y: (T, B, H), hT: (B, H) and the cache in one buffer
-    (``_bi_cache``, see ``lstm_forward_bi``)."""
+    fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
+    one buffer (``_bi_cache``, see ``lstm_forward_bi``)."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
@@ -300,12 +304,7 @@ def gru_backward_bi(dy, dhT, x, W, R, buf, lengths):
             vstore(dh, j, vload(dh, j) + vload(dhz, j))
         if not every:
             keep_inactive(dh, dhs, lengths, t)
-        affine(WT, gx, 0, 3 * H, nobias, dxt)
-        transpose_out(dxt, dx[t])
-    dWb = np.empty((I + 1, 3 * H), dy.dtype)  # [dW; db]
-    outer_sums(inputs_and_ones(x, Bp), dgx, dWb)
-    dR = np.empty((H, 3 * H), dy.dtype)
-    outer_sums(h, dgh, dR)
-    sgh = np.empty((1, 3 * H), dy.dtype)  # the sums of dgh, db_hn among them
-    outer_sums(np.ones((T, 1, Bp), dy.dtype), dgh, sgh)
-    return dx, final(dh, B), dWb[:I].copy(), dR, dWb[I].copy(), sgh[0, 2 * H:].copy()
+        input_grads(WT, gx, nobias, dxt, dx[t])
+    dW, dR, db = weight_grads(x, h, dgx, dgh)
+    # b_hn sits inside r * (h @ R_n + b_hn): its gradient is the n block's of dgh
+    return dx, final(dh, B), dW, dR, db, column_sums(dgh)[2 * H:].copy()

@@ -19,17 +19,16 @@ from ._batch import (
     carve,
     commit,
     final,
-    inputs_and_ones,
+    input_grads,
     keep_inactive,
-    outer_sums,
     outputs,
     padded,
     rows,
     stacked,
     transpose_add,
     transpose_in,
-    transpose_out,
     vcopy,
+    weight_grads,
     workspace,
     zero_inactive,
 )
@@ -128,6 +127,10 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks
     return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 
+#: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
+CACHE_NAMES = ("h", "c", "gates", "tanh_c")
+
+
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
     """The arrays of a v5 cache in its one buffer: h, c: (T+1, H, Bp) (h[t], c[t] enter
@@ -150,10 +153,10 @@ def cache_rows(buf, T, B, H):
 def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks); returns y: (T, B, H), hT, cT: (B, H) and the cache in one buffer
-    (``_bi_cache``), each step's rows transposed and padded to Bp = ``_batch.padded(B)``
-    (``cache_rows`` turns it into the others' layout): a forward writes no more than y in
-    rows."""
+    fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT, cT: (B, H) and the cache
+    in one buffer (``_bi_cache``), each step's rows transposed and padded to
+    Bp = ``_batch.padded(B)`` (``cache_rows`` turns it into the others' layout): a forward
+    writes no more than y in rows."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
@@ -322,10 +325,6 @@ def lstm_backward_bi(dy, dhT, dcT, x, W, R, buf, lengths):
         affine(RT, dg, 0, 4 * H, nobias, dh)
         if not every:
             keep_inactive(dh, dhs, lengths, t)
-        affine(WT, dg, 0, 4 * H, nobias, dxt)
-        transpose_out(dxt, dx[t])
-    dWb = np.empty((I + 1, 4 * H), dy.dtype)  # [dW; db]
-    outer_sums(inputs_and_ones(x, Bp), dgates, dWb)
-    dR = np.empty((H, 4 * H), dy.dtype)
-    outer_sums(h, dgates, dR)
-    return dx, final(dh, B), final(dc, B), dWb[:I].copy(), dR, dWb[I].copy()
+        input_grads(WT, dg, nobias, dxt, dx[t])
+    dW, dR, db = weight_grads(x, h, dgates, dgates)
+    return dx, final(dh, B), final(dc, B), dW, dR, db

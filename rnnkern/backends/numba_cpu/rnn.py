@@ -14,17 +14,16 @@ from ._batch import (
     carve,
     commit,
     final,
-    inputs_and_ones,
+    input_grads,
     keep_inactive,
-    outer_sums,
     outputs,
     padded,
     rows,
     stacked,
     transpose_add,
     transpose_in,
-    transpose_out,
     vcopy,
+    weight_grads,
     workspace,
     zero_inactive,
 )
@@ -113,6 +112,10 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, gemm_chunk
     return y, h, a, h[T].copy()
 
 
+#: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
+CACHE_NAMES = ("h", "a")
+
+
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
     """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
@@ -133,8 +136,8 @@ def cache_rows(buf, T, B, H):
 def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, chunks); returns y: (T, B, H), hT: (B, H) and the cache in one buffer
-    (``_bi_cache``, see ``lstm_forward_bi``)."""
+    fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
+    one buffer (``_bi_cache``, see ``lstm_forward_bi``)."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
@@ -274,10 +277,6 @@ def rnn_backward_bi(dy, dhT, x, W, R, buf, code, lengths):
         affine(RT, dat, 0, H, nobias, dh)
         if not every:
             keep_inactive(dh, dhs, lengths, t)
-        affine(WT, dat, 0, H, nobias, dxt)
-        transpose_out(dxt, dx[t])
-    dWb = np.empty((I + 1, H), dy.dtype)  # [dW; db]
-    outer_sums(inputs_and_ones(x, Bp), da, dWb)
-    dR = np.empty((H, H), dy.dtype)
-    outer_sums(h, da, dR)
-    return dx, final(dh, B), dWb[:I].copy(), dR, dWb[I].copy()
+        input_grads(WT, dat, nobias, dxt, dx[t])
+    dW, dR, db = weight_grads(x, h, da, da)
+    return dx, final(dh, B), dW, dR, db
