@@ -22,7 +22,15 @@ from ..._validate import Dims, check_activation, check_backward, check_forward
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
-from ._common import GEMM_PARALLEL_MIN_MACS, SMALL_MACS, VARIANTS, Plan, choose, weight_grads
+from ._common import (
+    GEMM_PARALLEL_MIN_MACS,
+    SMALL_MACS,
+    VARIANTS,
+    Plan,
+    choose,
+    reuse_freed_memory,
+    weight_grads,
+)
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
@@ -37,6 +45,9 @@ ACTIVATION_CODES = {"tanh": 0, "relu": 1, "identity": 2}
 
 def is_available() -> bool:
     return True
+
+
+reuse_freed_memory()
 
 
 #: arrays the kernels only read, kept between calls: building them costs about as much as
