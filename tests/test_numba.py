@@ -2,6 +2,11 @@
 option, dtype and kernel variant; finite differences on the backend itself; and
 argument validation that fires before any compiled kernel runs."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -96,9 +101,10 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_product_against_numpy(dtype):
-    """``_simd.product``: rows lo..hi of A @ B through whole 4-row tiles, left-over rows,
-    whole panels and left-over columns, for a row-major B and a transposed view (the
-    backward's R.T); the rows outside lo..hi stay untouched. An empty pack calls BLAS."""
+    """``_simd.product``: rows lo..hi of A @ B, written or added, through whole 4-row
+    tiles over pairs of panels and over a last odd panel, left-over rows and columns,
+    for a row-major B and a transposed view (the backward's R.T); the rows outside lo..hi
+    stay untouched. An empty pack calls BLAS."""
     from rnnkern.backends.numba_cpu._simd import pack, pack_if, product
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
@@ -108,18 +114,28 @@ def test_packed_product_against_numpy(dtype):
     for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
                             (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
                             (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
-                            (4, 256, nr, 0, 4)]:
+                            (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
             assert pack(B).shape == (N // nr, K, nr)
+            want = A[lo:hi].astype(np.float64) @ B
+            tol = PARITY_TOL[np.dtype(dtype).name]
             for P in (pack_if(B, True), pack_if(B, False)):
+                # out = A @ B: what was in out is not read
                 out = np.full((M, N), np.nan, dtype)
-                product(A, B, P, out, lo, hi)
-                tol = PARITY_TOL[np.dtype(dtype).name]
-                np.testing.assert_allclose(out[lo:hi], A[lo:hi].astype(np.float64) @ B,
-                                           rtol=tol, atol=10 * tol)
+                scratch = np.full((M, N), np.nan, dtype)
+                product(A, B, P, out, lo, hi, False, scratch)
+                np.testing.assert_allclose(out[lo:hi], want, rtol=tol, atol=10 * tol)
                 assert np.isnan(out[:lo]).all() and np.isnan(out[hi:]).all()
+                # out += A @ B, through the scratch rows for BLAS
+                start = rng.standard_normal((M, N)).astype(dtype)
+                out = start.copy()
+                product(A, B, P, out, lo, hi, True, scratch)
+                np.testing.assert_allclose(out[lo:hi], start[lo:hi] + want, rtol=tol,
+                                           atol=10 * tol)
+                np.testing.assert_array_equal(out[:lo], start[:lo])
+                np.testing.assert_array_equal(out[hi:], start[hi:])
 
 
 @pytest.mark.parametrize("variant", ["v6", "v7"])
@@ -374,3 +390,41 @@ def test_empty_allocates_writable_arrays_of_the_dtype(n):
     s = common.states(s0, 4)
     assert s.shape == (5, 2, 3) and s.dtype == np.float64
     np.testing.assert_array_equal(s[0], s0)
+
+
+_REUSE_PROBE = """
+import resource
+import numpy as np
+import rnnkern.backends.numba_cpu  # noqa: F401 (its import sets glibc up)
+# count 4 KiB pages (24k per round): NumPy asks for huge pages for big arrays
+(getattr(np, '_core', None) or np.core).multiarray._set_madvise_hugepage(False)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # the first round maps the heap; what the last faults is the figure
+    before = faults()
+    arrays = [np.empty(5_000_000, np.float32) for _ in range(5)]  # 20 MB each
+    for a in arrays:
+        a[:] = 1
+    del arrays, a
+    n = faults() - before
+print(n)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+def test_freed_arrays_are_reused_without_page_faults():
+    """Importing the backend has glibc hand the 100 MB of arrays a call frees to the next
+    call (the pattern of a kernel's caches and gradients): no page faults the third time;
+    RNNKERN_MALLOPT=0 keeps glibc's defaults, which give the memory back and fault it in
+    afresh."""
+    def probe(env_value):
+        env = dict(os.environ, RNNKERN_MALLOPT=env_value)
+        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return int(out.split()[-1])
+
+    assert nb._common.reuse_freed_memory()
+    # with transparent huge pages always on, glibc's defaults fault ~50 2 MiB pages
+    assert probe("1") < 10
+    assert probe("0") > 40

@@ -31,7 +31,6 @@ from ._batch import (
 )
 from ._common import (
     JIT,
-    add_into,
     add_rows_product,
     empty,
     fast_sigmoid,
@@ -59,7 +58,7 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
             rec[lo:hi] = 0
             add_rows_product(h[t], R, rec, lo, hi)
         else:
-            product(h[t], R, P, rec, lo, hi)
+            product(h[t], R, P, rec, lo, hi, False, rec)
         for n in range(lo, hi):
             g, r = gates[t, n], rec[n]
             hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
@@ -182,10 +181,10 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
 def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
-    dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] minus the recurrent part
-    on exit (plus that part, dgh[t, n] @ R.T, when fused).
+    dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] on exit (the recurrent
+    part, dgh[t, n] @ R.T, added by the product).
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
-    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -212,8 +211,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P,
         if fused:
             add_rows_product(dgh[t], RT, dh, lo, hi)
         else:
-            product(dgh[t], R.T, P, dhr, lo, hi)
-            add_into(dh[lo:hi], dhr[lo:hi])
+            product(dgh[t], R.T, P, dh, lo, hi, True, dhr)
 
 
 @njit(parallel=True, **JIT)

@@ -34,7 +34,6 @@ from ._batch import (
 )
 from ._common import (
     JIT,
-    add_into,
     add_rows_product,
     empty,
     fast_sigmoid,
@@ -51,7 +50,7 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     gates: (T, B, 4H) holds x @ W on entry, the post-activation (i, f, g, o) on exit
-    rec: (B, 4H) h[t] @ R unless fused (then the product is made here, row by row)
+    rec: (B, 4H) BLAS's h[t] @ R before it is added to gates[t] (v1, v2)
     P: R packed for ``_simd.product`` (empty: BLAS)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
@@ -60,12 +59,9 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
         if fused:
             add_rows_product(h[t], R, gates[t], lo, hi)
         else:
-            product(h[t], R, P, rec, lo, hi)
+            product(h[t], R, P, gates[t], lo, hi, True, rec)
         for n in range(lo, hi):
             g = gates[t, n]
-            if not fused:
-                for k in range(4 * H):
-                    g[k] += rec[n, k]
             # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
             # ran 2.5x slower (H=256), calls on sliced views 2x slower (H=32)
             for k in range(2 * H):
@@ -203,9 +199,9 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, 
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
-    w.r.t. c[t] and dh holds what is carried past inactive rows, plus (fused) the
+    w.r.t. c[t] and dh holds what is carried past inactive rows, plus the
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
-    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -242,8 +238,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, 
         if fused:
             add_rows_product(dgates[t], RT, dh, lo, hi)
         else:
-            product(dgates[t], R.T, P, dhr, lo, hi)
-            add_into(dh[lo:hi], dhr[lo:hi])
+            product(dgates[t], R.T, P, dh, lo, hi, True, dhr)
 
 
 @njit(parallel=True, **JIT)

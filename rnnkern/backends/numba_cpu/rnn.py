@@ -29,7 +29,6 @@ from ._batch import (
 )
 from ._common import (
     JIT,
-    add_into,
     add_rows_product,
     empty,
     fast_tanh,
@@ -45,7 +44,7 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     a: (T, B, H) holds x @ W on entry and the post-activation on exit
-    rec: (B, H) h[t] @ R unless fused (then made here row by row)   h: (T+1, B, H)
+    rec: (B, H) BLAS's h[t] @ R before it is added to a[t] (v1, v2)   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
     y: (T, B, H)
     """
@@ -55,12 +54,9 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
         if fused:
             add_rows_product(h[t], R, a[t], lo, hi)
         else:
-            product(h[t], R, P, rec, lo, hi)
+            product(h[t], R, P, a[t], lo, hi, True, rec)
         for n in range(lo, hi):
             an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
-            if not fused:
-                for j in range(H):
-                    an[j] += rec[n, j]
             if code == 0:
                 for j in range(H):
                     an[j] = fast_tanh(an[j] + b[j])
@@ -172,8 +168,8 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
-    inactive row, plus (fused) da[t, n] @ R.T.   da: (T, B, H)
-    dhr: (B, H) workspace for the block's gradient through h @ R unless fused
+    inactive row, plus da[t, n] @ R.T.   da: (T, B, H)
+    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -201,8 +197,7 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
         if fused:
             add_rows_product(da[t], RT, dh, lo, hi)
         else:
-            product(da[t], R.T, P, dhr, lo, hi)
-            add_into(dh[lo:hi], dhr[lo:hi])
+            product(da[t], R.T, P, dh, lo, hi, True, dhr)
 
 
 @njit(parallel=True, **JIT)
