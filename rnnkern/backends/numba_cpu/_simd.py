@@ -1,11 +1,12 @@
-"""The per-step recurrent product on explicit 256-bit vectors, over a packed copy of R.
+"""The per-step recurrent product on explicit vectors (``_vec``), over a packed copy of R.
 
 Why: at the GEMM-bound shapes the per-step ``h @ R`` (e.g. 64x256 @ 256x1024) is where
-the time goes, and OpenBLAS runs it at ~65 GFLOP/s on one core of this machine against
-~90 for a big GEMM: it packs all of R again on every call, once per step. Here R is packed
-once per kernel call into panels of ``2 * lanes`` columns, and each step runs a register-
-blocked micro-kernel over them (4 rows x 2 vectors of accumulators, the panel streamed
-from cache): ~90-95 GFLOP/s on one core at those shapes (measured, float32).
+the time goes, and OpenBLAS ran it at ~65 GFLOP/s on one AVX2 core against ~90 for a big
+GEMM: it packs all of R again on every call, once per step. Here R is packed once per
+kernel call into panels of ``2 * lanes`` columns, and each step runs a register-blocked
+micro-kernel over them (4 rows x 4 vectors of accumulators over two panels, the panels
+streamed from cache): ~90-95 GFLOP/s on that core, 105-115 on one Zen 4 core with 64-byte
+vectors (measured, float32).
 
 The micro-kernel's accumulators are ``_vec.Vec`` values: LLVM keeps a tile of the output
 in registers only when they are values, not array elements it cannot prove unaliased.
