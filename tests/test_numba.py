@@ -54,7 +54,7 @@ def test_parity_per_step(cell, activation, dtype):
     _check(p, dtype, per_step=True)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v3", "v6"])
+@pytest.mark.parametrize("variant", ["v1", "v3", "v6", "v8"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_parity_wide_and_saturating(cell, variant):
     """Hidden sizes past a vector width and pre-activations far into the tails of
@@ -87,7 +87,7 @@ def test_products_over_all_steps_in_row_blocks(chunks):
         np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4", "v6", "v7"])
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4", "v6", "v7", "v8", "v9"])
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypatch):
     """The whole forward and backward with every product over all steps split over the
@@ -103,9 +103,10 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 def test_packed_product_against_numpy(dtype):
     """``_simd.product``: rows lo..hi of A @ B, written or added, through whole 4-row
     tiles over pairs of panels and over a last odd panel, left-over rows and columns,
-    for a row-major B and a transposed view (the backward's R.T); the rows outside lo..hi
-    stay untouched. An empty pack calls BLAS."""
-    from rnnkern.backends.numba_cpu._simd import pack, pack_if, product
+    for a row-major B and a transposed view (the backward's R.T), K in one block and in
+    three (the last partial); the rows outside lo..hi stay untouched. An empty pack calls
+    BLAS."""
+    from rnnkern.backends.numba_cpu._simd import KB, pack, pack_if, product
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
     rng = np.random.default_rng(11)
@@ -114,7 +115,8 @@ def test_packed_product_against_numpy(dtype):
     for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
                             (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
                             (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
-                            (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8)]:
+                            (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8),
+                            (6, 2 * KB + 77, 2 * nr + 3, 1, 6)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
@@ -138,11 +140,12 @@ def test_packed_product_against_numpy(dtype):
                 np.testing.assert_array_equal(out[hi:], start[hi:])
 
 
-@pytest.mark.parametrize("variant", ["v6", "v7"])
+@pytest.mark.parametrize("variant", ["v6", "v7", "v8", "v9"])
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_parity_packed_product_in_whole_tiles(cell, activation, variant):
     """The packed variants with row blocks of 4 rows and more and gate columns past the
-    last whole panel (B=11, H=37), variable lengths and carried state."""
+    last whole panel (B=11, H=37), variable lengths and carried state (v8, v9: the input
+    part on the same tiles)."""
     p = make_problem(cell, T=4, B=11, I=6, H=37, activation=activation, lengths=True,
                      h0=True, dstate=True, seed=9)
     p.options = {"variant": variant}
@@ -301,7 +304,7 @@ def test_forward_validation(no_kernels, case, match):
     elif case == "lengths":
         kwargs["lengths"] = np.array([0, 3])
     elif case == "variant":
-        kwargs["variant"] = "v9"
+        kwargs["variant"] = "v99"
     elif case == "h0 shape":
         with pytest.raises(ValueError, match=match):
             nb.lstm_forward(x, np.zeros((3, 4), np.float32), None, W, R, b)
@@ -330,17 +333,28 @@ def test_backward_validation():
 # variant choice and BLAS threads
 
 
-@pytest.mark.parametrize("B,H,expected", [(16, 3, "v5"), (1, 3, "v3"), (1, 24, "v3"), (1, 32, "v6"),
-                                          (32, 64, "v4"), (1, 64, "v3"), (32, 65, "v7"),
-                                          (1, 65, "v6"), (8, 1200, "v7")])
-def test_automatic_variant(B, H, expected):
-    serial = nb._common.SERIAL
-    if expected in serial and not 2 <= numba.get_num_threads() <= B // 2:
-        expected = serial[expected]  # row blocks need two threads and two rows per thread
+@pytest.mark.parametrize("B,H,two,one", [
+    (16, 3, "v5", "v5"), (1, 3, "v3", "v3"), (1, 24, "v3", "v3"), (1, 32, "v6", "v6"),
+    (32, 64, "v4", "v3"), (1, 64, "v3", "v3"), (32, 65, "v9", "v8"), (30, 65, "v7", "v6"),
+    (4, 65, "v7", "v8"), (1, 65, "v6", "v6"), (8, 1200, "v7", "v6")])
+def test_automatic_variant(B, H, two, one):
+    """By shape, on two Numba threads and on one: row blocks (v2, v4, v7, v9) need two
+    threads and two rows per thread; the input part goes into the steps (v9, v8) only
+    where W and R are small enough to stay in cache (not at H=1200) and every row block
+    is whole 4-row tiles (not B=30 in two blocks, nor B=4 in two blocks of 2)."""
     p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
     P = p.params
-    _, _, cache = nb.gru_forward(p.inputs["x"], None, P["W"], P["R"], P["b"], P["b_hn"])
-    assert cache["variant"] == expected
+    before = numba.get_num_threads()
+    for threads, expected in ((2, two), (1, one)):
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            continue  # a process started with one thread has no second to give
+        numba.set_num_threads(threads)
+        try:
+            _, _, cache = nb.gru_forward(p.inputs["x"], None, P["W"], P["R"], P["b"],
+                                         P["b_hn"])
+        finally:
+            numba.set_num_threads(before)
+        assert cache["variant"] == expected, threads
 
 
 def test_blas_thread_count_restored():

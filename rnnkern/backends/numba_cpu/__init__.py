@@ -177,7 +177,7 @@ def rnn_forward(
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     code = ACTIVATION_CODES[check_activation(activation)]
-    plan = choose(variant, d.B, d.H, 1)
+    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -186,7 +186,7 @@ def rnn_forward(
                        "R": R, "buf": buf, "lengths": lens, "variant": "v5"}
     threads = _blas_threads(d, plan, 1)
     y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
-                        plan.packed, plan.chunks, _projection_chunks(threads, d, 1))
+                        plan.packed, plan.chunks, plan.stepped, _projection_chunks(threads, d, 1))
     return y, hT, {"cell": "rnn", "dims": d, "activation": activation, "x": x, "W": W, "R": R,
                    "h": h, "a": a, "lengths": lens, "variant": plan.name}
 
@@ -202,7 +202,7 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 1)
+    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     code = ACTIVATION_CODES[cache["activation"]]
     if _batch_backward(cache, plan, per_step):
@@ -238,7 +238,7 @@ def lstm_forward(
     Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
-    plan = choose(variant, d.B, d.H, 4)
+    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -248,7 +248,7 @@ def lstm_forward(
     threads = _blas_threads(d, plan, 4)
     y, h, c, gates, tanh_c, hT, cT = _call(
         threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
-        plan.chunks, _projection_chunks(threads, d, 4))
+        plan.chunks, plan.stepped, _projection_chunks(threads, d, 4))
     return y, (hT, cT), {"cell": "lstm", "dims": d, "x": x, "W": W, "R": R, "h": h, "c": c,
                          "gates": gates, "tanh_c": tanh_c, "lengths": lens,
                          "variant": plan.name}
@@ -269,7 +269,7 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    plan = choose(variant, d.B, d.H, 4)
+    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize)
     dy, dhT, dcT = (_zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
                     _zeros_or(dcT, (d.B, d.H), d.dtype))
     if _batch_backward(cache, plan, per_step):
@@ -306,7 +306,7 @@ def gru_forward(
     Returns y: (T, B, H), hT: (B, H), cache.
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
-    plan = choose(variant, d.B, d.H, 3)
+    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -315,7 +315,7 @@ def gru_forward(
                        "lengths": lens, "variant": "v5"}
     threads = _blas_threads(d, plan, 3)
     y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
-                                plan.fused, plan.packed, plan.chunks,
+                                plan.fused, plan.packed, plan.chunks, plan.stepped,
                                 _projection_chunks(threads, d, 3))
     return y, hT, {"cell": "gru", "dims": d, "x": x, "W": W, "R": R, "h": h, "gates": gates,
                    "hn": hn, "lengths": lens, "variant": plan.name}
@@ -332,7 +332,7 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 3)
+    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(

@@ -46,6 +46,9 @@ VARIANTS = {
     "v6": "as v1, the per-step product on a register-blocked SIMD micro-kernel over R "
           "packed once per call (``_simd``) instead of BLAS",
     "v7": "as v6, the batch split into row blocks, one per Numba thread",
+    "v8": "as v6, each step's input part x[t] @ W on the micro-kernel too, over a packed W, "
+          "instead of one GEMM before the loop (a step's gates stay in cache)",
+    "v9": "as v8, the batch split into row blocks, one per Numba thread",
 }
 
 
@@ -56,16 +59,20 @@ class Plan(NamedTuple):
     fused: bool  # the per-step product in the kernel's own loop, row by row
     packed: bool  # the per-step product on ``_simd``'s micro-kernel over a packed R
     chunks: int  # row blocks, one per Numba thread in parallel when > 1
+    stepped: bool  # the input part x[t] @ W made in each step (packed), not before the loop
 
 
-#: (fused, packed, parallel) of each variant (v5: v3's, for a backward on rows, see
-#: ``numba_cpu._rows_layout``)
-VARIANT_FLAGS = {"v1": (False, False, False), "v2": (False, False, True),
-                 "v3": (True, False, False), "v4": (True, False, True),
-                 "v5": (True, False, False), "v6": (False, True, False),
-                 "v7": (False, True, True)}
+#: (fused, packed, parallel, stepped) of each variant (v5: v3's, for a backward on rows,
+#: see ``numba_cpu._rows_layout``)
+VARIANT_FLAGS = {"v1": (False, False, False, False), "v2": (False, False, True, False),
+                 "v3": (True, False, False, False), "v4": (True, False, True, False),
+                 "v5": (True, False, False, False), "v6": (False, True, False, False),
+                 "v7": (False, True, True, False), "v8": (False, True, False, True),
+                 "v9": (False, True, True, True)}
 #: the serial variant a parallel one falls back to when there is one thread or one row
-SERIAL = {"v2": "v1", "v4": "v3", "v7": "v6"}
+SERIAL = {"v2": "v1", "v4": "v3", "v7": "v6", "v9": "v8"}
+#: the variant a stepped one falls back to where its blocks' rows are not whole tiles
+UNSTEPPED = {"v8": "v6", "v9": "v7"}
 
 #: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
 FUSED_MAX_H = 32
@@ -73,6 +80,13 @@ FUSED_MAX_H = 32
 #: are two rows per thread: at B32 H64 1.1-1.4x faster than a BLAS call per step (v1), for
 #: every cell (measured; serially, v3 and v1 are about even there)
 FUSED_PARALLEL_MAX_H = 64
+#: W and R of at most this many bytes together, (I + H) * G*H * itemsize, have the input
+#: part made in each step (v9/v8 for v7/v6), where each row block is whole 4-row tiles:
+#: forward 1.04-1.11x faster at B64 T100 with I, H of 256/256, 125/320 and 512/512, RNN
+#: I512 H1024 (6 MiB) and GRU I256 H768 (9 MiB); even for LSTM I256 H768 (12 MiB), 0.98
+#: for GRU I512 H1024 (18 MiB), where W no longer stays in cache beside R (measured, two
+#: threads; serially LSTM B64 I256 H256 1.08x)
+STEPPED_MAX_BYTES = 10 << 20
 #: a lone row (B=1) with H a multiple of this (R and R.T then split into whole panels of
 #: the packed product, no columns left over) runs v6 instead of v3: at B1 T1000 H32 the
 #: LSTM forward 0.54 against 0.66 ms, GRU 0.45 against 0.52 (measured); with columns left
@@ -88,24 +102,30 @@ PARALLEL_MIN_WORK = 16384
 GEMM_PARALLEL_MIN_MACS = 1 << 18
 
 
-def choose(variant: str | None, B: int, H: int, G: int) -> Plan:
-    """The plan of ``variant``, or of the variant picked by shape when it is None."""
+def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:
+    """The plan of ``variant``, or of the variant picked by shape when it is None
+    (B rows, H units, G gates, I inputs of ``itemsize`` bytes)."""
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                          f"got {variant!r}")
-    plan = _shape_plan(variant, B, H, G)
+    plan = _shape_plan(variant, B, H, G, I, itemsize)
     if plan.chunks:
         return plan
     # asked only here: numba.get_num_threads() costs microseconds
     threads = numba.get_num_threads()
-    name = plan.name
     if threads < 2 or B < 2 or (variant is None and B < 2 * threads):
-        return plan._replace(name=SERIAL[name], chunks=1)
-    return plan._replace(chunks=min(B, threads))
+        plan = plan._replace(name=SERIAL[plan.name], chunks=1)
+    else:
+        plan = plan._replace(chunks=min(B, threads))
+    if variant is None and plan.stepped and B % (4 * plan.chunks):
+        # rows past a multiple of 4 in a block run the input part one row at a time, each
+        # streaming all of W: LSTM B6 H256 1.1-1.3x slower than one GEMM before the loop
+        plan = plan._replace(name=UNSTEPPED[plan.name], stepped=False)
+    return plan
 
 
 @functools.lru_cache(maxsize=1024)
-def _shape_plan(variant: str | None, B: int, H: int, G: int) -> Plan:
+def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:
     """``choose`` less the thread count: chunks=0 for a parallel variant (remembered per
     shape: the decision took ~0.3 us of a ~7 us call at the smallest shapes)."""
     if variant is not None:
@@ -121,10 +141,12 @@ def _shape_plan(variant: str | None, B: int, H: int, G: int) -> Plan:
             name = "v3"
     elif H <= FUSED_PARALLEL_MAX_H:
         name = "v4"
+    elif (I + H) * G * H * itemsize <= STEPPED_MAX_BYTES:
+        name = "v9"
     else:
         name = "v7"
-    fused, packed, parallel = VARIANT_FLAGS[name]
-    return Plan(name, fused, packed, 0 if parallel else 1)
+    fused, packed, parallel, stepped = VARIANT_FLAGS[name]
+    return Plan(name, fused, packed, 0 if parallel else 1, stepped)
 
 
 # ----------------------------------------------------------------------------

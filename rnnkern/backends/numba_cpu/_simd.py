@@ -18,11 +18,14 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ._common import FASTMATH, JIT, add_into, empty, matmul
+from ._common import FASTMATH, JIT, add_into, empty, input_projection, matmul
 from ._vec import lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
 # the packed product
+
+#: rows of P (the K axis) per block of ``product``; placeholder, measured below
+KB = 512
 
 
 def _panel(B, P, p):
@@ -78,7 +81,7 @@ def _start(out, o, add):
 
 
 @njit(**JIT)
-def _tile4x2(A, P, out, m, p, add):
+def _tile4x2(A, P, out, m, p, add, k0, k1):
     """out[m:m+4, panels p, p+1] (+)= A[m:m+4] @ P[p:p+2]: 16 vector accumulators in
     registers, four vectors of P per broadcast row element (3-6% faster than one panel
     at a time at K = 256..1024, measured on one Zen 4 core).
@@ -95,7 +98,7 @@ def _tile4x2(A, P, out, m, p, add):
         _start(out, o + 3 * N + 2 * L, add), _start(out, o + 3 * N + 3 * L, add)
     a0, ps = m * K, K * 2 * L  # A's row m, the elements of one panel
     pk = p * ps
-    for k in range(K):
+    for k in range(k0, k1):
         q = pk + 2 * L * k
         b0, b1 = vload(P, q), vload(P, q + L)
         b2, b3 = vload(P, q + ps), vload(P, q + ps + L)
@@ -116,7 +119,7 @@ def _tile4x2(A, P, out, m, p, add):
 
 
 @njit(**JIT)
-def _tile4(A, P, out, m, p, add):
+def _tile4(A, P, out, m, p, add, k0, k1):
     """``_tile4x2`` for the one panel p (the last of an odd number): 8 accumulators."""
     K, N, L = A.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
@@ -125,7 +128,7 @@ def _tile4(A, P, out, m, p, add):
     c20, c21 = _start(out, o + 2 * N, add), _start(out, o + 2 * N + L, add)
     c30, c31 = _start(out, o + 3 * N, add), _start(out, o + 3 * N + L, add)
     a0, pk = m * K, p * K * 2 * L
-    for k in range(K):
+    for k in range(k0, k1):
         b0, b1 = vload(P, pk + 2 * L * k), vload(P, pk + 2 * L * k + L)
         a = vbcast(A, a0 + k)
         c00, c01 = vfma(a, b0, c00), vfma(a, b1, c01)
@@ -146,7 +149,7 @@ def _tile4(A, P, out, m, p, add):
 
 
 @njit(**JIT)
-def _tile1x4(A, P, out, m, p, add):
+def _tile1x4(A, P, out, m, p, add, k0, k1):
     """out[m, panels p..p+3] (+)= A[m] @ P[p:p+4]: one row, four panels, again 8
     accumulators (a lone row with one panel has 2 dependent FMA chains, a quarter of the
     throughput)."""
@@ -158,7 +161,7 @@ def _tile1x4(A, P, out, m, p, add):
         _start(out, o + 6 * L, add), _start(out, o + 7 * L, add)
     ps = K * 2 * L  # elements of one panel
     p0 = p * ps
-    for k in range(K):
+    for k in range(k0, k1):
         a = vbcast(A, m * K + k)
         q = p0 + 2 * L * k
         c0, c1 = vfma(a, vload(P, q), c0), vfma(a, vload(P, q + L), c1)
@@ -172,14 +175,14 @@ def _tile1x4(A, P, out, m, p, add):
 
 
 @njit(**JIT)
-def _tile1(A, P, out, m, p, add):
+def _tile1(A, P, out, m, p, add, k0, k1):
     """``_tile4`` for the one row m and the one panel p: a row left over past a multiple
     of 4 rows, in the panels left over past a multiple of 4 panels."""
     K, N, L = A.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
     c0, c1 = _start(out, o, add), _start(out, o + L, add)
     pk = p * K * 2 * L
-    for k in range(K):
+    for k in range(k0, k1):
         a = vbcast(A, m * K + k)
         c0 = vfma(a, vload(P, pk + 2 * L * k), c0)
         c1 = vfma(a, vload(P, pk + 2 * L * k + L), c1)
@@ -215,18 +218,23 @@ def product(A, B, P, out, lo, hi, add, scratch):
     m4 = lo + (hi - lo) // 4 * 4
     panels = P.shape[0]
     p2 = panels // 2 * 2
-    for p in range(0, p2, 2):
-        for m in range(lo, m4, 4):
-            _tile4x2(A, P, out, m, p, add)
-    for p in range(p2, panels):
-        for m in range(lo, m4, 4):
-            _tile4(A, P, out, m, p, add)
     p4 = panels // 4 * 4
-    for m in range(m4, hi):
-        for p in range(0, p4, 4):
-            _tile1x4(A, P, out, m, p, add)
-        for p in range(p4, panels):
-            _tile1(A, P, out, m, p, add)
+    # K in blocks: a block of a pair of panels (KB * 2 * NR elements) stays in L2 while
+    # every row tile of the block uses it; the tiles' partial sums go through out
+    for k0 in range(0, K, KB):
+        k1 = min(K, k0 + KB)
+        acc = add or k0 > 0
+        for p in range(0, p2, 2):
+            for m in range(lo, m4, 4):
+                _tile4x2(A, P, out, m, p, acc, k0, k1)
+        for p in range(p2, panels):
+            for m in range(lo, m4, 4):
+                _tile4(A, P, out, m, p, acc, k0, k1)
+        for m in range(m4, hi):
+            for p in range(0, p4, 4):
+                _tile1x4(A, P, out, m, p, acc, k0, k1)
+            for p in range(p4, panels):
+                _tile1(A, P, out, m, p, acc, k0, k1)
     # columns past the last whole panel, read from B itself
     for m in range(lo, hi):
         if not add:
@@ -245,3 +253,17 @@ def pack_if(B, packed):
     if packed:
         return pack(B)
     return np.empty((0, B.shape[0], 2 * lanes(B)), B.dtype)
+
+
+@njit(**JIT)
+def input_part(x, W, G, gemm_chunks, stepped):
+    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and W packed.
+
+    stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
+    step's rows are in cache: the array comes back unfilled and PW = ``pack(W)``.
+    Else the projection of all steps at once (``input_projection``, gemm_chunks row
+    blocks), and PW is the empty stand-in.
+    """
+    if stepped:
+        return empty((x.shape[0], x.shape[1], G), x), pack(W)
+    return input_projection(x, W, G, gemm_chunks), pack_if(W, False)

@@ -35,18 +35,20 @@ from ._common import (
     empty,
     fast_sigmoid,
     fast_tanh,
-    input_projection,
     states,
 )
-from ._simd import pack_if, product
+from ._simd import input_part, pack_if, product
 from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
+def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+                  lengths):
     """Every step of batch rows lo <= n < hi.
 
-    gates: (T, B, 3H) holds x @ W on entry, the post-activation (r, z, n) on exit
+    x: (T, B, I)   W: (I, 3H)   PW: W packed when stepped (see ``_simd.input_part``)
+    gates: (T, B, 3H) holds x @ W on entry (unless stepped), the post-activation (r, z, n)
+    on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
@@ -54,6 +56,8 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
     H = h.shape[2]
     one = gates.dtype.type(1)
     for t in range(y.shape[0]):
+        if stepped:
+            product(x[t], W, PW, gates[t], lo, hi, False, rec)
         if fused:
             rec[lo:hi] = 0
             add_rows_product(h[t], R, rec, lo, hi)
@@ -81,34 +85,37 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths):
+def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+                      lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, P, b,
-                      b_hn, h, hn, y, lengths)
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, x, W, PW, gates,
+                      rec, R, P, b, b_hn, h, hn, y, lengths)
 
 
 @njit(**JIT)
-def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, gemm_chunks):
+def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
-    the input projection (``_common.input_projection``).
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    blocks of the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
     gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = input_projection(x, W, 3 * H, gemm_chunks)
+    gates, PW = input_part(x, W, 3 * H, gemm_chunks, stepped)
     h = states(h0, T)
     hn = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths)
+        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn,
+                          y, lengths)
     else:
-        _forward_rows(0, B, fused, gates, rec, R, P, b, b_hn, h, hn, y, lengths)
+        _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+                      lengths)
     return y, h, gates, hn, h[T].copy()
 
 

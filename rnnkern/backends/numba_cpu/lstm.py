@@ -38,24 +38,28 @@ from ._common import (
     empty,
     fast_sigmoid,
     fast_tanh,
-    input_projection,
     states,
 )
-from ._simd import pack_if, product
+from ._simd import input_part, pack_if, product
 from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
+def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+                  lengths):
     """Every step of batch rows lo <= n < hi.
 
-    gates: (T, B, 4H) holds x @ W on entry, the post-activation (i, f, g, o) on exit
+    x: (T, B, I)   W: (I, 4H)   PW: W packed when stepped (see ``_simd.input_part``)
+    gates: (T, B, 4H) holds x @ W on entry (unless stepped), the post-activation
+    (i, f, g, o) on exit
     rec: (B, 4H) BLAS's h[t] @ R before it is added to gates[t] (v1, v2)
     P: R packed for ``_simd.product`` (empty: BLAS)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     """
     H = h.shape[2]
     for t in range(y.shape[0]):
+        if stepped:
+            product(x[t], W, PW, gates[t], lo, hi, False, rec)
         if fused:
             add_rows_product(h[t], R, gates[t], lo, hi)
         else:
@@ -91,18 +95,19 @@ def _forward_rows(lo, hi, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths):
+def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+                      lengths):
     B = gates.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, gates, rec, R, P, b,
-                      h, c, tanh_c, y, lengths)
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, x, W, PW, gates,
+                      rec, R, P, b, h, c, tanh_c, y, lengths)
 
 
 @njit(**JIT)
-def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks):
+def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
-    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
-    the input projection (``_common.input_projection``).
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    blocks of the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
     gates: (T, B, 4H) post-activation, tanh_c: (T, B, H), hT, cT: (B, H) copies of
@@ -110,16 +115,18 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, gemm_chunks
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates = input_projection(x, W, 4 * H, gemm_chunks)
+    gates, PW = input_part(x, W, 4 * H, gemm_chunks, stepped)
     h, c = states(h0, T), states(c0, T)
     tanh_c = empty((T, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 4 * H), x.dtype)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths)
+        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c,
+                          y, lengths)
     else:
-        _forward_rows(0, B, fused, gates, rec, R, P, b, h, c, tanh_c, y, lengths)
+        _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+                      lengths)
     return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
 
 

@@ -32,18 +32,18 @@ from ._common import (
     add_rows_product,
     empty,
     fast_tanh,
-    input_projection,
     states,
 )
-from ._simd import pack_if, product
+from ._simd import input_part, pack_if, product
 from ._vec import lanes, maximum, vload, vstore, where_positive
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
+def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
-    a: (T, B, H) holds x @ W on entry and the post-activation on exit
+    x: (T, B, I)   W: (I, H)   PW: W packed when stepped (see ``_simd.input_part``)
+    a: (T, B, H) holds x @ W on entry (unless stepped) and the post-activation on exit
     rec: (B, H) BLAS's h[t] @ R before it is added to a[t] (v1, v2)   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
     y: (T, B, H)
@@ -51,6 +51,8 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
     H = h.shape[2]
     zero = a.dtype.type(0)
     for t in range(y.shape[0]):
+        if stepped:
+            product(x[t], W, PW, a[t], lo, hi, False, rec)
         if fused:
             add_rows_product(h[t], R, a[t], lo, hi)
         else:
@@ -78,33 +80,34 @@ def _forward_rows(lo, hi, fused, code, a, rec, R, P, b, h, y, lengths):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, code, a, rec, R, P, b, h, y, lengths):
+def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths):
     B = a.shape[1]
     for i in prange(chunks):
-        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, a, rec, R, P, b,
-                      h, y, lengths)
+        _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, code, x, W, PW,
+                      a, rec, R, P, b, h, y, lengths)
 
 
 @njit(**JIT)
-def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, gemm_chunks):
+def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
-    fused, packed, chunks: the variant's plan (``_common.Plan``); gemm_chunks: row blocks of
-    the input projection (``_common.input_projection``).
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    blocks of the input projection (``_common.input_projection``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
     hT: (B, H) a copy of h[T].
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    a = input_projection(x, W, H, gemm_chunks)
+    a, PW = input_part(x, W, H, gemm_chunks, stepped)
     h = states(h0, T)
     y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, code, a, rec, R, P, b, h, y, lengths)
+        _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
+                          lengths)
     else:
-        _forward_rows(0, B, fused, code, a, rec, R, P, b, h, y, lengths)
+        _forward_rows(0, B, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths)
     return y, h, a, h[T].copy()
 
 
