@@ -255,15 +255,34 @@ def pack_if(B, packed):
     return np.empty((0, B.shape[0], 2 * lanes(B)), B.dtype)
 
 
+@njit(parallel=True, **JIT)
+def _product_parallel(chunks, A, B, P, out):
+    """out = A: (N, K) @ B on the micro-kernel, in ``chunks`` row blocks, one per Numba
+    thread."""
+    N = A.shape[0]
+    for i in prange(chunks):
+        product(A, B, P, out, i * N // chunks, (i + 1) * N // chunks, False, out)
+
+
 @njit(**JIT)
-def input_part(x, W, G, gemm_chunks, stepped):
-    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and W packed.
+def input_part(x, W, G, gemm_chunks, packed, stepped):
+    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed.
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
-    step's rows are in cache: the array comes back unfilled and PW = ``pack(W)``.
-    Else the projection of all steps at once (``input_projection``, gemm_chunks row
-    blocks), and PW is the empty stand-in.
+    step's rows are in cache: the array comes back unfilled.
+    Else the projection of all steps at once, in gemm_chunks row blocks of the T*B rows:
+    on the micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms
+    against OpenBLAS), else BLAS (``input_projection``), PW then the empty stand-in.
     """
+    T, B, I = x.shape
     if stepped:
-        return empty((x.shape[0], x.shape[1], G), x), pack(W)
-    return input_projection(x, W, G, gemm_chunks), pack_if(W, False)
+        return empty((T, B, G), x), pack(W)
+    if not packed:
+        return input_projection(x, W, G, gemm_chunks), pack_if(W, False)
+    out, PW = empty((T, B, G), x), pack(W)
+    x2, o2 = x.reshape(T * B, I), out.reshape(T * B, G)
+    if gemm_chunks == 1:
+        product(x2, W, PW, o2, 0, T * B, False, o2)
+    else:
+        _product_parallel(gemm_chunks, x2, W, PW, o2)
+    return out, PW

@@ -104,7 +104,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates, PW = input_part(x, W, 3 * H, gemm_chunks, stepped)
+    gates, PW = input_part(x, W, 3 * H, gemm_chunks, packed, stepped)
     h = states(h0, T)
     hn = empty((T, B, H), x)
     y = empty((T, B, H), x)

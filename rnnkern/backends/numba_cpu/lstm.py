@@ -115,7 +115,7 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates, PW = input_part(x, W, 4 * H, gemm_chunks, stepped)
+    gates, PW = input_part(x, W, 4 * H, gemm_chunks, packed, stepped)
     h, c = states(h0, T), states(c0, T)
     tanh_c = empty((T, B, H), x)
     y = empty((T, B, H), x)

@@ -98,7 +98,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    a, PW = input_part(x, W, H, gemm_chunks, stepped)
+    a, PW = input_part(x, W, H, gemm_chunks, packed, stepped)
     h = states(h0, T)
     y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
