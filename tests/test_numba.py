@@ -67,17 +67,21 @@ def test_parity_wide_and_saturating(cell, variant):
 
 @pytest.mark.parametrize("chunks", [1, 2, 3, 7])
 def test_products_over_all_steps_in_row_blocks(chunks):
-    """The input projection and the weight gradients split into row blocks (one per
-    Numba thread) against float64 NumPy, including more blocks than rows (empty ones)."""
-    from rnnkern.backends.numba_cpu._common import input_projection, weight_grads
+    """The input projection (on BLAS and on the packed micro-kernel) and the weight
+    gradients split into row blocks (one per Numba thread) against float64 NumPy,
+    including more blocks than rows (empty ones)."""
+    from rnnkern.backends.numba_cpu._common import weight_grads
+    from rnnkern.backends.numba_cpu._simd import input_projection, pack_if
 
     rng = np.random.default_rng(chunks)
-    for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1)]:
+    for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1), (3, 5, 6, 37, 1)]:
         x = rng.standard_normal((T, B, I))
         W = rng.standard_normal((I, G * H))
         h = rng.standard_normal((T + 1, B, H))
         dgx, dgh = rng.standard_normal((2, T, B, G * H))
-        np.testing.assert_allclose(input_projection(x, W, G * H, chunks), x @ W, rtol=1e-12)
+        for packed in (False, True):
+            np.testing.assert_allclose(
+                input_projection(x, W, pack_if(W, packed), G * H, chunks), x @ W, rtol=1e-12)
         dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh, chunks)
         xs, hs = x.reshape(T * B, I), h[:T].reshape(T * B, H)
         gx, gh = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)

@@ -371,33 +371,6 @@ def add_rows_product(A, R, out, lo, hi):
         add_row_product(A[n], R, out[n])
 
 
-@njit(parallel=True, **JIT)
-def _rows_product_parallel(chunks, A, B, out):
-    """out = A @ B with A: (N, K) split into ``chunks`` row blocks, one per Numba thread."""
-    N = A.shape[0]
-    for i in prange(chunks):
-        lo, hi = i * N // chunks, (i + 1) * N // chunks
-        matmul(A[lo:hi], B, out[lo:hi])
-
-
-@njit(**JIT)
-def input_projection(x, W, G, chunks):
-    """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once;
-    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread.
-    (The parallel loop is a function of its own: entering a ``parallel=True`` function
-    costs ~2 us even when its prange is not reached, a tenth of a call at the smallest
-    shapes.)"""
-    T, B, I = x.shape
-    N = T * B
-    out = empty((T, B, G), x)
-    x2, o2 = x.reshape(N, I), out.reshape(N, G)
-    if chunks == 1:
-        matmul(x2, W, o2)
-    else:
-        _rows_product_parallel(chunks, x2, W, o2)
-    return out
-
-
 @njit(**JIT)
 def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
     """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)

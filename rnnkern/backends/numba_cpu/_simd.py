@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ._common import FASTMATH, JIT, add_into, empty, input_projection, matmul
+from ._common import FASTMATH, JIT, add_into, empty, matmul
 from ._vec import lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def pack_if(B, packed):
 
 @njit(parallel=True, **JIT)
 def _product_parallel(chunks, A, B, P, out):
-    """out = A: (N, K) @ B on the micro-kernel, in ``chunks`` row blocks, one per Numba
+    """out = A: (N, K) @ B with ``product``, in ``chunks`` row blocks, one per Numba
     thread."""
     N = A.shape[0]
     for i in prange(chunks):
@@ -272,24 +272,36 @@ def _product_parallel(chunks, A, B, P, out):
 
 
 @njit(**JIT)
+def input_projection(x, W, PW, G, chunks):
+    """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once, with
+    ``product`` over PW (``pack_if(W, ...)``: on the micro-kernel, or BLAS when empty);
+    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread.
+    (The parallel loop is a function of its own: entering a ``parallel=True`` function
+    costs ~2 us even when its prange is not reached, a tenth of a call at the smallest
+    shapes.)"""
+    T, B, I = x.shape
+    N = T * B
+    out = empty((T, B, G), x)
+    x2, o2 = x.reshape(N, I), out.reshape(N, G)
+    if chunks == 1:
+        product(x2, W, PW, o2, 0, N, False, o2)
+    else:
+        _product_parallel(chunks, x2, W, PW, o2)
+    return out
+
+
+@njit(**JIT)
 def input_part(x, W, G, gemm_chunks, packed, stepped):
-    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed.
+    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed (or the
+    empty stand-in of an unpacked variant).
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
     step's rows are in cache: the array comes back unfilled.
-    Else the projection of all steps at once, in gemm_chunks row blocks of the T*B rows:
-    on the micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms
-    against OpenBLAS), else BLAS (``input_projection``), PW then the empty stand-in.
+    Else ``input_projection`` of all steps at once, in gemm_chunks row blocks: on the
+    micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms against
+    OpenBLAS), on BLAS for the others.
     """
-    T, B, I = x.shape
     if stepped:
-        return empty((T, B, G), x), pack(W)
-    if not packed:
-        return input_projection(x, W, G, gemm_chunks), pack_if(W, False)
-    out, PW = empty((T, B, G), x), pack(W)
-    x2, o2 = x.reshape(T * B, I), out.reshape(T * B, G)
-    if gemm_chunks == 1:
-        product(x2, W, PW, o2, 0, T * B, False, o2)
-    else:
-        _product_parallel(gemm_chunks, x2, W, PW, o2)
-    return out, PW
+        return empty((x.shape[0], x.shape[1], G), x), pack(W)
+    PW = pack_if(W, packed)
+    return input_projection(x, W, PW, G, gemm_chunks), PW

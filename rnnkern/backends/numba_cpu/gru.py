@@ -97,7 +97,7 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_h
 def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_common.input_projection``).
+    blocks of the input projection (``_simd.input_part``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
     gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T].

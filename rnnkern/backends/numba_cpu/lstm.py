@@ -107,7 +107,7 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, 
 def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_common.input_projection``).
+    blocks of the input projection (``_simd.input_part``).
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
     gates: (T, B, 4H) post-activation, tanh_c: (T, B, H), hT, cT: (B, H) copies of

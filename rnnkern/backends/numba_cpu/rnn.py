@@ -91,7 +91,7 @@ def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h
 def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_common.input_projection``).
+    blocks of the input projection (``_simd.input_part``).
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
     hT: (B, H) a copy of h[T].
