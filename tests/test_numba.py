@@ -107,9 +107,9 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 def test_packed_product_against_numpy(dtype):
     """``_simd.product``: rows lo..hi of A @ B, written or added, through whole 4-row
     tiles over pairs of panels and over a last odd panel, left-over rows and columns,
-    for a row-major B and a transposed view (the backward's R.T), K in one block and in
-    three (the last partial); the rows outside lo..hi stay untouched. An empty pack calls
-    BLAS."""
+    for a row-major B and a transposed view (the backward's R.T), K in one block, in two
+    and in three (the last partial; a pair of panels and a lone one, both in blocks); the
+    rows outside lo..hi stay untouched. An empty pack calls BLAS."""
     from rnnkern.backends.numba_cpu._simd import KB, pack, pack_if, product
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
@@ -120,7 +120,7 @@ def test_packed_product_against_numpy(dtype):
                             (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
                             (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
                             (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8),
-                            (6, 2 * KB + 77, 2 * nr + 3, 1, 6)]:
+                            (6, 2 * KB + 77, 2 * nr + 3, 1, 6), (8, KB + 5, 3 * nr + 2, 0, 8)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):

@@ -12,7 +12,8 @@ The same tiles make the input part ``x @ W`` over a packed W: for all steps at o
 before the loop (v6, v7; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200), or
 step by step inside it (v8, v9, ``input_part``), so that a step's gates never leave cache.
 K runs in blocks of ``KB``: a pair of panels over one block stays in L2 while every row
-tile uses it (at K = 1024..4096, 91-99 -> 104-110 GFLOP/s on one core).
+tile uses it (at K = 1024..4096, 91-99 -> 104-110 GFLOP/s on one core), and a pair's blocks
+run one after another, so that the partial sums they pass on are still in cache.
 
 The micro-kernel's accumulators are ``_vec.Vec`` values: LLVM keeps a tile of the output
 in registers only when they are values, not array elements it cannot prove unaliased.
@@ -224,19 +225,24 @@ def product(A, B, P, out, lo, hi, add, scratch):
         return
     m4 = lo + (hi - lo) // 4 * 4
     panels = P.shape[0]
-    p2 = panels // 2 * 2
     p4 = panels // 4 * 4
-    # K in blocks: a block of a pair of panels (KB * 2 * NR elements) stays in L2 while
-    # every row tile of the block uses it; the tiles' partial sums go through out
+    # K in blocks: one block of a pair of panels (KB * 2 * NR elements) stays in L2 while
+    # every row tile uses it, the tiles' partial sums going through out; the blocks of a
+    # pair run one after the other, so that those partial sums are still in cache when
+    # the next block reads them (K outermost, they came back from L3 at N = 4096: 32 rows
+    # by 1024 @ 1024 x 4096, 98-101 -> 102-104 GFLOP/s on one core, both cores busy)
+    for p in range(0, panels, 2):
+        for k0 in range(0, K, KB):
+            k1 = min(K, k0 + KB)
+            acc = add or k0 > 0
+            for m in range(lo, m4, 4):
+                if p + 1 < panels:
+                    _tile4x2(A, P, out, m, p, acc, k0, k1)
+                else:
+                    _tile4(A, P, out, m, p, acc, k0, k1)
     for k0 in range(0, K, KB):
         k1 = min(K, k0 + KB)
         acc = add or k0 > 0
-        for p in range(0, p2, 2):
-            for m in range(lo, m4, 4):
-                _tile4x2(A, P, out, m, p, acc, k0, k1)
-        for p in range(p2, panels):
-            for m in range(lo, m4, 4):
-                _tile4(A, P, out, m, p, acc, k0, k1)
         for m in range(m4, hi):
             for p in range(0, p4, 4):
                 _tile1x4(A, P, out, m, p, acc, k0, k1)
