@@ -69,16 +69,20 @@ def test_parity_wide_and_saturating(cell, variant):
 def test_products_over_all_steps_in_row_blocks(chunks):
     """The input projection (on BLAS and on the packed micro-kernel) and the weight
     gradients split into row blocks (one per Numba thread) against float64 NumPy,
-    including more blocks than rows (empty ones)."""
-    from rnnkern.backends.numba_cpu._common import weight_grads
-    from rnnkern.backends.numba_cpu._simd import input_projection, pack_if
+    including more blocks than rows (empty ones); dW, dR on BLAS (gate columns past a
+    whole panel) and on the micro-kernel (G*H a multiple of 16), over two gradient arrays
+    and over one (dgx is dgh, packed once)."""
+    from rnnkern.backends.numba_cpu._simd import input_projection, pack_if, weight_grads
 
     rng = np.random.default_rng(chunks)
-    for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1), (3, 5, 6, 37, 1)]:
+    for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1), (3, 5, 6, 37, 1),
+                          (6, 5, 9, 16, 4), (4, 7, 3, 32, 3), (2, 3, 5, 16, 1)]:
         x = rng.standard_normal((T, B, I))
         W = rng.standard_normal((I, G * H))
         h = rng.standard_normal((T + 1, B, H))
         dgx, dgh = rng.standard_normal((2, T, B, G * H))
+        if G != 3:
+            dgh = dgx
         for packed in (False, True):
             np.testing.assert_allclose(
                 input_projection(x, W, pack_if(W, packed), G * H, chunks), x @ W, rtol=1e-12)
@@ -115,11 +119,12 @@ def test_packed_product_against_numpy(dtype):
 
     rng = np.random.default_rng(11)
     nr = 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
-    # whole tiles, left-over rows over 4 panels at once and one at a time, no rows at all
+    # whole tiles, left-over rows over 4 panels at once and one at a time, no rows at all,
+    # K = 0 (an empty sum)
     for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
                             (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
                             (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
-                            (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8),
+                            (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8), (5, 0, 2 * nr, 0, 5),
                             (6, 2 * KB + 77, 2 * nr + 3, 1, 6), (8, KB + 5, 3 * nr + 2, 0, 8)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),

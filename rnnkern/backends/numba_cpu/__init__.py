@@ -29,8 +29,8 @@ from ._common import (
     Plan,
     choose,
     reuse_freed_memory,
-    weight_grads,
 )
+from ._simd import weight_grads
 
 __all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
            "lstm_forward", "rnn_backward", "rnn_forward", "xp"]

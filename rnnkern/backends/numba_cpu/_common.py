@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from ._vec import Vec, maximum, minimum, vexp_libm, vtanh_libm
@@ -369,64 +369,6 @@ def add_rows_product(A, R, out, lo, hi):
         n += 2
     if n < hi:
         add_row_product(A[n], R, out[n])
-
-
-@njit(**JIT)
-def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
-    """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
-    make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
-    entry), their sums over these rows."""
-    matmul(dgx2, W.T, dx2)
-    matmul(x2.T, dgx2, dW)
-    matmul(h2.T, dgh2, dR)
-    # float64 accumulator: N float32 terms would otherwise lose digits
-    for n in range(dgx2.shape[0]):
-        for g in range(dgx2.shape[1]):
-            db[g] += dgx2[n, g]
-
-
-@njit(parallel=True, **JIT)
-def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db):
-    """``_weight_grads_rows`` over ``chunks`` row blocks, one per Numba thread: block 0
-    into dW, dR, db[0], block i > 0 into the partials pW[i - 1], pR[i - 1], db[i]."""
-    N = x2.shape[0]
-    for i in prange(chunks):
-        lo, hi = i * N // chunks, (i + 1) * N // chunks
-        _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
-                           dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
-
-
-@njit(**JIT)
-def weight_grads(x, W, h, dgx, dgh, chunks):
-    """dx and the weight gradients as GEMMs over all steps at once.
-
-    x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
-    dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
-    chunks: row blocks of T*B, one per Numba thread when > 1, each with its own partial
-    weight gradients (single-threaded BLAS calls)
-    Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
-    """
-    T, B, I = x.shape
-    H = h.shape[2]
-    GH = dgx.shape[2]
-    N = T * B
-    x2, h2 = x.reshape(N, I), h[:T].reshape(N, H)
-    dgx2, dgh2 = dgx.reshape(N, GH), dgh.reshape(N, GH)
-    dx = empty((T, B, I), x)
-    dx2 = dx.reshape(N, I)
-    # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
-    dW, pW = empty((I, GH), x), empty((chunks - 1, I, GH), x)
-    dR, pR = empty((H, GH), x), empty((chunks - 1, H, GH), x)
-    db = np.zeros((chunks, GH), np.float64)
-    if chunks == 1:
-        _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
-    else:
-        _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db)
-        for i in range(1, chunks):
-            add_into(dW, pW[i - 1])
-            add_into(dR, pR[i - 1])
-            add_into(db[:1], db[i:i + 1])
-    return dx, dW, dR, db[0].astype(x.dtype)
 
 
 @njit(**JIT)
