@@ -73,15 +73,21 @@ def _ol_panel(B, P, p):
     return any_layout
 
 
+@njit(**JIT)
+def _panels(B):
+    """An uninitialised (N // NR, K, NR) array for ``pack(B)``: B: (K, N)."""
+    K, N = B.shape
+    nr = 2 * lanes(B)
+    return empty((N // nr, K, nr), B)
+
+
 @njit(parallel=True, **JIT)
 def pack(B):
     """B: (K, N), any layout -> (N // NR, K, NR) C-contiguous, NR = 2 * lanes: B's columns
     in panels of NR, each panel's rows consecutive (the order the micro-kernel reads them).
     The last N % NR columns are left out; ``product`` takes those from B itself."""
-    K, N = B.shape
-    nr = 2 * lanes(B)
-    P = empty((N // nr, K, nr), B)
-    for p in prange(N // nr):
+    P = _panels(B)
+    for p in prange(P.shape[0]):
         _panel(B, P, p)
     return P
 
@@ -90,10 +96,8 @@ def pack(B):
 def _pack_serial(B):
     """``pack`` on the calling thread alone, for a caller that is one of several threads
     already."""
-    K, N = B.shape
-    nr = 2 * lanes(B)
-    P = empty((N // nr, K, nr), B)
-    for p in range(N // nr):
+    P = _panels(B)
+    for p in range(P.shape[0]):
         _panel(B, P, p)
     return P
 
@@ -381,7 +385,7 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
     dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
     chunks: row blocks of T*B, one per Numba thread when > 1, each with its own partial
-    weight gradients (single-threaded BLAS calls)
+    weight gradients (``product`` on that thread, or single-threaded BLAS calls)
     Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
     """
     T, B, I = x.shape
