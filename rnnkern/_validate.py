@@ -226,6 +226,15 @@ def check_forward(
     return Dims(T, B, I, H, dtype, xp), lengths
 
 
+def check_training(training: Any) -> bool:
+    """``training`` of a forward: True keeps the cache for a backward, False (inference)
+    returns None in its place."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"training: expected True or False, got {type(training).__name__} "
+                         f"{training!r}")
+    return bool(training)
+
+
 def check_backward(d: Dims, contiguous: bool = True, **grads_in: Any) -> None:
     """Validate output gradients against the forward's sizes: dy: (T, B, H), the rest (B, H)."""
     if d.xp is np and contiguous and all(  # the common case, fast: plain and right

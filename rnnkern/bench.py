@@ -133,7 +133,9 @@ def _problem(cell: str, s: Shape, seed: int = 0) -> Any:
 
 def backend_runner(name: str, cell: str, s: Shape, variant: str | None
                    ) -> dict[str, Callable[[], Any]]:
-    """Forward and forward+backward of one backend (``variant``: a numba kernel or None)."""
+    """Forward and forward+backward of one backend (``variant``: a numba kernel or None).
+    The forward is an inference pass (``training=False``), as torch's runs under no_grad;
+    the forward of forward+backward keeps its cache."""
     be = backends.get(name)
     p = _problem(cell, s)
     x, P, dy = p.inputs["x"], p.params, p.out_grads["dy"]
@@ -144,12 +146,15 @@ def backend_runner(name: str, cell: str, s: Shape, variant: str | None
     bwd = getattr(be, f"{cell}_backward")
 
     def forward() -> Any:
-        return fwd(*args, **kw)
+        return fwd(*args, training=False, **kw)
 
     def both() -> Any:
-        return bwd(dy, None, forward()[2], **kw)
+        return bwd(dy, None, fwd(*args, **kw)[2], **kw)
 
-    return {"forward": forward, "forward+backward": both}
+    def used() -> str:
+        return fwd(*args, **kw)[2].get("variant", "")
+
+    return {"forward": forward, "forward+backward": both, "variant": used}
 
 
 def torch_runner(cell: str, s: Shape) -> dict[str, Callable[[], Any]]:
@@ -202,11 +207,11 @@ def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: i
     of idle time and one more untimed call.
     """
     for passes in runners.values():
-        for fn in passes.values():
-            fn()
-            fn()
-    calls = {(impl, ps): _calls_per_sample(fn)
-             for impl, passes in runners.items() for ps, fn in passes.items()}
+        for ps in PASSES:
+            passes[ps]()
+            passes[ps]()
+    calls = {(impl, ps): _calls_per_sample(passes[ps])
+             for impl, passes in runners.items() for ps in PASSES}
     out: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
     for _ in range(repeat):
         for (impl, ps), n in calls.items():
@@ -368,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 runners["torch"] = torch_runner(cell, shape)
             timings = time_interleaved(runners, args.repeat)
             # the kernel variant each backend ran (chosen by shape unless given)
-            used = {impl: "" if impl == "torch" else fns["forward"]()[2].get("variant", "")
+            used = {impl: fns["variant"]() if "variant" in fns else ""
                     for impl, fns in runners.items()}
             for (impl, ps), samples in timings.items():
                 rows.append({"cell": cell, "shape": shape.name, "sizes": shape.label(),

@@ -137,11 +137,11 @@ def cupy_runner(cell: str, shape: Shape, variant: str, lengths: Any,
     bwd = getattr(cupy_cuda, f"{cell}_backward")
     state = (None, None) if cell == "lstm" else (None,)
 
-    def forward() -> Any:
-        return fwd(x, *state, *params, lengths=lens, variant=variant)
+    def forward() -> Any:  # an inference pass, as torch's under no_grad
+        return fwd(x, *state, *params, lengths=lens, training=False, variant=variant)
 
     def both() -> Any:
-        _, _, cache = forward()
+        _, _, cache = fwd(x, *state, *params, lengths=lens, variant=variant)
         return bwd(dy, None, cache, variant=variant)
 
     return {"forward": forward, "forward+backward": both}

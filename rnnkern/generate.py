@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 from ._validate import array_module, as_array, check_int, check_lengths
 from .layers import Layer
 
-#: steps per piece when a forward pass streams (no gradient wanted): only one
-#: piece's caches are alive at a time (docs/MEMORY.md)
+#: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
+#: piece's work arrays are alive at a time (docs/MEMORY.md)
 STREAM_CHUNK = 256
 
 
@@ -114,26 +114,27 @@ def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
 
 def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
            chunk: int = STREAM_CHUNK) -> tuple[Any, Any]:
-    """Forward without gradients in pieces of ``chunk`` steps, the state carried, so
-    that the caches of one piece at most are alive. Same results as one call.
+    """Forward without gradients (``training=False``: no caches) in pieces of ``chunk``
+    steps, the state carried, so that the work arrays of one piece at most are alive (a
+    kernel's input projection holds every step of its call). Same results as one call.
 
     x: (T, B, I) -> y: (T, B, O) and the final state (rows past their length keep
     the state at their last step, their outputs are zero, as in one call).
     """
     T, B = x.shape[:2]
     if T <= chunk:
-        y, state, _ = model._forward(x, state, lengths)
+        y, state, _ = model._forward(x, state, lengths, False)
         return y, state
     xp = array_module(x=x)
     y = xp.empty((T, B, model.out_features), model.dtype)
     for s in range(0, T, chunk):
         e = min(s + chunk, T)
         if lengths is None:
-            y[s:e], state, _ = model._forward(x[s:e], state, None)
+            y[s:e], state, _ = model._forward(x[s:e], state, None, False)
             continue
         # a row that ended before this piece runs one padding step, which is undone
         live = (lengths > s)[:, None]
-        out, new_state, _ = model._forward(x[s:e], state, xp.clip(lengths - s, 1, e - s))
+        out, new_state, _ = model._forward(x[s:e], state, xp.clip(lengths - s, 1, e - s), False)
         state = _mix(xp, live, new_state, state)
         y[s:e] = out * live[None]
     return y, state
@@ -167,7 +168,7 @@ def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: 
     prev = y_pre[T0 - 1 :]
     if lengths is None:
         for t in range(T0, T):
-            prev, state, cache = model._forward(prev, state, None)
+            prev, state, cache = model._forward(prev, state, None, record)
             y[t] = prev[0]
             if record:
                 tape.steps.append((cache, None, None))
@@ -178,7 +179,7 @@ def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: 
     for t in range(T0, int(lengths.max())):
         active, fed = active_all[t], fed_all[t]                   # (B, 1) each
         inp = xp.where(fed, prev, x[t : t + 1])
-        out, new_state, cache = model._forward(inp, state, None)
+        out, new_state, cache = model._forward(inp, state, None, record)
         state = _mix(xp, active, new_state, state)
         prev = out * active
         y[t] = prev[0]
@@ -245,6 +246,6 @@ def generate(model: Layer, primer: Any, steps: int, state: Any = None,
     prev = y[-1:]
     for k in range(steps):
         if k:
-            prev, state, _ = model._forward(prev, state, None)
+            prev, state, _ = model._forward(prev, state, None, False)
         out[k] = prev[0]
     return (out, state) if return_state else out

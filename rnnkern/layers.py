@@ -1,10 +1,12 @@
 """Model layer: RNN, LSTM, GRU, Dense and Sequential over any registered backend.
 
-Every layer has a hand-written ``forward(x, state, lengths) -> (y, state, cache)``
-and ``backward(dy, dstate, cache) -> (dx, dstate0, grads)``; the recurrent ones
+Every layer has a hand-written ``forward(x, state, lengths, training=True) -> (y, state,
+cache)`` and ``backward(dy, dstate, cache) -> (dx, dstate0, grads)``; the recurrent ones
 call the kernels of ``rnnkern.backends.get(backend)``, ``Dense`` is one GEMM and
-a pointwise activation. There is no autograd: ``Sequential`` chains the layers
-forward and their backwards in reverse.
+a pointwise activation. ``training=False`` is an inference pass: the cache is None and
+the kernels need not keep it (calling a layer, ``generate`` and ``evaluate`` do that).
+There is no autograd: ``Sequential`` chains the layers forward and their backwards in
+reverse.
 
 Shapes (time-major, as the kernels): x: (T, B, I) -> y: (T, B, O). State of a
 recurrent layer: ``h: (B, H)`` (RNN, GRU) or ``(h, c)`` (LSTM); of ``Dense``: None;
@@ -161,12 +163,16 @@ class Layer:
                              f"got {type(state).__name__}")
         return None
 
-    def forward(self, x: Any, state: State = None, lengths: Any = None) -> tuple:
+    def forward(self, x: Any, state: State = None, lengths: Any = None,
+                training: bool = True) -> tuple:
         """x: (T, B, in_features), state, lengths: (B,) or None -> (y, state, cache),
-        every argument validated first (see ``check_call``)."""
-        return self._forward(*self.check_call(x, state, lengths))
+        every argument validated first (see ``check_call``); ``training=False`` for
+        inference: the cache is None (nothing is kept for a backward)."""
+        if not isinstance(training, (bool, np.bool_)):
+            raise TypeError(f"training: expected True or False, got {type(training).__name__}")
+        return self._forward(*self.check_call(x, state, lengths), bool(training))
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """``forward`` on arguments already validated (the inner loops call this)."""
         raise NotImplementedError
 
@@ -175,8 +181,9 @@ class Layer:
 
     def __call__(self, x: Any, lengths: Any = None, state: State = None,
                  return_state: bool = False) -> Any:
-        """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state."""
-        y, state_out, _ = self.forward(x, state, lengths)
+        """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state.
+        An inference pass (``forward`` with ``training=False``)."""
+        y, state_out, _ = self.forward(x, state, lengths, training=False)
         return (y, state_out) if return_state else y
 
     def __repr__(self) -> str:
@@ -261,11 +268,12 @@ class RNN(_Cell):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "activation": self.activation}
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
         p = self._params
         return self._be.rnn_forward(x, state, p["W"], p["R"], p["b"],
-                                    activation=self.activation, lengths=lengths)
+                                    activation=self.activation, lengths=lengths,
+                                    training=training)
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads {W, R, b}."""
@@ -293,11 +301,12 @@ class LSTM(_Cell):
                             f"H={self.hidden}), or None, got {type(state).__name__}")
         return (self._check_h(f"{name}[0]", state[0], B), self._check_h(f"{name}[1]", state[1], B))
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """x: (T, B, I), state: (h0, c0) or None -> y: (T, B, H), (hT, cT), cache."""
         h0, c0 = (None, None) if state is None else state
         p = self._params
-        return self._be.lstm_forward(x, h0, c0, p["W"], p["R"], p["b"], lengths=lengths)
+        return self._be.lstm_forward(x, h0, c0, p["W"], p["R"], p["b"], lengths=lengths,
+                                     training=training)
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, H) or None, dstate: (dhT, dcT) or None -> dx, (dh0, dc0), grads."""
@@ -319,11 +328,11 @@ class GRU(_Cell):
                  dtype: Any = "float32", seed: int | None = None) -> None:
         super().__init__(in_features, hidden, backend, dtype, seed)
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
         p = self._params
         return self._be.gru_forward(x, state, p["W"], p["R"], p["b"], p["b_hn"],
-                                    lengths=lengths)
+                                    lengths=lengths, training=training)
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads."""
@@ -381,15 +390,15 @@ class Dense(Layer):
 
     contiguous_input = False
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
-        """x: (T, B, in) -> y: (T, B, out), None, cache."""
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
+        """x: (T, B, in) -> y: (T, B, out), None, cache (None unless training)."""
         W, b = self._params["W"], self._params["b"]
         xp = array_module(x=x, W=W)
         active = None if lengths is None else active_rows(lengths, x.shape[0], xp)
         y = _act(self.activation, x @ W + b, xp)
         if active is not None:
             y = y * active
-        return y, None, (x, y, active)
+        return y, None, (x, y, active) if training else None
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, out) -> dx: (T, B, in), None, grads {W, b}."""
@@ -498,14 +507,15 @@ class Sequential(Layer):
         return tuple(layer.check_state(s, B, f"{name}[{i}]")
                      for i, (layer, s) in enumerate(zip(self.layers, state)))
 
-    def _forward(self, x: Any, state: State, lengths: Any) -> tuple:
-        """x: (T, B, I), state: tuple (one per layer) or None -> y, state tuple, caches."""
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
+        """x: (T, B, I), state: tuple (one per layer) or None -> y, state tuple, caches
+        (None unless training)."""
         states, caches = [], []
         for i, layer in enumerate(self.layers):
-            x, s, c = layer._forward(x, None if state is None else state[i], lengths)
+            x, s, c = layer._forward(x, None if state is None else state[i], lengths, training)
             states.append(s)
             caches.append(c)
-        return x, tuple(states), caches
+        return x, tuple(states), caches if training else None
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, O), dstate: tuple or None -> dx: (T, B, I), dstate0 tuple, grads."""

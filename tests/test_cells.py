@@ -104,6 +104,29 @@ def test_chunks_match_one_call(backend, case, lengths):
                                    rtol=1e-10, atol=1e-13)
 
 
+def _host(a):
+    return a.get() if hasattr(a, "get") else a  # a CuPy array comes back to the host
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_pass_equals_training_pass(backend, case, dtype):
+    """``training=False``: no cache, and the outputs and final state of a training pass bit
+    for bit (T=1, B=1, odd sizes, variable lengths, a carried state)."""
+    cell, act = case
+    be = backends.get(backend)
+    for seed, (shape, lengths, h0) in enumerate(
+            [((1, 1, 2, 3), False, True), ((5, 3, 3, 7), True, True), ((4, 2, 1, 5), True, False)]):
+        p = gc.make_problem(cell, *shape, activation=act, lengths=lengths, h0=h0,
+                            seed=seed).astype(dtype)
+        y, state, cache = gc.forward(be, p)
+        p.options = {"training": False}
+        y_inf, state_inf, cache_inf = gc.forward(be, p)
+        assert cache is not None and cache_inf is None
+        for a, b in zip((y, *state), (y_inf, *state_inf), strict=True):
+            assert b.dtype == dtype and np.array_equal(_host(a), _host(b))
+
+
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_in_dtype_out(backend, case, dtype):

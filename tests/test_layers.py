@@ -52,6 +52,28 @@ def test_dense_forward_backward_matches_formula(backend):
     assert state is None
 
 
+def test_call_is_an_inference_pass(backend):
+    """Calling a model is ``forward(..., training=False)``: no caches, the same outputs
+    and state as a training pass."""
+    m = rk.Sequential(rk.Dense(2, 4, "tanh"), rk.LSTM(4, 3), rk.GRU(3, 5), rk.RNN(5, 2),
+                      backend=backend, dtype="float64", seed=2)
+    x = np.random.default_rng(2).standard_normal((6, 3, 2))
+    y, state, caches = m.forward(x)
+    assert len(caches) == 4 and all(c is not None for c in caches)
+    y_inf, state_inf, caches_inf = m.forward(x, training=False)
+    assert caches_inf is None
+    np.testing.assert_array_equal(y_inf, y)
+    np.testing.assert_array_equal(m(x), y)
+    for a, b in zip((state[1][0], state[1][1], state[2], state[3]),
+                    (state_inf[1][0], state_inf[1][1], state_inf[2], state_inf[3])):
+        np.testing.assert_array_equal(a, b)
+    h = m[0](x)
+    assert m[0].forward(x, training=False)[2] is None
+    assert m[1].forward(h, training=False)[2] is None
+    with pytest.raises(TypeError, match="training: expected True or False, got str"):
+        m.forward(x, training="no")
+
+
 def test_carried_state_equals_one_pass(backend):
     m = rk.Sequential(rk.Dense(2, 4, "relu"), rk.LSTM(4, 3), rk.GRU(3, 3), rk.Dense(3, 2),
                       backend=backend, dtype="float64", seed=1)

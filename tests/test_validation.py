@@ -10,14 +10,14 @@ from rnnkern import gradcheck as gc
 
 def _call(be, cell, kw):
     """Call ``be.<cell>_forward`` with keyword arguments (None for missing states)."""
+    opt = {"lengths": kw.get("lengths"), "training": kw.get("training", True)}
     if cell == "rnn":
         return be.rnn_forward(kw["x"], kw.get("h0"), kw["W"], kw["R"], kw["b"],
-                              activation=kw.get("activation", "tanh"), lengths=kw.get("lengths"))
+                              activation=kw.get("activation", "tanh"), **opt)
     if cell == "lstm":
         return be.lstm_forward(kw["x"], kw.get("h0"), kw.get("c0"), kw["W"], kw["R"], kw["b"],
-                               lengths=kw.get("lengths"))
-    return be.gru_forward(kw["x"], kw.get("h0"), kw["W"], kw["R"], kw["b"], kw["b_hn"],
-                          lengths=kw.get("lengths"))
+                               **opt)
+    return be.gru_forward(kw["x"], kw.get("h0"), kw["W"], kw["R"], kw["b"], kw["b_hn"], **opt)
 
 
 def _good(cell, T=4, B=3, I=2, H=5):
@@ -50,6 +50,8 @@ BAD = [
     ("gru", "lengths", lambda k: np.array([1.0, 2.0, 3.0]), ["lengths:", "float64"]),
     ("rnn", "lengths", lambda k: np.array([True, True, True]), ["lengths:", "bool"]),
     ("rnn", "activation", lambda k: "sigmoid", ["activation:", "'sigmoid'", "'tanh'"]),
+    ("lstm", "training", lambda k: "no", ["training:", "True or False", "'no'"]),
+    ("gru", "training", lambda k: 0, ["training:", "True or False", "int"]),
 ]
 
 

@@ -11,6 +11,9 @@ state is carried unchanged, its output is zero and no gradient flows through the
 step. Caches store post-activation gates, so every derivative is taken from an
 output (``sigmoid' = s(1-s)``, ``tanh' = 1-t^2``).
 
+Every forward accepts ``training=False`` for inference and then returns None for the
+cache (the reference computes it all the same; the fast backends keep one step's work).
+
 Every backward accepts ``per_step=True`` and then also returns ``steps``: each
 step's own contribution to every parameter gradient, ``steps[k]: (T, *shape)``,
 with ``steps[k].sum(0) == grads[k]``.
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import Dims, check_activation, check_backward, check_forward
+from .._validate import Dims, check_activation, check_backward, check_forward, check_training
 
 Cache = dict[str, Any]
 Grads = dict[str, np.ndarray]
@@ -106,14 +109,17 @@ def rnn_forward(
     b: np.ndarray,
     activation: str = "tanh",
     lengths: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, Cache]:
+    training: bool = True,
+) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """Elman RNN over a whole sequence.
 
     x: (T, B, I) inputs   h0: (B, H) or None (zeros)   W: (I, H)   R: (H, H)   b: (H,)
     activation: "tanh" | "relu" | "identity"   lengths: (B,) int or None
-    Returns y: (T, B, H) outputs, hT: (B, H) final state, cache.
+    training: False for inference (no cache)
+    Returns y: (T, B, H) outputs, hT: (B, H) final state, cache (None unless training).
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
+    keep = check_training(training)
     act = ACTIVATIONS[check_activation(activation)]
     T, B, H = d.T, d.B, d.H
     active = active_mask(lengths, T, B)                     # (T, B, 1)
@@ -128,7 +134,7 @@ def rnn_forward(
         y[t] = np.where(active[t], a[t], 0)
     cache = dict(cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
                  h=h, a=a, active=active)
-    return y, h[T].copy(), cache
+    return y, h[T].copy(), cache if keep else None
 
 
 def rnn_backward(
@@ -168,14 +174,16 @@ def lstm_forward(
     R: np.ndarray,
     b: np.ndarray,
     lengths: np.ndarray | None = None,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
+    training: bool = True,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache | None]:
     """LSTM over a whole sequence.
 
     x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
-    lengths: (B,) int or None
-    Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
+    lengths: (B,) int or None   training: False for inference (no cache)
+    Returns y: (T, B, H), (hT, cT): (B, H) each, cache (None unless training).
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
+    keep = check_training(training)
     T, B, H = d.T, d.B, d.H
     active = active_mask(lengths, T, B)                     # (T, B, 1)
     gx = x @ W + b                                          # (T, B, 4H)
@@ -200,7 +208,7 @@ def lstm_forward(
         y[t] = np.where(active[t], h_new, 0)
     cache = dict(cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c, gates=gates,
                  tanh_c=tanh_c, active=active)
-    return y, (h[T].copy(), c[T].copy()), cache
+    return y, (h[T].copy(), c[T].copy()), cache if keep else None
 
 
 def lstm_backward(
@@ -254,14 +262,16 @@ def gru_forward(
     b: np.ndarray,
     b_hn: np.ndarray,
     lengths: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, Cache]:
+    training: bool = True,
+) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """GRU over a whole sequence.
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    lengths: (B,) int or None
-    Returns y: (T, B, H), hT: (B, H), cache.
+    lengths: (B,) int or None   training: False for inference (no cache)
+    Returns y: (T, B, H), hT: (B, H), cache (None unless training).
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
+    keep = check_training(training)
     T, B, H = d.T, d.B, d.H
     active = active_mask(lengths, T, B)                     # (T, B, 1)
     gx = x @ W + b                                          # (T, B, 3H)
@@ -280,7 +290,7 @@ def gru_forward(
         h[t + 1] = np.where(active[t], h_new, h[t])
         y[t] = np.where(active[t], h_new, 0)
     cache = dict(cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates, hn=hn, active=active)
-    return y, h[T].copy(), cache
+    return y, h[T].copy(), cache if keep else None
 
 
 def gru_backward(

@@ -9,6 +9,10 @@ persistent launch for the whole time loop, R on chip). Every function takes
 CuPy is optional: this module imports without it, and ``is_available()`` is True only
 when CuPy imports and a CUDA device answers. Arrays must all be CuPy arrays; NumPy input
 raises ValueError instead of being copied to the device.
+
+A forward with ``training=False`` returns None for its cache, but its kernels still write
+every step's arrays (the Numba kernels keep one step's instead): doing the same here needs
+the ``.cu`` step kernels to index a ring, left until a GPU can check and time it.
 """
 
 from __future__ import annotations

@@ -5,23 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._validate import check_backward, check_forward
+from ..._validate import check_backward, check_forward, check_training
 from . import engine
 from ._checks import finish, require_device
 
 
 def gru_forward(x: Any, h0: Any, W: Any, R: Any, b: Any, b_hn: Any, lengths: Any = None,
-                variant: str | None = None) -> tuple[Any, Any, dict]:
+                training: bool = True, variant: str | None = None
+                ) -> tuple[Any, Any, dict | None]:
     """GRU over a whole sequence.
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
     lengths: (B,) int or None   variant: None (by shape) | "v1" | "v2"
-    Returns y: (T, B, H), hT: (B, H), cache.
+    Returns y: (T, B, H), hT: (B, H), cache (None unless training).
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
+    keep = check_training(training)
     require_device(d)
     y, cache = engine.forward("gru", d, lengths, x, h0, None, W, R, b, b_hn, variant=variant)
-    return y, cache["h"][d.T].copy(), cache
+    return y, cache["h"][d.T].copy(), cache if keep else None
 
 
 def gru_backward(dy: Any, dhT: Any, cache: dict, per_step: bool = False,

