@@ -129,6 +129,21 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed(dtype):
+    """``_common.transposed``: a.T, C-contiguous, for sizes inside one block, across
+    blocks with partial ones at both edges, and empty."""
+    from rnnkern.backends.numba_cpu._common import TRANSPOSE_BLOCK, transposed
+
+    rng = np.random.default_rng(5)
+    n = TRANSPOSE_BLOCK
+    for M, N in [(1, 1), (3, 7), (n, n), (2 * n + 1, n - 1), (n + 3, 4 * n), (0, 5), (5, 0)]:
+        a = rng.standard_normal((M, N)).astype(dtype)
+        t = transposed(a)
+        assert t.flags.c_contiguous and t.dtype == dtype
+        np.testing.assert_array_equal(t, a.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_product_against_numpy(dtype):
     """``_simd.product``: rows lo..hi of A @ B, written or added, through whole 4-row
     tiles over pairs of panels and over a last odd panel, left-over rows and columns,

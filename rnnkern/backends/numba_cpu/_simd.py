@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ._common import FASTMATH, JIT, add_into, empty, matmul
+from ._common import FASTMATH, JIT, add_into, empty, matmul, transposed
 from ._vec import lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
     else:
         Px = _pack_serial(dgx2)
         Ph = Px if dgh2.ctypes.data == dgx2.ctypes.data else _pack_serial(dgh2)
-        xt, ht = x2.T.copy(), h2.T.copy()  # product's rows are C-contiguous
+        xt, ht = transposed(x2), transposed(h2)  # product's rows are C-contiguous
         product(xt, dgx2, Px, dW, 0, xt.shape[0], False, dW)
         product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, dR)
     # float64 accumulator: N float32 terms would otherwise lose digits

@@ -37,6 +37,7 @@ from ._common import (
     fast_tanh,
     kept,
     states,
+    transposed,
 )
 from ._simd import input_part, pack_if, product
 from ._vec import lanes, vload, vstore
@@ -251,7 +252,7 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
-    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
         _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P,
@@ -287,7 +288,7 @@ def gru_backward_bi(dy, dhT, x, W, R, buf, lengths):
     dgh = np.zeros((T, 3 * H, Bp), dy.dtype)  # gradients of h @ R (+ b_hn)
     dx = empty((T, B, I), dy)
     dxt = np.empty((I, Bp), dy.dtype)
-    RT, WT = R.T.copy(), W.T.copy()
+    RT, WT = transposed(R), transposed(W)
     nobias = np.zeros(max(H, I), dy.dtype)
     shortest = lengths.min()
     for t in range(T - 1, -1, -1):

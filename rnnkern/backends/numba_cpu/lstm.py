@@ -40,6 +40,7 @@ from ._common import (
     fast_tanh,
     kept,
     states,
+    transposed,
 )
 from ._simd import input_part, pack_if, product
 from ._vec import lanes, vload, vstore
@@ -277,7 +278,7 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
-    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
         _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
@@ -308,7 +309,7 @@ def lstm_backward_bi(dy, dhT, dcT, x, W, R, buf, lengths):
     dgates = np.zeros((T, 4 * H, Bp), dy.dtype)  # pre-activation gradients
     dx = empty((T, B, I), dy)
     dxt = np.empty((I, Bp), dy.dtype)
-    RT, WT = R.T.copy(), W.T.copy()  # (4H, H), (4H, I): the products below take rows
+    RT, WT = transposed(R), transposed(W)  # (4H, H), (4H, I): the products below take rows
     nobias = np.zeros(max(H, I), dy.dtype)
     shortest = lengths.min()
     for t in range(T - 1, -1, -1):

@@ -34,6 +34,7 @@ from ._common import (
     fast_tanh,
     kept,
     states,
+    transposed,
 )
 from ._simd import input_part, pack_if, product
 from ._vec import lanes, maximum, vload, vstore, where_positive
@@ -231,7 +232,7 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     dhr = np.empty((B, H), dy.dtype)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
-    RT = R.T.copy() if fused else np.empty((0, H), dy.dtype)
+    RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
         _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
@@ -258,7 +259,7 @@ def rnn_backward_bi(dy, dhT, x, W, R, buf, code, lengths):
     da = np.zeros((T, H, Bp), dy.dtype)  # pre-activation gradients
     dx = empty((T, B, I), dy)
     dxt = np.empty((I, Bp), dy.dtype)
-    RT, WT = R.T.copy(), W.T.copy()
+    RT, WT = transposed(R), transposed(W)
     nobias = np.zeros(max(H, I), dy.dtype)
     shortest = lengths.min()
     for t in range(T - 1, -1, -1):
