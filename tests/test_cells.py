@@ -129,6 +129,23 @@ def test_inference_pass_equals_training_pass(backend, case, dtype):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_input_propagates(backend, case, dtype):
+    """A NaN in x[t0, n0] makes y[t0:, n0] and row n0 of the final state NaN and leaves
+    every other value finite (numba's variants: test_numba)."""
+    cell, act = case
+    p = gc.make_problem(cell, 4, 5, 3, 7, activation=act).astype(dtype)
+    p.inputs["x"][1, 2, 0] = np.nan
+    y, state, _ = gc.forward(backends.get(backend), p)
+    others = np.arange(5) != 2
+    y = _host(y)
+    assert np.isnan(y[1:, 2]).all()
+    assert np.isfinite(y[:1]).all() and np.isfinite(y[:, others]).all()
+    for s in map(_host, state):
+        assert np.isnan(s[2]).all() and np.isfinite(s[others]).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_in_dtype_out(backend, case, dtype):
     cell, act = case
     p = gc.make_problem(cell, T=3, B=2, I=2, H=3, activation=act, lengths=True).astype(dtype)

@@ -487,3 +487,25 @@ def test_freed_arrays_are_reused_without_page_faults():
     # with transparent huge pages always on, glibc's defaults fault ~50 2 MiB pages
     assert probe("1") < 10
     assert probe("0") > 40
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_nan_input_propagates_every_variant(cell, activation, variant, dtype):
+    """A NaN in x reaches that row's every later output and its final state, and no other
+    row, as in the oracle and torch: the float32 tanh's clamp and relu must not turn it
+    into a finite value (a diverged model that looks healthy)."""
+    for seed, (T, B, I, H) in enumerate([(1, 1, 2, 7), (5, 3, 4, 13), (4, 8, 5, 16),
+                                         (3, 9, 7, 37), (2, 16, 3, 4)]):
+        p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, seed=seed)
+        p = p.astype(dtype)
+        t0, n0 = T // 2, B // 2
+        p.inputs["x"][t0, n0, 0] = np.nan
+        p.options = {"variant": variant}
+        y, state, _ = gradcheck.forward(nb, p)
+        others = np.arange(B) != n0
+        assert np.isnan(y[t0:, n0]).all(), (cell, activation, variant, T, B, I, H)
+        assert np.isfinite(y[:t0]).all() and np.isfinite(y[:, others]).all()
+        for s in state:
+            assert np.isnan(s[n0]).all() and np.isfinite(s[others]).all()

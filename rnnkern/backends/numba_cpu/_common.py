@@ -164,8 +164,11 @@ _HALF = _F(0.5)
 
 
 def _tanh32(v):
-    # odd rational p(v)/q(v^2) on the clamped input; tanh is +-1 in float32 beyond the clamp
-    v = maximum(minimum(v, _TANH_CLAMP), -_TANH_CLAMP)
+    # odd rational p(v)/q(v^2) on the clamped input; tanh is +-1 in float32 beyond the clamp.
+    # The clamp's bound comes first: a NaN v loses every comparison and so passes through,
+    # where v first would have turned it into the bound (tanh(NaN) = 1, a diverged model
+    # looking healthy)
+    v = maximum(-_TANH_CLAMP, minimum(_TANH_CLAMP, v))
     v2 = v * v
     p = v2 * _A13 + _A11
     p = v2 * p + _A9

@@ -252,12 +252,12 @@ _vmin, _vmax = _select("<"), _select(">")
 
 
 def minimum(a, b):
-    """a if a < b else b, for two scalars or a vector and a vector or scalar."""
+    """a if a < b else b, for two scalars, two vectors or a vector and a scalar."""
     return a if a < b else b
 
 
 def maximum(a, b):
-    """a if a > b else b, for two scalars or a vector and a vector or scalar."""
+    """a if a > b else b, for two scalars, two vectors or a vector and a scalar."""
     return a if a > b else b
 
 
@@ -268,6 +268,8 @@ def _overload_select(pyfunc, vop) -> None:
             return lambda a, b: vop(a, b)
         if isinstance(a, Vec):
             return lambda a, b: vop(a, vsplat(b, a))
+        if isinstance(b, Vec):
+            return lambda a, b: vop(vsplat(a, b), b)
         return pyfunc
 
 

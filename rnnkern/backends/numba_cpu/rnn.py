@@ -70,7 +70,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
             elif code == 1:
                 for j in range(H):
                     v = an[j] + b[j]
-                    an[j] = v if v > zero else zero
+                    an[j] = zero if v < zero else v  # a NaN passes, as in np.maximum
             else:
                 for j in range(H):
                     an[j] = an[j] + b[j]
@@ -166,7 +166,7 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths, keep):
                 vstore(v, j, fast_tanh(vload(v, j)))
         elif code == 1:
             for j in range(0, HB, L):
-                vstore(v, j, maximum(vload(v, j), zero))
+                vstore(v, j, maximum(zero, vload(v, j)))  # zero first: a NaN passes
         every = t < shortest
         commit(v, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[(t + 1) % (nk + 1)])

@@ -28,7 +28,7 @@ __device__ __forceinline__ T sigmoid(T v) {
 template <typename T>
 __device__ __forceinline__ T activate(int act, T v) {
     if (act == ACT_TANH) return tanh_(v);
-    if (act == ACT_RELU) return v > T(0) ? v : T(0);
+    if (act == ACT_RELU) return v < T(0) ? T(0) : v;  // a NaN passes, as in np.maximum
     return v;
 }
 
