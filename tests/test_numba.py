@@ -145,8 +145,9 @@ def test_transposed(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_product_against_numpy(dtype):
-    """``_simd.product``: rows lo..hi of A @ B, written or added, through whole 4-row
-    tiles over pairs of panels and over a last odd panel, left-over rows and columns,
+    """``_simd.product``: rows lo..hi of A @ B, written or added, through whole row tiles
+    (4 rows over pairs of panels and over a last odd panel with AVX-512; 6 and 4 rows over
+    one panel with AVX2), left-over rows and columns,
     for a row-major B and a transposed view (the backward's R.T), K in one block, in two
     and in three (the last partial; a pair of panels and a lone one, both in blocks); the
     rows outside lo..hi stay untouched. An empty pack calls BLAS."""
@@ -161,7 +162,9 @@ def test_packed_product_against_numpy(dtype):
                             (13, 33, 4 * nr + 6, 3, 12), (8, 64, nr - 1, 0, 8),
                             (7, 5, 5 * nr + 3, 1, 7), (4, 3, nr, 2, 2), (9, 300, 2 * nr + 3, 1, 9),
                             (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8), (5, 0, 2 * nr, 0, 5),
-                            (6, 2 * KB + 77, 2 * nr + 3, 1, 6), (8, KB + 5, 3 * nr + 2, 0, 8)]:
+                            (6, 2 * KB + 77, 2 * nr + 3, 1, 6), (8, KB + 5, 3 * nr + 2, 0, 8),
+                            (12, 5, 3 * nr, 0, 12), (17, 40, 2 * nr + 3, 1, 17),
+                            (32, 9, nr, 0, 32), (10, 2 * KB + 3, nr + 2, 0, 10)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
@@ -183,6 +186,44 @@ def test_packed_product_against_numpy(dtype):
                                            atol=10 * tol)
                 np.testing.assert_array_equal(out[:lo], start[:lo])
                 np.testing.assert_array_equal(out[hi:], start[hi:])
+
+
+def test_row_tiles():
+    """``_simd._row_tiles``: whole tiles cover all but at most 3 rows (at most 1 from 6 rows
+    on), tiles of 6 only without AVX-512 (``PAIRED``)."""
+    from rnnkern.backends.numba_cpu._simd import PAIRED, _row_tiles
+    from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
+
+    assert PAIRED == (VECTOR_BYTES == 64)
+    for rows in range(80):
+        sixes, fours = _row_tiles(rows)
+        left = rows - 6 * sixes - 4 * fours
+        assert sixes >= 0 and fours >= 0 and 0 <= left <= (3 if rows < 6 else 1), rows
+        assert (sixes == 0) if PAIRED else (sixes >= (rows - 8) // 6), rows
+    assert _row_tiles(32) == ((0, 8) if PAIRED else (4, 2))
+
+
+def test_products_on_avx2_tiles():
+    """On a CPU with AVX-512 the tests above run its tiles; this reruns them in a process
+    that compiles for the same CPU without AVX-512 (NUMBA_CPU_FEATURES), so that AVX2's
+    6-row tiles are checked there too. (On an AVX2 CPU the tests above already ran them;
+    AVX-512's tiles can only be checked on a CPU that has it.)"""
+    from numba.core.codegen import get_host_cpu_features
+
+    features = get_host_cpu_features().split(",")
+    if "+avx512f" not in features:
+        pytest.skip("no AVX-512 here: the tests above ran the AVX2 tiles")
+    env = dict(os.environ, NUMBA_CPU_FEATURES=",".join(
+        f"-{f[1:]}" if f.startswith("+avx512") else f for f in features))
+    tests = [f"{__file__}::{name}" for name in
+             ("test_row_tiles", "test_packed_product_against_numpy",
+              "test_products_over_all_steps_in_row_blocks")]
+    run = subprocess.run([sys.executable, "-c", "from rnnkern.backends.numba_cpu import _simd; "
+                          "print(_simd.PAIRED)"], env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["False"], run.stderr
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          *tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
 
 
 @pytest.mark.parametrize("variant", ["v6", "v7", "v8", "v9"])

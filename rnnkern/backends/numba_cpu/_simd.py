@@ -4,9 +4,10 @@ Why: at the GEMM-bound shapes the per-step ``h @ R`` (e.g. 64x256 @ 256x1024) is
 the time goes, and OpenBLAS ran it at ~65 GFLOP/s on one AVX2 core against ~90 for a big
 GEMM: it packs all of R again on every call, once per step. Here R is packed once per
 kernel call into panels of ``2 * lanes`` columns, and each step runs a register-blocked
-micro-kernel over them (4 rows x 4 vectors of accumulators over two panels, the panels
-streamed from cache): ~90-95 GFLOP/s on that core, 105-115 on one Zen 4 core with 64-byte
-vectors (measured, float32).
+micro-kernel over them (a tile of the output in registers, the panels streamed from
+cache: 4 rows x two panels with AVX-512's 32 registers, 6 rows x one panel with AVX2's 16,
+``PAIRED``): ~90-95 GFLOP/s on that core, 105-115 on one Zen 4 core with 64-byte vectors
+(measured, float32).
 
 The same tiles make the input part ``x @ W`` over a packed W: for all steps at once
 before the loop (v6, v7; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200), or
@@ -30,14 +31,24 @@ from numba import njit, prange
 from numba.extending import overload
 
 from ._common import FASTMATH, JIT, add_into, empty, matmul, transposed
-from ._vec import lanes, vbcast, vfma, vload, vstore, vzero
+from ._vec import VECTOR_BYTES, lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
 # the packed product
 
-#: rows of P (the K axis) per block of ``product``: 512 x 2 panels is 128 KB of float32
-#: or float64, an eighth of this Zen 4's L2 (256 ran 3-5% slower at K = 1024..4096)
-KB = 512
+#: the tile that keeps a block of the output in registers, by the register file: with
+#: AVX-512's 32 vector registers, 4 rows x a pair of panels (16 accumulators); with AVX2's
+#: 16, 6 rows x one panel (12 accumulators, 2 panel vectors and a broadcast: 15). The 4 x 2
+#: tile on AVX2 spills accumulators to the stack at every multiply-add: 34 against 80
+#: GFLOP/s at 512x1280 @ 1280x4096 float32, 36 against 94 at 64x256 @ 256x1024 (measured
+#: on one core of a Zen 4 without AVX-512, where a 4 x 1 tile ran 75 and 82)
+PAIRED = VECTOR_BYTES == 64
+
+#: rows of P (the K axis) per block of ``product``: 128 KB of the panels a tile reads,
+#: float32 or float64, an eighth of this Zen 4's L2: 512 rows of a pair of 64-byte-vector
+#: panels (256 ran 3-5% slower at K = 1024..4096), 2048 of one AVX2 panel (512 ran 79
+#: against 85 GFLOP/s at 512x1280 @ 1280x4096, 75 against 82 at 32x1024 @ 1024x4096)
+KB = 512 if PAIRED else 2048
 
 
 def _panel(B, P, p):
@@ -147,8 +158,57 @@ def _tile4x2(A, P, out, m, p, add, k0, k1):
 
 
 @njit(**JIT)
+def _tile6(A, P, out, m, p, add, k0, k1):
+    """out[m:m+6, panel p] (+)= A[m:m+6] @ P[p]: the AVX2 tile, 12 accumulators."""
+    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    o = m * N + p * 2 * L
+    c00, c01 = _start(out, o, add), _start(out, o + L, add)
+    c10, c11 = _start(out, o + N, add), _start(out, o + N + L, add)
+    c20, c21 = _start(out, o + 2 * N, add), _start(out, o + 2 * N + L, add)
+    c30, c31 = _start(out, o + 3 * N, add), _start(out, o + 3 * N + L, add)
+    c40, c41 = _start(out, o + 4 * N, add), _start(out, o + 4 * N + L, add)
+    c50, c51 = _start(out, o + 5 * N, add), _start(out, o + 5 * N + L, add)
+    a0, pk = m * K, p * K * 2 * L
+    for k in range(k0, k1):
+        b0, b1 = vload(P, pk + 2 * L * k), vload(P, pk + 2 * L * k + L)
+        a = vbcast(A, a0 + k)
+        c00, c01 = vfma(a, b0, c00), vfma(a, b1, c01)
+        a = vbcast(A, a0 + K + k)
+        c10, c11 = vfma(a, b0, c10), vfma(a, b1, c11)
+        a = vbcast(A, a0 + 2 * K + k)
+        c20, c21 = vfma(a, b0, c20), vfma(a, b1, c21)
+        a = vbcast(A, a0 + 3 * K + k)
+        c30, c31 = vfma(a, b0, c30), vfma(a, b1, c31)
+        a = vbcast(A, a0 + 4 * K + k)
+        c40, c41 = vfma(a, b0, c40), vfma(a, b1, c41)
+        a = vbcast(A, a0 + 5 * K + k)
+        c50, c51 = vfma(a, b0, c50), vfma(a, b1, c51)
+    for r, (v0, v1) in enumerate(((c00, c01), (c10, c11), (c20, c21), (c30, c31),
+                                  (c40, c41), (c50, c51))):
+        vstore(out, o + r * N, v0)
+        vstore(out, o + r * N + L, v1)
+
+
+@njit(**JIT)
+def _row_tiles(rows):
+    """(tiles of 6 rows, tiles of 4) of ``product`` over ``rows`` rows; the rest (at most
+    3, 1 where rows is odd and above 5) run one row at a time. Tiles of 6 only on AVX2
+    (``PAIRED`` is False); one fewer of them where that leaves whole tiles of 4 instead of
+    2 or 3 lone rows (32 rows: 4 x 6 + 2 x 4)."""
+    if PAIRED:
+        return 0, rows // 4
+    sixes = rows // 6
+    rest = rows - 6 * sixes
+    if rest % 4 >= 2 and sixes > 0:
+        sixes -= 1
+        rest += 6
+    return sixes, rest // 4
+
+
+@njit(**JIT)
 def _tile4(A, P, out, m, p, add, k0, k1):
-    """``_tile4x2`` for the one panel p (the last of an odd number): 8 accumulators."""
+    """``_tile4x2`` for the one panel p (the last of an odd number; every panel of the 4
+    rows past the tiles of 6 on AVX2): 8 accumulators."""
     K, N, L = A.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
     c00, c01 = _start(out, o, add), _start(out, o + L, add)
@@ -247,7 +307,9 @@ def product(A, B, P, out, lo, hi, add, scratch):
         if not add:
             out[lo:hi] = 0
         return
-    m4 = lo + (hi - lo) // 4 * 4
+    sixes, fours = _row_tiles(hi - lo)
+    m6 = lo + 6 * sixes
+    m4 = m6 + 4 * fours
     panels = P.shape[0]
     p4 = panels // 4 * 4
     # K in blocks: one block of a pair of panels (KB * 2 * NR elements) stays in L2 while
@@ -255,12 +317,14 @@ def product(A, B, P, out, lo, hi, add, scratch):
     # pair run one after the other, so that those partial sums are still in cache when
     # the next block reads them (K outermost, they came back from L3 at N = 4096: 32 rows
     # by 1024 @ 1024 x 4096, 98-101 -> 102-104 GFLOP/s on one core, both cores busy)
-    for p in range(0, panels, 2):
+    for p in range(0, panels, 2 if PAIRED else 1):
         for k0 in range(0, K, KB):
             k1 = min(K, k0 + KB)
             acc = add or k0 > 0
-            for m in range(lo, m4, 4):
-                if p + 1 < panels:
+            for m in range(lo, m6, 6):
+                _tile6(A, P, out, m, p, acc, k0, k1)
+            for m in range(m6, m4, 4):
+                if PAIRED and p + 1 < panels:
                     _tile4x2(A, P, out, m, p, acc, k0, k1)
                 else:
                     _tile4(A, P, out, m, p, acc, k0, k1)
