@@ -260,6 +260,8 @@ def _split(values: list[str] | None) -> list[str]:
 def _meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, Any]:
     import numba
 
+    from .backends.numba_cpu._vec import VECTOR_BYTES
+
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=os.path.dirname(__file__)).stdout.strip()
@@ -273,7 +275,9 @@ def _meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, A
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit,
             "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "dtype": "float32",
             "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "numba_first_call_ms": first}
+            "numba": numba.__version__, "numba_first_call_ms": first,
+            # the kernels' vector width: AVX2 and AVX-512 run different tiles (``_simd``)
+            "vector_bytes": VECTOR_BYTES}
     if torch_too:
         import torch
 

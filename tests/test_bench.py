@@ -20,6 +20,7 @@ def test_bench_writes_json(tmp_path, capsys):
                and r["median_ms"] > 0 and len(r["samples_ms"]) == 1 for r in rows)
     assert data["meta"]["threads"] == 1
     assert set(data["meta"]["numba_first_call_ms"]) == set(bench.CELLS)
+    assert data["meta"]["vector_bytes"] in (32, 64)
     assert "| gru | T3B2I2H4 |" in capsys.readouterr().out
 
 
