@@ -2,6 +2,7 @@
 option, dtype and kernel variant; finite differences on the backend itself; and
 argument validation that fires before any compiled kernel runs."""
 
+import itertools
 import os
 import platform
 import subprocess
@@ -149,9 +150,11 @@ def test_packed_product_against_numpy(dtype):
     (4 rows over pairs of panels and over a last odd panel with AVX-512; 6 and 4 rows over
     one panel with AVX2), left-over rows and columns,
     for a row-major B and a transposed view (the backward's R.T), K in one block, in two
-    and in three (the last partial; a pair of panels and a lone one, both in blocks); the
-    rows outside lo..hi stay untouched. An empty pack calls BLAS."""
-    from rnnkern.backends.numba_cpu._simd import KB, pack, pack_if, product
+    and in three (the last partial; a pair of panels and a lone one, both in blocks), the
+    tiles' rows read from A and, from ``PACK_ROWS_MIN_N`` columns, from a packed copy; the
+    rows outside lo..hi stay untouched, and so does the work outside rows lo..hi. An empty
+    pack calls BLAS."""
+    from rnnkern.backends.numba_cpu._simd import KB, PACK_ROWS_MIN_N, pack, pack_if, product
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
     rng = np.random.default_rng(11)
@@ -164,7 +167,10 @@ def test_packed_product_against_numpy(dtype):
                             (4, 256, nr, 0, 4), (8, 17, 3 * nr + 1, 0, 8), (5, 0, 2 * nr, 0, 5),
                             (6, 2 * KB + 77, 2 * nr + 3, 1, 6), (8, KB + 5, 3 * nr + 2, 0, 8),
                             (12, 5, 3 * nr, 0, 12), (17, 40, 2 * nr + 3, 1, 17),
-                            (32, 9, nr, 0, 32), (10, 2 * KB + 3, nr + 2, 0, 10)]:
+                            (32, 9, nr, 0, 32), (10, 2 * KB + 3, nr + 2, 0, 10),
+                            # wide enough for the tiles' rows to be packed
+                            (17, 40, PACK_ROWS_MIN_N + nr + 3, 1, 16),
+                            (12, KB + 5, PACK_ROWS_MIN_N, 2, 12)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
@@ -174,18 +180,60 @@ def test_packed_product_against_numpy(dtype):
             for P in (pack_if(B, True), pack_if(B, False)):
                 # out = A @ B: what was in out is not read
                 out = np.full((M, N), np.nan, dtype)
-                scratch = np.full((M, N), np.nan, dtype)
-                product(A, B, P, out, lo, hi, False, scratch)
+                work = np.full(max(M * K, M * N) + 3, np.inf, dtype)
+                product(A, B, P, out, lo, hi, False, work)
                 np.testing.assert_allclose(out[lo:hi], want, rtol=tol, atol=10 * tol)
                 assert np.isnan(out[:lo]).all() and np.isnan(out[hi:]).all()
-                # out += A @ B, through the scratch rows for BLAS
+                if P.shape[0]:  # the micro-kernel's copy of rows lo..hi only
+                    assert np.isinf(work[:lo * K]).all() and np.isinf(work[hi * K:]).all()
+                # out += A @ B, through work's rows for BLAS
                 start = rng.standard_normal((M, N)).astype(dtype)
                 out = start.copy()
-                product(A, B, P, out, lo, hi, True, scratch)
+                product(A, B, P, out, lo, hi, True, work)
                 np.testing.assert_allclose(out[lo:hi], start[lo:hi] + want, rtol=tol,
                                            atol=10 * tol)
                 np.testing.assert_array_equal(out[:lo], start[:lo])
                 np.testing.assert_array_equal(out[hi:], start[hi:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_tile_against_numpy(dtype):
+    """Each micro-kernel tile of ``_simd`` on its own, the row tiles over rows packed by
+    ``_interleave`` and over A itself, the lone-row tiles over A, written and added, over
+    all of K and over a block of it: the tests above run only the tiles of this CPU's
+    register file (``PAIRED``), this one every tile on any CPU."""
+    from rnnkern.backends.numba_cpu import _simd
+    from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
+
+    rng = np.random.default_rng(12)
+    nr = 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+    K, m = 37, 2
+    tol = PARITY_TOL[np.dtype(dtype).name]
+    for tile, rows, panels in ((_simd._tile4x2, 4, 2), (_simd._tile6, 6, 1),
+                               (_simd._tile4, 4, 1), (_simd._tile1x4, 1, 4),
+                               (_simd._tile1, 1, 1)):
+        A = rng.standard_normal((m + rows + 1, K)).astype(dtype)
+        B = rng.standard_normal((K, (panels + 2) * nr)).astype(dtype)
+        P = _simd.pack(B)
+        Ap = np.zeros(A.size, dtype)
+        _simd._interleave(A, Ap, m, rows)
+        # (source, its strides: of k, of a row)
+        sources = [(A, ())] if rows == 1 else [(Ap, (rows, 1)), (A, (1, K))]
+        cols = slice(nr, (1 + panels) * nr)  # from panel 1
+        for (src, strides), (k0, k1) in itertools.product(sources, ((0, K), (5, 30))):
+            want = A[m:m + rows, k0:k1].astype(np.float64) @ B[k0:k1, cols]
+            out = np.full((A.shape[0], B.shape[1]), np.nan, dtype)
+            tile(src, P, out, m, 1, False, k0, k1, *strides)
+            np.testing.assert_allclose(out[m:m + rows, cols], want, rtol=tol, atol=10 * tol)
+            assert np.isnan(np.delete(out, np.s_[m:m + rows], 0)).all(), tile
+            start = rng.standard_normal(out.shape).astype(dtype)
+            out = start.copy()
+            tile(src, P, out, m, 1, True, k0, k1, *strides)
+            np.testing.assert_allclose(out[m:m + rows, cols], start[m:m + rows, cols] + want,
+                                       rtol=tol, atol=10 * tol)
+            untouched = np.ones(out.shape, bool)
+            untouched[m:m + rows, cols] = False
+            np.testing.assert_array_equal(out[untouched], start[untouched])
 
 
 def test_row_tiles():

@@ -7,7 +7,8 @@ kernel call into panels of ``2 * lanes`` columns, and each step runs a register-
 micro-kernel over them (a tile of the output in registers, the panels streamed from
 cache: 4 rows x two panels with AVX-512's 32 registers, 6 rows x one panel with AVX2's 16,
 ``PAIRED``): ~90-95 GFLOP/s on that core, 105-115 on one Zen 4 core with 64-byte vectors
-(measured, float32).
+(measured, float32). Each call first copies the rows of its tiles so that a tile reads
+them in one stream (``_pack_rows``, BLIS's packing of A), R's panels from L3 beside them.
 
 The same tiles make the input part ``x @ W`` over a packed W: for all steps at once
 before the loop (v6, v7; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200), or
@@ -120,12 +121,14 @@ def _start(out, o, add):
 
 
 @njit(**JIT)
-def _tile4x2(A, P, out, m, p, add, k0, k1):
+def _tile4x2(Ap, P, out, m, p, add, k0, k1, ks, rs):
     """out[m:m+4, panels p, p+1] (+)= A[m:m+4] @ P[p:p+2]: 16 vector accumulators in
     registers, four vectors of P per broadcast row element (3-6% faster than one panel
     at a time at K = 256..1024, measured on one Zen 4 core).
-    A: (M, K)   P: (panels, K, NR)   out: (M, N), all C-contiguous."""
-    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    Ap: A[m + r, k] at Ap.flat[m*K + k*ks + r*rs]: A itself (ks = 1, rs = K) or its rows
+    packed by ``_pack_rows`` (ks = 4, rs = 1)
+    P: (panels, K, NR)   out: (M, N) C-contiguous."""
+    K, N, L = P.shape[1], out.shape[1], lanes(Ap)
     o = m * N + p * 2 * L
     c00, c01, c02, c03 = _start(out, o, add), _start(out, o + L, add), \
         _start(out, o + 2 * L, add), _start(out, o + 3 * L, add)
@@ -135,19 +138,19 @@ def _tile4x2(A, P, out, m, p, add, k0, k1):
         _start(out, o + 2 * N + 2 * L, add), _start(out, o + 2 * N + 3 * L, add)
     c30, c31, c32, c33 = _start(out, o + 3 * N, add), _start(out, o + 3 * N + L, add), \
         _start(out, o + 3 * N + 2 * L, add), _start(out, o + 3 * N + 3 * L, add)
-    a0, ps = m * K, K * 2 * L  # A's row m, the elements of one panel
+    a0, ps = m * K, K * 2 * L  # the tile's packed rows, the elements of one panel
     pk = p * ps
     for k in range(k0, k1):
-        q = pk + 2 * L * k
+        q, ak = pk + 2 * L * k, a0 + ks * k
         b0, b1 = vload(P, q), vload(P, q + L)
         b2, b3 = vload(P, q + ps), vload(P, q + ps + L)
-        a = vbcast(A, a0 + k)
+        a = vbcast(Ap, ak)
         c00, c01, c02, c03 = vfma(a, b0, c00), vfma(a, b1, c01), vfma(a, b2, c02), vfma(a, b3, c03)
-        a = vbcast(A, a0 + K + k)
+        a = vbcast(Ap, ak + rs)
         c10, c11, c12, c13 = vfma(a, b0, c10), vfma(a, b1, c11), vfma(a, b2, c12), vfma(a, b3, c13)
-        a = vbcast(A, a0 + 2 * K + k)
+        a = vbcast(Ap, ak + 2 * rs)
         c20, c21, c22, c23 = vfma(a, b0, c20), vfma(a, b1, c21), vfma(a, b2, c22), vfma(a, b3, c23)
-        a = vbcast(A, a0 + 3 * K + k)
+        a = vbcast(Ap, ak + 3 * rs)
         c30, c31, c32, c33 = vfma(a, b0, c30), vfma(a, b1, c31), vfma(a, b2, c32), vfma(a, b3, c33)
     for r, (v0, v1, v2, v3) in enumerate(((c00, c01, c02, c03), (c10, c11, c12, c13),
                                           (c20, c21, c22, c23), (c30, c31, c32, c33))):
@@ -158,9 +161,10 @@ def _tile4x2(A, P, out, m, p, add, k0, k1):
 
 
 @njit(**JIT)
-def _tile6(A, P, out, m, p, add, k0, k1):
-    """out[m:m+6, panel p] (+)= A[m:m+6] @ P[p]: the AVX2 tile, 12 accumulators."""
-    K, N, L = A.shape[1], out.shape[1], lanes(A)
+def _tile6(Ap, P, out, m, p, add, k0, k1, ks, rs):
+    """out[m:m+6, panel p] (+)= A[m:m+6] @ P[p]: the AVX2 tile, 12 accumulators; Ap, ks, rs
+    as for ``_tile4x2`` (packed: ks = 6)."""
+    K, N, L = P.shape[1], out.shape[1], lanes(Ap)
     o = m * N + p * 2 * L
     c00, c01 = _start(out, o, add), _start(out, o + L, add)
     c10, c11 = _start(out, o + N, add), _start(out, o + N + L, add)
@@ -171,17 +175,18 @@ def _tile6(A, P, out, m, p, add, k0, k1):
     a0, pk = m * K, p * K * 2 * L
     for k in range(k0, k1):
         b0, b1 = vload(P, pk + 2 * L * k), vload(P, pk + 2 * L * k + L)
-        a = vbcast(A, a0 + k)
+        ak = a0 + ks * k
+        a = vbcast(Ap, ak)
         c00, c01 = vfma(a, b0, c00), vfma(a, b1, c01)
-        a = vbcast(A, a0 + K + k)
+        a = vbcast(Ap, ak + rs)
         c10, c11 = vfma(a, b0, c10), vfma(a, b1, c11)
-        a = vbcast(A, a0 + 2 * K + k)
+        a = vbcast(Ap, ak + 2 * rs)
         c20, c21 = vfma(a, b0, c20), vfma(a, b1, c21)
-        a = vbcast(A, a0 + 3 * K + k)
+        a = vbcast(Ap, ak + 3 * rs)
         c30, c31 = vfma(a, b0, c30), vfma(a, b1, c31)
-        a = vbcast(A, a0 + 4 * K + k)
+        a = vbcast(Ap, ak + 4 * rs)
         c40, c41 = vfma(a, b0, c40), vfma(a, b1, c41)
-        a = vbcast(A, a0 + 5 * K + k)
+        a = vbcast(Ap, ak + 5 * rs)
         c50, c51 = vfma(a, b0, c50), vfma(a, b1, c51)
     for r, (v0, v1) in enumerate(((c00, c01), (c10, c11), (c20, c21), (c30, c31),
                                   (c40, c41), (c50, c51))):
@@ -206,10 +211,10 @@ def _row_tiles(rows):
 
 
 @njit(**JIT)
-def _tile4(A, P, out, m, p, add, k0, k1):
+def _tile4(Ap, P, out, m, p, add, k0, k1, ks, rs):
     """``_tile4x2`` for the one panel p (the last of an odd number; every panel of the 4
     rows past the tiles of 6 on AVX2): 8 accumulators."""
-    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    K, N, L = P.shape[1], out.shape[1], lanes(Ap)
     o = m * N + p * 2 * L
     c00, c01 = _start(out, o, add), _start(out, o + L, add)
     c10, c11 = _start(out, o + N, add), _start(out, o + N + L, add)
@@ -218,13 +223,14 @@ def _tile4(A, P, out, m, p, add, k0, k1):
     a0, pk = m * K, p * K * 2 * L
     for k in range(k0, k1):
         b0, b1 = vload(P, pk + 2 * L * k), vload(P, pk + 2 * L * k + L)
-        a = vbcast(A, a0 + k)
+        ak = a0 + ks * k
+        a = vbcast(Ap, ak)
         c00, c01 = vfma(a, b0, c00), vfma(a, b1, c01)
-        a = vbcast(A, a0 + K + k)
+        a = vbcast(Ap, ak + rs)
         c10, c11 = vfma(a, b0, c10), vfma(a, b1, c11)
-        a = vbcast(A, a0 + 2 * K + k)
+        a = vbcast(Ap, ak + 2 * rs)
         c20, c21 = vfma(a, b0, c20), vfma(a, b1, c21)
-        a = vbcast(A, a0 + 3 * K + k)
+        a = vbcast(Ap, ak + 3 * rs)
         c30, c31 = vfma(a, b0, c30), vfma(a, b1, c31)
     vstore(out, o, c00)
     vstore(out, o + L, c01)
@@ -240,8 +246,8 @@ def _tile4(A, P, out, m, p, add, k0, k1):
 def _tile1x4(A, P, out, m, p, add, k0, k1):
     """out[m, panels p..p+3] (+)= A[m] @ P[p:p+4]: one row, four panels, again 8
     accumulators (a lone row with one panel has 2 dependent FMA chains, a quarter of the
-    throughput)."""
-    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    throughput). A: (M, K) C-contiguous itself, not packed: one row is one stream already."""
+    K, N, L = P.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
     c0, c1, c2, c3 = _start(out, o, add), _start(out, o + L, add), \
         _start(out, o + 2 * L, add), _start(out, o + 3 * L, add)
@@ -266,7 +272,7 @@ def _tile1x4(A, P, out, m, p, add, k0, k1):
 def _tile1(A, P, out, m, p, add, k0, k1):
     """``_tile4`` for the one row m and the one panel p: a row left over past a multiple
     of 4 rows, in the panels left over past a multiple of 4 panels."""
-    K, N, L = A.shape[1], out.shape[1], lanes(A)
+    K, N, L = P.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
     c0, c1 = _start(out, o, add), _start(out, o + L, add)
     pk = p * K * 2 * L
@@ -279,39 +285,47 @@ def _tile1(A, P, out, m, p, add, k0, k1):
 
 
 @njit(**JIT)
-def product(A, B, P, out, lo, hi, add, scratch):
-    """out[lo:hi] = A[lo:hi] @ B, or += when ``add``: the per-step recurrent product of a
-    block of rows (adding it where it is summed with the input part, x @ W or the gradient
-    carried over: no pass over a separate result).
+def _interleave(A, Ap, m, mr):
+    """Ap[m*K : (m+mr)*K] = A[m : m+mr] with A[m + r, k] at m*K + k*mr + r."""
+    K = A.shape[1]
+    o = m * K
+    for r in range(mr):
+        for k in range(K):
+            Ap[o + k * mr + r] = A[m + r, k]
 
-    A: (M, K) C-contiguous   B: (K, N)   out: (M, N) C-contiguous
-    P: ``pack(B)``, or an empty (0, K, NR) array to call ``matmul`` (BLAS from
-    ``SMALL_MACS`` multiply-adds) instead; ``pack`` of a B narrower than one panel is
-    empty too, so such a product is never on the micro-kernel.
-    scratch: (M, N) where the BLAS call leaves its result for ``add`` (else unused)
+
+#: columns of a product from which ``product`` packs its tiles' rows (``_pack_rows``): below
+#: it the copy costs more than it saves (each element of A meets 2N multiply-adds; RNN B1
+#: T1000 I8 H32 backward, whose weight gradients have N = 32: 201 -> 220 us, measured)
+PACK_ROWS_MIN_N = 256
+
+
+@njit(**JIT)
+def _pack_rows(A, Ap, lo, m6, m4):
+    """Ap[lo*K : m4*K] = A[lo:m4], the rows of ``_row_tiles``' tiles of 6 (from lo) and of
+    4 (from m6), each tile's rows interleaved, so that a tile reads its broadcasts in one
+    sequential stream.
+
+    Why: the tiles read a column of their rows at every k, MR rows K elements apart. Read
+    from A itself, the per-step products ran at 58-64 GFLOP/s on one Zen 4 core with AVX2
+    (30 rows of 1024 @ 1024x4096 and of 4096 @ 4096x1024), from rows packed once per call
+    at 68-76 (measured, packing included; 1024 @ 1024x1024: 72-75 -> 79-80): a 4 KiB row
+    stride puts all MR rows in one set of the L1 cache, and the prefetcher follows one
+    stream better than MR.
     """
-    K, N = B.shape
-    nr = P.shape[2]
-    # the tiles index raw memory: shapes that do not fit would read or write out of bounds
-    assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
-    assert hi <= out.shape[0] and P.shape[1] == K and nr == 2 * lanes(A)
-    assert P.shape[0] == 0 or P.shape[0] == N // nr
-    if P.shape[0] == 0:
-        if add:
-            matmul(A[lo:hi], B, scratch[lo:hi])
-            add_into(out[lo:hi], scratch[lo:hi])
-        else:
-            matmul(A[lo:hi], B, out[lo:hi])
-        return
-    if K == 0:  # no K blocks below to write out: an empty sum
-        if not add:
-            out[lo:hi] = 0
-        return
-    sixes, fours = _row_tiles(hi - lo)
-    m6 = lo + 6 * sixes
-    m4 = m6 + 4 * fours
+    for m in range(lo, m6, 6):
+        _interleave(A, Ap, m, 6)
+    for m in range(m6, m4, 4):
+        _interleave(A, Ap, m, 4)
+
+
+@njit(**JIT)
+def _row_tiles_product(Ap, P, out, lo, m6, m4, add, ks6, ks4, rs):
+    """``product``'s rows lo..m4 in its tiles of 6 rows (lo..m6) and of 4 (m6..m4), every
+    whole panel. Ap: A's rows, element (r, k) of the tile from row m at
+    Ap[m*K + k*ks + r*rs], ks = ks6 or ks4 (see ``_tile4x2``)."""
+    K = P.shape[1]
     panels = P.shape[0]
-    p4 = panels // 4 * 4
     # K in blocks: one block of a pair of panels (KB * 2 * NR elements) stays in L2 while
     # every row tile uses it, the tiles' partial sums going through out; the blocks of a
     # pair run one after the other, so that those partial sums are still in cache when
@@ -322,12 +336,69 @@ def product(A, B, P, out, lo, hi, add, scratch):
             k1 = min(K, k0 + KB)
             acc = add or k0 > 0
             for m in range(lo, m6, 6):
-                _tile6(A, P, out, m, p, acc, k0, k1)
+                _tile6(Ap, P, out, m, p, acc, k0, k1, ks6, rs)
             for m in range(m6, m4, 4):
                 if PAIRED and p + 1 < panels:
-                    _tile4x2(A, P, out, m, p, acc, k0, k1)
+                    _tile4x2(Ap, P, out, m, p, acc, k0, k1, ks4, rs)
                 else:
-                    _tile4(A, P, out, m, p, acc, k0, k1)
+                    _tile4(Ap, P, out, m, p, acc, k0, k1, ks4, rs)
+
+
+@njit(**JIT)
+def product_work(M, K, N, like, packed):
+    """``product``'s work for A: (M, K) @ B: (K, N): (M*N,) for BLAS's result before it is
+    added, and for a packed variant (M*K,) for the micro-kernel's copy of A's rows (a B
+    narrower than one panel goes to BLAS there too)."""
+    return np.empty(M * (max(K, N) if packed else N), like.dtype)
+
+
+@njit(**JIT)
+def product(A, B, P, out, lo, hi, add, work):
+    """out[lo:hi] = A[lo:hi] @ B, or += when ``add``: the per-step recurrent product of a
+    block of rows (adding it where it is summed with the input part, x @ W or the gradient
+    carried over: no pass over a separate result).
+
+    A: (M, K) C-contiguous   B: (K, N)   out: (M, N) C-contiguous
+    P: ``pack(B)``, or an empty (0, K, NR) array to call ``matmul`` (BLAS from
+    ``SMALL_MACS`` multiply-adds) instead; ``pack`` of a B narrower than one panel is
+    empty too, so such a product is never on the micro-kernel.
+    work: ``product_work(M, K, N, ...)``, a 1-D workspace: the micro-kernel's copy of
+    A[lo:hi] (``_pack_rows``) in work[lo*K : hi*K], or the rows lo..hi of BLAS's result for
+    ``add``, work[:M*N] as (M, N); nothing else of it is written (one buffer, not two: an
+    array argument more cost ~20-40 ns per call, a tenth of a step at B1 H32)
+    """
+    K, N = B.shape
+    nr = P.shape[2]
+    # the tiles index raw memory: shapes that do not fit would read or write out of bounds
+    assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
+    assert hi <= out.shape[0] and P.shape[1] == K and nr == 2 * lanes(A)
+    M = A.shape[0]
+    if P.shape[0] == 0:
+        if add:
+            assert work.shape[0] >= M * N
+            scratch = work[:M * N].reshape((M, N))
+            matmul(A[lo:hi], B, scratch[lo:hi])
+            add_into(out[lo:hi], scratch[lo:hi])
+        else:
+            matmul(A[lo:hi], B, out[lo:hi])
+        return
+    if K == 0:  # no K blocks below to write out: an empty sum
+        if not add:
+            out[lo:hi] = 0
+        return
+    assert P.shape[0] == N // nr and work.shape[0] >= hi * K
+    sixes, fours = _row_tiles(hi - lo)
+    m6 = lo + 6 * sixes
+    m4 = m6 + 4 * fours
+    if m4 > lo:
+        # the row tiles' rows from a copy (element (r, k) at k*MR + r) or from A itself
+        if N >= PACK_ROWS_MIN_N:
+            _pack_rows(A, work, lo, m6, m4)
+            _row_tiles_product(work, P, out, lo, m6, m4, add, 6, 4, 1)
+        else:
+            _row_tiles_product(A.reshape(A.size), P, out, lo, m6, m4, add, 1, 1, K)
+    panels = P.shape[0]
+    p4 = panels // 4 * 4
     for k0 in range(0, K, KB):
         k1 = min(K, k0 + KB)
         acc = add or k0 > 0
@@ -361,8 +432,9 @@ def _product_parallel(chunks, A, B, P, out):
     """out = A: (N, K) @ B with ``product``, in ``chunks`` row blocks, one per Numba
     thread."""
     N = A.shape[0]
+    work = product_work(N, A.shape[1], 0, A, True)
     for i in prange(chunks):
-        product(A, B, P, out, i * N // chunks, (i + 1) * N // chunks, False, out)
+        product(A, B, P, out, i * N // chunks, (i + 1) * N // chunks, False, work)
 
 
 @njit(**JIT)
@@ -378,7 +450,7 @@ def input_projection(x, W, PW, G, chunks):
     out = empty((T, B, G), x)
     x2, o2 = x.reshape(N, I), out.reshape(N, G)
     if chunks == 1:
-        product(x2, W, PW, o2, 0, N, False, o2)
+        product(x2, W, PW, o2, 0, N, False, product_work(N, I, 0, x, True))
     else:
         _product_parallel(chunks, x2, W, PW, o2)
     return out
@@ -424,8 +496,9 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
         Px = _pack_serial(dgx2)
         Ph = Px if dgh2.ctypes.data == dgx2.ctypes.data else _pack_serial(dgh2)
         xt, ht = transposed(x2), transposed(h2)  # product's rows are C-contiguous
-        product(xt, dgx2, Px, dW, 0, xt.shape[0], False, dW)
-        product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, dR)
+        work = product_work(max(xt.shape[0], ht.shape[0]), xt.shape[1], 0, xt, True)
+        product(xt, dgx2, Px, dW, 0, xt.shape[0], False, work)
+        product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, work)
     # float64 accumulator: N float32 terms would otherwise lose digits
     for n in range(dgx2.shape[0]):
         for g in range(dgx2.shape[1]):

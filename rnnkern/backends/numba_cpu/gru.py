@@ -39,12 +39,12 @@ from ._common import (
     states,
     transposed,
 )
-from ._simd import input_part, pack_if, product
+from ._simd import input_part, pack_if, product, product_work
 from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn, y,
                   lengths):
     """Every step of batch rows lo <= n < hi.
 
@@ -53,6 +53,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h
     on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
+    work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, hn and a stepped gates of 1.
     """
@@ -62,12 +63,12 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h
     for t in range(y.shape[0]):
         s, gs = t % nh, t % ng  # h[s] enters step t; gs: gates' slot
         if stepped:
-            product(x[t], W, PW, gates[gs], lo, hi, False, rec)
+            product(x[t], W, PW, gates[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             rec[lo:hi] = 0
             add_rows_product(h[s], R, rec, lo, hi)
         else:
-            product(h[s], R, P, rec, lo, hi, False, rec)
+            product(h[s], R, P, rec, lo, hi, False, work)
         for n in range(lo, hi):
             g, r = gates[gs, n], rec[n]
             hp, hnew, hnn, yn = h[s, n], h[(t + 1) % nh, n], hn[t % nn, n], y[t, n]
@@ -90,12 +91,12 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn, y,
                       lengths):
     B = gates.shape[1]
     for i in prange(chunks):
         _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, x, W, PW, gates,
-                      rec, R, P, b, b_hn, h, hn, y, lengths)
+                      rec, work, R, P, b, b_hn, h, hn, y, lengths)
 
 
 @njit(**JIT)
@@ -117,12 +118,15 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
     hn = empty((nk, B, H), x)
     y = empty((T, B, H), x)
     rec = np.empty((B, 3 * H), x.dtype)
+    # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
+    # another block's thread may be in the other product)
+    work = product_work(B, H + x.shape[2] if stepped else H, 3 * H, x, packed)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn,
+        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn,
                           y, lengths)
     else:
-        _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, b_hn, h, hn, y,
+        _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn, y,
                       lengths)
     return y, h, gates, hn, h[T % (nk + 1)].copy()
 
@@ -194,13 +198,13 @@ def gru_forward_bi(x, h0, W, R, b, b_hn, lengths, keep):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths):
+def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry, w.r.t. h[t] on exit (the recurrent
     part, dgh[t, n] @ R.T, added by the product).
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
-    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
+    work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -227,15 +231,15 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P,
         if fused:
             add_rows_product(dgh[t], RT, dh, lo, hi)
         else:
-            product(dgh[t], R.T, P, dh, lo, hi, True, dhr)
+            product(dgh[t], R.T, P, dh, lo, hi, True, work)
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dgx, dgh,
-                       dhr, gates, h, hn, R, RT, P, lengths)
+                       work, gates, h, hn, R, RT, P, lengths)
 
 
 @njit(**JIT)
@@ -249,16 +253,16 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
     dh = dhT.copy()
     dgx = empty((T, B, 3 * H), dy)
     dgh = empty((T, B, 3 * H), dy)
-    dhr = np.empty((B, H), dy.dtype)
+    work = product_work(B, 3 * H, H, dy, packed)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P,
+        _backward_parallel(chunks, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P,
                            lengths)
     else:
-        _backward_rows(0, B, fused, dy, dh, dgx, dgh, dhr, gates, h, hn, R, RT, P, lengths)
+        _backward_rows(0, B, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P, lengths)
     # b_hn sits inside r * (...), so its gradient is the candidate part of dgh
     db_hn = np.zeros(H, np.float64)
     for t in range(T):

@@ -42,20 +42,20 @@ from ._common import (
     states,
     transposed,
 )
-from ._simd import input_part, pack_if, product
+from ._simd import input_part, pack_if, product, product_work
 from ._vec import lanes, vload, vstore
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c, y,
                   lengths):
     """Every step of batch rows lo <= n < hi.
 
     x: (T, B, I)   W: (I, 4H)   PW: W packed when stepped (see ``_simd.input_part``)
     gates: (T, B, 4H) holds x @ W on entry (unless stepped), the post-activation
     (i, f, g, o) on exit
-    rec: (B, 4H) BLAS's h[t] @ R before it is added to gates[t] (v1, v2)
     P: R packed for ``_simd.product`` (empty: BLAS)
+    work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     Without a cache (``_common.kept``) h, c are rings of 2, tanh_c and a stepped gates of 1.
     """
@@ -64,11 +64,11 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, t
     for t in range(y.shape[0]):
         s, s1, gs = t % nh, (t + 1) % nh, t % ng  # h[s], c[s] enter step t; gs: gates' slot
         if stepped:
-            product(x[t], W, PW, gates[gs], lo, hi, False, rec)
+            product(x[t], W, PW, gates[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             add_rows_product(h[s], R, gates[gs], lo, hi)
         else:
-            product(h[s], R, P, gates[gs], lo, hi, True, rec)
+            product(h[s], R, P, gates[gs], lo, hi, True, work)
         for n in range(lo, hi):
             g = gates[gs, n]
             # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
@@ -100,12 +100,12 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, t
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c, y,
                       lengths):
     B = gates.shape[1]
     for i in prange(chunks):
         _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, x, W, PW, gates,
-                      rec, R, P, b, h, c, tanh_c, y, lengths)
+                      work, R, P, b, h, c, tanh_c, y, lengths)
 
 
 @njit(**JIT)
@@ -126,13 +126,15 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
     h, c = states(h0, nk), states(c0, nk)
     tanh_c = empty((nk, B, H), x)
     y = empty((T, B, H), x)
-    rec = np.empty((B, 4 * H), x.dtype)
+    # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
+    # another block's thread may be in the other product)
+    work = product_work(B, H + x.shape[2] if stepped else H, 4 * H, x, packed)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c,
+        _forward_parallel(chunks, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c,
                           y, lengths)
     else:
-        _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, R, P, b, h, c, tanh_c, y,
+        _forward_rows(0, B, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c, y,
                       lengths)
     return y, h, c, gates, tanh_c, h[T % (nk + 1)].copy(), c[T % (nk + 1)].copy()
 
@@ -209,14 +211,14 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths, keep):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
+def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                    lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh, dc: (B, H) gradients w.r.t. h[t+1], c[t+1] on entry; on exit dc is the one
     w.r.t. c[t] and dh holds what is carried past inactive rows, plus the
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
-    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
+    work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -253,15 +255,16 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, 
         if fused:
             add_rows_product(dgates[t], RT, dh, lo, hi)
         else:
-            product(dgates[t], R.T, P, dh, lo, hi, True, dhr)
+            product(dgates[t], R.T, P, dh, lo, hi, True, work)
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P, lengths):
+def _backward_parallel(chunks, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
+                       lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, dy, dh, dc, dgates,
-                       dhr, gates, c, tanh_c, R, RT, P, lengths)
+                       work, gates, c, tanh_c, R, RT, P, lengths)
 
 
 @njit(**JIT)
@@ -275,16 +278,16 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
     dh = dhT.copy()
     dc = dcT.copy()
     dgates = empty((T, B, 4 * H), dy)
-    dhr = np.empty((B, H), dy.dtype)
+    work = product_work(B, 4 * H, H, dy, packed)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
+        _backward_parallel(chunks, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                            lengths)
     else:
-        _backward_rows(0, B, fused, dy, dh, dc, dgates, dhr, gates, c, tanh_c, R, RT, P,
+        _backward_rows(0, B, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                        lengths)
     return dh, dc, dgates
 

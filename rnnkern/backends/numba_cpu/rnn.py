@@ -36,18 +36,19 @@ from ._common import (
     states,
     transposed,
 )
-from ._simd import input_part, pack_if, product
+from ._simd import input_part, pack_if, product, product_work
 from ._vec import lanes, maximum, vload, vstore, where_positive
 
 
 @njit(**JIT)
-def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths):
+def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
     x: (T, B, I)   W: (I, H)   PW: W packed when stepped (see ``_simd.input_part``)
     a: (T, B, H) holds x @ W on entry (unless stepped) and the post-activation on exit
-    rec: (B, H) BLAS's h[t] @ R before it is added to a[t] (v1, v2)   h: (T+1, B, H)
+    h: (T+1, B, H)
     P: R packed for ``_simd.product`` (empty: BLAS)
+    work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, a stepped a one of 1.
     """
@@ -57,11 +58,11 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
     for t in range(y.shape[0]):
         s, gs = t % nh, t % na  # h[s] enters step t; gs: a's slot
         if stepped:
-            product(x[t], W, PW, a[gs], lo, hi, False, rec)
+            product(x[t], W, PW, a[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             add_rows_product(h[s], R, a[gs], lo, hi)
         else:
-            product(h[s], R, P, a[gs], lo, hi, True, rec)
+            product(h[s], R, P, a[gs], lo, hi, True, work)
         for n in range(lo, hi):
             an, hp, hn, yn = a[gs, n], h[s, n], h[(t + 1) % nh, n], y[t, n]
             if code == 0:
@@ -85,11 +86,11 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths):
+def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths):
     B = a.shape[1]
     for i in prange(chunks):
         _forward_rows(i * B // chunks, (i + 1) * B // chunks, fused, stepped, code, x, W, PW,
-                      a, rec, R, P, b, h, y, lengths)
+                      a, work, R, P, b, h, y, lengths)
 
 
 @njit(**JIT)
@@ -108,13 +109,15 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     a, PW = input_part(x, W, H, gemm_chunks, packed, stepped, nk)
     h = states(h0, nk)
     y = empty((T, B, H), x)
-    rec = np.empty((B, H), x.dtype)
+    # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
+    # another block's thread may be in the other product)
+    work = product_work(B, H + x.shape[2] if stepped else H, H, x, packed)
     P = pack_if(R, packed)
     if chunks > 1:
-        _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y,
+        _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y,
                           lengths)
     else:
-        _forward_rows(0, B, fused, stepped, code, x, W, PW, a, rec, R, P, b, h, y, lengths)
+        _forward_rows(0, B, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths)
     return y, h, a, h[T % (nk + 1)].copy()
 
 
@@ -175,12 +178,12 @@ def rnn_forward_bi(x, h0, W, R, b, code, lengths, keep):
 
 
 @njit(**JIT)
-def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
+def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
     dh: (B, H) gradient w.r.t. h[t+1] on entry; on exit what is carried past an
     inactive row, plus da[t, n] @ R.T.   da: (T, B, H)
-    dhr: (B, H) BLAS's gradient through h @ R before it is added to dh (v1, v2)
+    work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
     P: R.T packed for ``_simd.product`` (empty: BLAS)
     """
@@ -208,15 +211,15 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
         if fused:
             add_rows_product(da[t], RT, dh, lo, hi)
         else:
-            product(da[t], R.T, P, dh, lo, hi, True, dhr)
+            product(da[t], R.T, P, dh, lo, hi, True, work)
 
 
 @njit(parallel=True, **JIT)
-def _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths):
+def _backward_parallel(chunks, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     B = dh.shape[0]
     for i in prange(chunks):
         _backward_rows(i * B // chunks, (i + 1) * B // chunks, fused, code, dy, dh, da,
-                       dhr, a, R, RT, P, lengths)
+                       work, a, R, RT, P, lengths)
 
 
 @njit(**JIT)
@@ -229,15 +232,15 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     T, B, H = dy.shape
     dh = dhT.copy()
     da = empty((T, B, H), dy)
-    dhr = np.empty((B, H), dy.dtype)
+    work = product_work(B, H, H, dy, packed)
     # the fused path's dgates @ R.T as a product with a contiguous copy of R.T, which
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
     if chunks > 1:
-        _backward_parallel(chunks, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
+        _backward_parallel(chunks, fused, code, dy, dh, da, work, a, R, RT, P, lengths)
     else:
-        _backward_rows(0, B, fused, code, dy, dh, da, dhr, a, R, RT, P, lengths)
+        _backward_rows(0, B, fused, code, dy, dh, da, work, a, R, RT, P, lengths)
     return dh, da
 
 
