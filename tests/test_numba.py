@@ -76,7 +76,7 @@ def test_parity_per_step(cell, activation, dtype):
     _check(p, dtype, per_step=True)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v3", "v6", "v8"])
+@pytest.mark.parametrize("variant", ["v1", "v3", "v6", "v8", "v10"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_parity_wide_and_saturating(cell, variant):
     """Hidden sizes past a vector width and pre-activations far into the tails of
@@ -127,6 +127,31 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
     p.options = {"variant": variant}
     _check(p, np.float32)
     _check(p, np.float64)
+
+
+@pytest.mark.parametrize("in_step", [True, False])
+@pytest.mark.parametrize("cell,activation", CELLS)
+def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
+    """v10 with each step making its input part (x[t] @ W from Q, small I) and with it
+    made for all steps before the loop (``_units.input_units``, in row blocks over the
+    Numba threads with the size threshold at zero): float32 and float64 against the oracle
+    and inference against training bit for bit, on one row and on several (one at a
+    time), H in one block, past whole blocks and past whole vectors, variable lengths."""
+    monkeypatch.setattr(nb, "UNITS_IN_STEP_MAX_I", 10**6 if in_step else 0)
+    monkeypatch.setattr(nb, "GEMM_PARALLEL_MIN_MACS", 0)
+    for seed, (T, B, I, H, lengths) in enumerate([(7, 1, 9, 16, False), (4, 1, 3, 37, True),
+                                                  (3, 3, 5, 20, True), (1, 1, 1, 1, False)]):
+        p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
+                         h0=True, dstate=True, seed=seed)
+        p.options = {"variant": "v10"}
+        _check(p, np.float32)
+        _check(p, np.float64)
+        q = p.astype(np.float32)
+        y, s, _ = gradcheck.forward(nb, q)
+        q.options = {"variant": "v10", "training": False}
+        y_inf, s_inf, _ = gradcheck.forward(nb, q)
+        for a, b in zip((y, *s), (y_inf, *s_inf), strict=True):
+            assert np.array_equal(a, b), (cell, T, B, I, H)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -468,14 +493,15 @@ def test_backward_validation():
 
 
 @pytest.mark.parametrize("B,H,two,one", [
-    (16, 3, "v5", "v5"), (1, 3, "v3", "v3"), (1, 24, "v3", "v3"), (1, 32, "v6", "v6"),
-    (32, 64, "v4", "v3"), (1, 64, "v3", "v3"), (32, 65, "v9", "v8"), (30, 65, "v7", "v6"),
-    (4, 65, "v7", "v8"), (1, 65, "v6", "v6"), (8, 1200, "v7", "v6")])
+    (16, 3, "v5", "v5"), (1, 3, "v10", "v10"), (1, 24, "v10", "v10"), (1, 32, "v10", "v10"),
+    (2, 24, "v3", "v3"), (32, 64, "v4", "v3"), (1, 64, "v10", "v10"), (32, 65, "v9", "v8"),
+    (30, 65, "v7", "v6"), (4, 65, "v7", "v8"), (1, 65, "v6", "v6"), (8, 1200, "v7", "v6")])
 def test_automatic_variant(B, H, two, one):
-    """By shape, on two Numba threads and on one: row blocks (v2, v4, v7, v9) need two
-    threads and two rows per thread; the input part goes into the steps (v9, v8) only
-    where W and R are small enough to stay in cache (not at H=1200) and every row block
-    is whole 4-row tiles (not B=30 in two blocks, nor B=4 in two blocks of 2)."""
+    """By shape, on two Numba threads and on one: a lone row (B=1) up to H=64 runs v10;
+    row blocks (v2, v4, v7, v9) need two threads and two rows per thread; the input part
+    goes into the steps (v9, v8) only where W and R are small enough to stay in cache (not
+    at H=1200) and every row block is whole 4-row tiles (not B=30 in two blocks, nor B=4
+    in two blocks of 2)."""
     p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
     P = p.params
     before = numba.get_num_threads()
@@ -489,6 +515,16 @@ def test_automatic_variant(B, H, two, one):
         finally:
             numba.set_num_threads(before)
         assert cache["variant"] == expected, threads
+
+
+@pytest.mark.parametrize("H,fused,packed", [(24, True, False), (32, False, True),
+                                             (48, False, True), (7, True, False)])
+def test_lone_row_backward_plan(H, fused, packed):
+    """v10's backward runs on the packed product (v6's) where R.T is whole panels, else
+    on the fused loop (v3's), asked for by name or chosen."""
+    for variant in (None, "v10"):
+        plan = nb.choose(variant, 1, H, 4, 8, 4)
+        assert (plan.name, plan.fused, plan.packed, plan.chunks) == ("v10", fused, packed, 1)
 
 
 def test_blas_thread_count_restored():

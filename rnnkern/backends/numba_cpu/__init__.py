@@ -25,6 +25,7 @@ from ._blas import blas_threads, threads_for
 from ._common import (
     GEMM_PARALLEL_MIN_MACS,
     SMALL_MACS,
+    UNITS_IN_STEP_MAX_I,
     VARIANTS,
     Plan,
     choose,
@@ -110,6 +111,11 @@ def _projection_chunks(threads: int, d: Dims, G: int) -> int:
     return _gemm_chunks(threads, d.T * d.B * d.I * G * d.H)
 
 
+def _in_step(d: Dims) -> bool:
+    """Whether v10's steps make their own input part (see ``_units.pack_units``)."""
+    return d.I <= UNITS_IN_STEP_MAX_I
+
+
 def _weight_grads(threads: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
     """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once."""
     d: Dims = cache["dims"]
@@ -192,10 +198,14 @@ def rnn_forward(
         y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens, keep)
         return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W,
                              R=R, buf=buf, lengths=lens, variant="v5")
-    threads = _blas_threads(d, plan, 1)
-    y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
-                        plan.packed, plan.chunks, plan.stepped, _projection_chunks(threads, d, 1),
-                        keep)
+    if plan.name == "v10":
+        y, h, a, hT = rnn.rnn_forward_units(x, h0, W, R, b, code, lens, _in_step(d),
+                                            _projection_chunks(1, d, 1), keep)
+    else:
+        threads = _blas_threads(d, plan, 1)
+        y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
+                            plan.packed, plan.chunks, plan.stepped,
+                            _projection_chunks(threads, d, 1), keep)
     return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
                          h=h, a=a, lengths=lens, variant=plan.name)
 
@@ -256,10 +266,14 @@ def lstm_forward(
         y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens, keep)
         return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, buf=buf,
                                    lengths=lens, variant="v5")
-    threads = _blas_threads(d, plan, 4)
-    y, h, c, gates, tanh_c, hT, cT = _call(
-        threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
-        plan.chunks, plan.stepped, _projection_chunks(threads, d, 4), keep)
+    if plan.name == "v10":
+        y, h, c, gates, tanh_c, hT, cT = lstm.lstm_forward_units(
+            x, h0, c0, W, R, b, lens, _in_step(d), _projection_chunks(1, d, 4), keep)
+    else:
+        threads = _blas_threads(d, plan, 4)
+        y, h, c, gates, tanh_c, hT, cT = _call(
+            threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
+            plan.chunks, plan.stepped, _projection_chunks(threads, d, 4), keep)
     return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c,
                                gates=gates, tanh_c=tanh_c, lengths=lens, variant=plan.name)
 
@@ -325,10 +339,14 @@ def gru_forward(
         y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens, keep)
         return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, buf=buf,
                              lengths=lens, variant="v5")
-    threads = _blas_threads(d, plan, 3)
-    y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
-                                plan.fused, plan.packed, plan.chunks, plan.stepped,
-                                _projection_chunks(threads, d, 3), keep)
+    if plan.name == "v10":
+        y, h, gates, hn, hT = gru.gru_forward_units(x, h0, W, R, b, b_hn, lens, _in_step(d),
+                                                    _projection_chunks(1, d, 3), keep)
+    else:
+        threads = _blas_threads(d, plan, 3)
+        y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
+                                    plan.fused, plan.packed, plan.chunks, plan.stepped,
+                                    _projection_chunks(threads, d, 3), keep)
     return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates,
                          hn=hn, lengths=lens, variant=plan.name)
 

@@ -49,6 +49,10 @@ VARIANTS = {
     "v8": "as v6, each step's input part x[t] @ W on the micro-kernel too, over a packed W, "
           "instead of one GEMM before the loop (a step's gates stay in cache)",
     "v9": "as v8, the batch split into row blocks, one per Numba thread",
+    "v10": "forward one row at a time (for a lone row, B = 1), each step's "
+           "pre-activations in registers a block of units at a time over W and R packed by "
+           "unit blocks (``_units``), the activations and state update on those registers; "
+           "the backward as v6 where H is a multiple of PACKED_LONE_ROW_H, else as v3",
 }
 
 
@@ -68,7 +72,7 @@ VARIANT_FLAGS = {"v1": (False, False, False, False), "v2": (False, False, True, 
                  "v3": (True, False, False, False), "v4": (True, False, True, False),
                  "v5": (True, False, False, False), "v6": (False, True, False, False),
                  "v7": (False, True, True, False), "v8": (False, True, False, True),
-                 "v9": (False, True, True, True)}
+                 "v9": (False, True, True, True), "v10": (False, True, False, False)}
 #: the serial variant a parallel one falls back to when there is one thread or one row
 SERIAL = {"v2": "v1", "v4": "v3", "v7": "v6", "v9": "v8"}
 #: the variant a stepped one falls back to where its blocks' rows are not whole tiles
@@ -87,11 +91,20 @@ FUSED_PARALLEL_MAX_H = 64
 #: for GRU I512 H1024 (18 MiB), where W no longer stays in cache beside R (measured, two
 #: threads; serially LSTM B64 I256 H256 1.08x)
 STEPPED_MAX_BYTES = 10 << 20
-#: a lone row (B=1) with H a multiple of this (R and R.T then split into whole panels of
-#: the packed product, no columns left over) runs v6 instead of v3: at B1 T1000 H32 the
-#: LSTM forward 0.54 against 0.66 ms, GRU 0.45 against 0.52 (measured); with columns left
-#: over (H=24) the backward ran 2x slower
+#: a lone row (B=1) with H up to this runs v10: at B1 T1000 I8 the LSTM forward 0.32
+#: against v6's 0.43 ms (H32), 0.62 against 0.69 (H64), 0.11 against v3's 0.18 (H3); GRU
+#: 0.32 against 0.41 (H32), 0.56 against 0.53 (H64); RNN 0.17 against 0.20 (H32), 0.13
+#: against 0.16 (H64); at H128 all three even (measured, one core, float32)
+UNITS_MAX_H = 64
+#: a lone row's backward with H a multiple of this (R.T then split into whole panels of
+#: the packed product, no columns left over) runs on the packed product (v6's), else on
+#: the fused loop (v3's): with columns left over (H=24) it ran 2x slower; at B1 T1000 H32
+#: the LSTM forward on the packed product took 0.54 against 0.66 ms, GRU 0.45 against 0.52
+#: (measured, before v10)
 PACKED_LONE_ROW_H = 16
+#: inputs up to this many have v10's steps make their own input part, more have it made
+#: for all steps before the loop (``_units.pack_units``)
+UNITS_IN_STEP_MAX_I = 16
 #: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
 BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
@@ -130,15 +143,12 @@ def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int, itemsize: i
     shape: the decision took ~0.3 us of a ~7 us call at the smallest shapes)."""
     if variant is not None:
         name = variant
+    elif B == 1 and H <= UNITS_MAX_H:
+        name = "v10"
     elif H <= BATCH_INNER_MAX_H and B >= BATCH_INNER_MIN_B:
         name = "v5"
     elif H <= FUSED_MAX_H:
-        if B * G * H >= PARALLEL_MIN_WORK:
-            name = "v4"
-        elif B == 1 and H % PACKED_LONE_ROW_H == 0:
-            name = "v6"
-        else:
-            name = "v3"
+        name = "v4" if B * G * H >= PARALLEL_MIN_WORK else "v3"
     elif H <= FUSED_PARALLEL_MAX_H:
         name = "v4"
     elif (I + H) * G * H * itemsize <= STEPPED_MAX_BYTES:
@@ -146,6 +156,9 @@ def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int, itemsize: i
     else:
         name = "v7"
     fused, packed, parallel, stepped = VARIANT_FLAGS[name]
+    if name == "v10":
+        packed = H % PACKED_LONE_ROW_H == 0
+        fused = not packed
     return Plan(name, fused, packed, 0 if parallel else 1, stepped)
 
 

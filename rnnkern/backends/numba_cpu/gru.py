@@ -40,6 +40,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
+from ._units import end_step, input_units, pack_units, unit_block, unpad
 from ._vec import lanes, vload, vstore
 
 
@@ -129,6 +130,71 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
         _forward_rows(0, B, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn, y,
                       lengths)
     return y, h, gates, hn, h[T % (nk + 1)].copy()
+
+
+#: the gate of W and of R in each of ``_units``' slots: r, z, and n apart, its input part
+#: (x W_n + b_n) in slot 2, its recurrent part (h R_n + b_hn, which r gates) in slot 3
+_W_SLOTS = np.array([0, 1, 2, -1])
+_R_SLOTS = np.array([0, 1, -1, 2])
+
+
+@njit(**JIT)
+def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, gemm_chunks, keep):
+    """v10: ``gru_forward`` one row at a time, each step's pre-activations in registers a
+    block of units at a time (``_units``; slot 2 of R and slot 3 of W are zeros, a quarter
+    of the multiply-adds, for one code path with the other cells), then that block's
+    activations and update on them. Same arguments (less the plan's) and returns; without
+    keep the cache's arrays are empty.
+
+    Work, flat, Hp = H rounded up to whole blocks: ring: (2, Hp) the row's h entering and
+    leaving a step; gs: (3, Hp) a step's post-activation gates, hns: (Hp,) its
+    h R_n + b_hn (with keep).
+    """
+    T, B, I = x.shape
+    H = R.shape[0]
+    L = lanes(x)
+    bias = np.empty((4, H), x.dtype)
+    bias[:3] = b.reshape(3, H)
+    bias[3] = b_hn
+    Wu, Q, bq = pack_units(W, R, bias, _W_SLOTS, _R_SLOTS, in_step)
+    U, BU = Q.shape[0], Q.shape[3]
+    Hp = U * BU
+    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    nk = T if keep else 0
+    h = states(h0, nk)
+    gates, hn = empty((nk, B, 3 * H), x), empty((nk, B, H), x)
+    y, hT = empty((T, B, H), x), empty((B, H), x)
+    ring = np.zeros(2 * Hp, x.dtype)
+    gs, hns = np.zeros(3 * Hp, x.dtype), np.zeros(Hp, x.dtype)
+    one = x.dtype.type(1)
+    for n in range(B):
+        for j in range(H):
+            ring[j] = h0[n, j]
+        for t in range(T):
+            s, s1 = t % 2 * Hp, (t + 1) % 2 * Hp
+            row = t * B + n
+            for u in range(U):
+                r0, r1, z0, z1, nx0, nx1, nh0, nh1 = unit_block(Q, bq, u, x, row * I, gx,
+                                                                row * 4 * Hp, ring, s)
+                r0, r1, z0, z1 = fast_sigmoid(r0), fast_sigmoid(r1), fast_sigmoid(z0), \
+                    fast_sigmoid(z1)
+                n0, n1 = fast_tanh(nx0 + r0 * nh0), fast_tanh(nx1 + r1 * nh1)
+                j = u * BU
+                vstore(ring, s1 + j, (one - z0) * n0 + z0 * vload(ring, s + j))
+                vstore(ring, s1 + j + L, (one - z1) * n1 + z1 * vload(ring, s + j + L))
+                if keep:
+                    for q, (v0, v1) in enumerate(((r0, r1), (z0, z1), (n0, n1))):
+                        vstore(gs, q * Hp + j, v0)
+                        vstore(gs, q * Hp + j + L, v1)
+                    vstore(hns, j, nh0)
+                    vstore(hns, j + L, nh1)
+            end_step(ring, s, s1, y[t, n], t < lengths[n])
+            if keep:
+                unpad(ring, s1, Hp, h[t + 1, n], H)
+                unpad(gs, 0, Hp, gates[t, n], H)
+                unpad(hns, 0, Hp, hn[t, n], H)
+        unpad(ring, T % 2 * Hp, Hp, hT[n], H)
+    return y, h, gates, hn, hT
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order

@@ -43,6 +43,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
+from ._units import end_step, input_units, pack_units, unit_block, unpad
 from ._vec import lanes, vload, vstore
 
 
@@ -137,6 +138,71 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
         _forward_rows(0, B, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c, y,
                       lengths)
     return y, h, c, gates, tanh_c, h[T % (nk + 1)].copy(), c[T % (nk + 1)].copy()
+
+
+#: the gate of W and of R in each of ``_units``' slots: i, f, g, o
+_SLOTS = np.arange(4)
+
+
+@njit(**JIT)
+def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, gemm_chunks, keep):
+    """v10: ``lstm_forward`` one row at a time, each step's pre-activations in registers
+    a block of units at a time (``_units``), then that block's activations and cell update
+    on them. Same arguments (less the plan's) and returns; without keep the cache's
+    arrays are empty, nothing of a step kept but the states.
+
+    Work, flat, Hp = H rounded up to whole blocks (the units past H are the zero columns
+    of ``pack_units``): ring: (2, 2, Hp) the row's (h, c) entering and leaving a step;
+    gs: (4, Hp) a step's post-activation gates and ts: (Hp,) its tanh(c) (with keep).
+    """
+    T, B, I = x.shape
+    H = R.shape[0]
+    L = lanes(x)
+    Wu, Q, bq = pack_units(W, R, b.reshape(4, H), _SLOTS, _SLOTS, in_step)
+    U, BU = Q.shape[0], Q.shape[3]
+    Hp = U * BU
+    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    nk = T if keep else 0
+    h, c = states(h0, nk), states(c0, nk)
+    gates, tanh_c = empty((nk, B, 4 * H), x), empty((nk, B, H), x)
+    y, hT, cT = empty((T, B, H), x), empty((B, H), x), empty((B, H), x)
+    ring = np.zeros(4 * Hp, x.dtype)
+    gs, ts = np.zeros(4 * Hp, x.dtype), np.zeros(Hp, x.dtype)
+    for n in range(B):
+        for j in range(H):
+            ring[j], ring[Hp + j] = h0[n, j], c0[n, j]
+        for t in range(T):
+            s, s1 = t % 2 * 2 * Hp, (t + 1) % 2 * 2 * Hp  # h at s, c at s + Hp
+            row = t * B + n
+            for u in range(U):
+                i0, i1, f0, f1, g0, g1, o0, o1 = unit_block(Q, bq, u, x, row * I, gx,
+                                                            row * 4 * Hp, ring, s)
+                i0, i1, f0, f1 = fast_sigmoid(i0), fast_sigmoid(i1), fast_sigmoid(f0), \
+                    fast_sigmoid(f1)
+                g0, g1, o0, o1 = fast_tanh(g0), fast_tanh(g1), fast_sigmoid(o0), fast_sigmoid(o1)
+                j = u * BU
+                cn0 = f0 * vload(ring, s + Hp + j) + i0 * g0
+                cn1 = f1 * vload(ring, s + Hp + j + L) + i1 * g1
+                tc0, tc1 = fast_tanh(cn0), fast_tanh(cn1)
+                vstore(ring, s1 + j, o0 * tc0)
+                vstore(ring, s1 + j + L, o1 * tc1)
+                vstore(ring, s1 + Hp + j, cn0)
+                vstore(ring, s1 + Hp + j + L, cn1)
+                if keep:
+                    for q, (v0, v1) in enumerate(((i0, i1), (f0, f1), (g0, g1), (o0, o1))):
+                        vstore(gs, q * Hp + j, v0)
+                        vstore(gs, q * Hp + j + L, v1)
+                    vstore(ts, j, tc0)
+                    vstore(ts, j + L, tc1)
+            end_step(ring, s, s1, y[t, n], t < lengths[n])
+            if keep:
+                unpad(ring, s1, Hp, h[t + 1, n], H)
+                unpad(ring, s1 + Hp, Hp, c[t + 1, n], H)
+                unpad(gs, 0, Hp, gates[t, n], H)
+                unpad(ts, 0, Hp, tanh_c[t, n], H)
+        unpad(ring, T % 2 * 2 * Hp, Hp, hT[n], H)
+        unpad(ring, T % 2 * 2 * Hp + Hp, Hp, cT[n], H)
+    return y, h, c, gates, tanh_c, hT, cT
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order

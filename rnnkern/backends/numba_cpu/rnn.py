@@ -37,7 +37,8 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._vec import lanes, maximum, vload, vstore, where_positive
+from ._units import end_step, input_units, pack_units, unit_block, unpad
+from ._vec import lanes, maximum, vload, vstore, vzero_like, where_positive
 
 
 @njit(**JIT)
@@ -119,6 +120,63 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     else:
         _forward_rows(0, B, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths)
     return y, h, a, h[T % (nk + 1)].copy()
+
+
+#: W's and R's one gate in ``_units``' one slot
+_SLOTS = np.zeros(1, np.int64)
+
+
+@njit(**JIT)
+def _activation(v, code):
+    """act(v) of a ``Vec`` by code (see the module): a NaN passes the ReLU, as in
+    np.maximum."""
+    if code == 0:
+        return fast_tanh(v)
+    if code == 1:
+        return maximum(vzero_like(v), v)
+    return v
+
+
+@njit(**JIT)
+def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, gemm_chunks, keep):
+    """v10: ``rnn_forward`` one row at a time, each step's pre-activations in registers a
+    block of units at a time (``_units``: one slot of 8 vectors), then their activation.
+    Same arguments (less the plan's) and returns; without keep the cache's arrays are
+    empty.
+
+    Work, flat, Hp = H rounded up to whole blocks: ring: (2, Hp) the row's h entering and
+    leaving a step (the post-activation of a step is its new h, kept before an inactive
+    step puts the old one back).
+    """
+    T, B, I = x.shape
+    H = R.shape[0]
+    L = lanes(x)
+    Wu, Q, bq = pack_units(W, R, b.reshape(1, H), _SLOTS, _SLOTS, in_step)
+    U, BU = Q.shape[0], Q.shape[3]
+    Hp = U * BU
+    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    nk = T if keep else 0
+    h = states(h0, nk)
+    a = empty((nk, B, H), x)
+    y, hT = empty((T, B, H), x), empty((B, H), x)
+    ring = np.zeros(2 * Hp, x.dtype)
+    for n in range(B):
+        for j in range(H):
+            ring[j] = h0[n, j]
+        for t in range(T):
+            s, s1 = t % 2 * Hp, (t + 1) % 2 * Hp
+            row = t * B + n
+            for u in range(U):
+                vs = unit_block(Q, bq, u, x, row * I, gx, row * Hp, ring, s)
+                for i, v in enumerate(vs):
+                    vstore(ring, s1 + u * BU + i * L, _activation(v, code))
+            if keep:
+                unpad(ring, s1, Hp, a[t, n], H)
+            end_step(ring, s, s1, y[t, n], t < lengths[n])
+            if keep:
+                unpad(ring, s1, Hp, h[t + 1, n], H)
+        unpad(ring, T % 2 * Hp, Hp, hT[n], H)
+    return y, h, a, hT
 
 
 #: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
