@@ -29,7 +29,7 @@ from numba import njit
 
 from ._common import JIT
 from ._simd import input_projection, pack
-from ._vec import lanes, vbcast, vfma, vload
+from ._vec import lanes, vbcast, vfma, vload, vstore
 
 #: vector accumulators of one unit block's pre-activations
 SLOT_VECTORS = 8
@@ -150,12 +150,26 @@ def end_step(ring, s, s1, yn, active):
 
 
 @njit(**JIT)
-def unpad(src, o, Hp, dst, H):
-    """dst[q*H + j] = src[o + q*Hp + j]: a row of a cache array (blocks of H, one per
-    gate) from its padded work (blocks of Hp)."""
-    for q in range(dst.shape[0] // H):
+def store_pairs(a, o, Hg, j, pairs):
+    """a.flat[o + q*Hg + j :] = the q-th pair of vectors, one after the other: a unit
+    block's values of each gate q into a cache row (Hg = H) or its padded work (Hg = Hp)."""
+    L = lanes(a)
+    for q, (v0, v1) in enumerate(pairs):
+        vstore(a, o + q * Hg + j, v0)
+        vstore(a, o + q * Hg + j + L, v1)
+
+
+@njit(**JIT)
+def unpad(src, o, Hp, dst, do, H, blocks):
+    """dst.flat[do + q*H + j] = src[o + q*Hp + j] for q < blocks, j < H: a row of a cache
+    array (blocks of H, one per gate) from its padded work (blocks of Hp), on flat arrays.
+    Only where a block is padded, or for the states an inactive step carries: copied from
+    the work after each step, the cache cost a third of a step more at B1 H32 (LSTM 0.08
+    us of 0.40, GRU 0.15 of 0.33, RNN 0.06 of 0.16) against storing it from the registers
+    (``store_pairs``)."""
+    for q in range(blocks):
         for j in range(H):
-            dst[q * H + j] = src[o + q * Hp + j]
+            dst[do + q * H + j] = src[o + q * Hp + j]
 
 
 @njit(**JIT)

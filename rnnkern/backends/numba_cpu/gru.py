@@ -40,7 +40,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import end_step, input_units, pack_units, unit_block, unpad
+from ._units import end_step, input_units, pack_units, store_pairs, unit_block, unpad
 from ._vec import lanes, vload, vstore
 
 
@@ -167,6 +167,10 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, gemm_chunks, keep)
     ring = np.zeros(2 * Hp, x.dtype)
     gs, hns = np.zeros(3 * Hp, x.dtype), np.zeros(Hp, x.dtype)
     one = x.dtype.type(1)
+    # a step's cache straight from the registers where no block is padded, else through
+    # the ring and gs, hns (see ``_units.unpad``)
+    direct = Hp == H
+    hf, gf, nf = h.reshape(h.size), gates.reshape(gates.size), hn.reshape(hn.size)
     for n in range(B):
         for j in range(H):
             ring[j] = h0[n, j]
@@ -180,20 +184,26 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, gemm_chunks, keep)
                     fast_sigmoid(z1)
                 n0, n1 = fast_tanh(nx0 + r0 * nh0), fast_tanh(nx1 + r1 * nh1)
                 j = u * BU
-                vstore(ring, s1 + j, (one - z0) * n0 + z0 * vload(ring, s + j))
-                vstore(ring, s1 + j + L, (one - z1) * n1 + z1 * vload(ring, s + j + L))
-                if keep:
-                    for q, (v0, v1) in enumerate(((r0, r1), (z0, z1), (n0, n1))):
-                        vstore(gs, q * Hp + j, v0)
-                        vstore(gs, q * Hp + j + L, v1)
-                    vstore(hns, j, nh0)
-                    vstore(hns, j + L, nh1)
-            end_step(ring, s, s1, y[t, n], t < lengths[n])
-            if keep:
-                unpad(ring, s1, Hp, h[t + 1, n], H)
-                unpad(gs, 0, Hp, gates[t, n], H)
-                unpad(hns, 0, Hp, hn[t, n], H)
-        unpad(ring, T % 2 * Hp, Hp, hT[n], H)
+                hn0 = (one - z0) * n0 + z0 * vload(ring, s + j)
+                hn1 = (one - z1) * n1 + z1 * vload(ring, s + j + L)
+                vstore(ring, s1 + j, hn0)
+                vstore(ring, s1 + j + L, hn1)
+                gates_u = ((r0, r1), (z0, z1), (n0, n1))
+                if keep and direct:
+                    store_pairs(gf, row * 3 * H, H, j, gates_u)
+                    store_pairs(nf, row * H, H, j, ((nh0, nh1),))
+                    store_pairs(hf, (row + B) * H, H, j, ((hn0, hn1),))
+                elif keep:
+                    store_pairs(gs, 0, Hp, j, gates_u)
+                    store_pairs(hns, 0, Hp, j, ((nh0, nh1),))
+            active = t < lengths[n]
+            end_step(ring, s, s1, y[t, n], active)
+            if keep and not (direct and active):  # the state an inactive step carries
+                unpad(ring, s1, Hp, hf, (row + B) * H, H, 1)
+            if keep and not direct:
+                unpad(gs, 0, Hp, gf, row * 3 * H, H, 3)
+                unpad(hns, 0, Hp, nf, row * H, H, 1)
+        unpad(ring, T % 2 * Hp, Hp, hT[n], 0, H, 1)
     return y, h, gates, hn, hT
 
 

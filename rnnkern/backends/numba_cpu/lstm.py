@@ -43,7 +43,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import end_step, input_units, pack_units, unit_block, unpad
+from ._units import end_step, input_units, pack_units, store_pairs, unit_block, unpad
 from ._vec import lanes, vload, vstore
 
 
@@ -168,12 +168,18 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, gemm_chunks, keep):
     y, hT, cT = empty((T, B, H), x), empty((B, H), x), empty((B, H), x)
     ring = np.zeros(4 * Hp, x.dtype)
     gs, ts = np.zeros(4 * Hp, x.dtype), np.zeros(Hp, x.dtype)
+    # a step's cache straight from the registers where no block is padded, else through
+    # the ring and gs, ts (see ``_units.unpad``)
+    direct = Hp == H
+    hf, cf = h.reshape(h.size), c.reshape(c.size)
+    gf, tf = gates.reshape(gates.size), tanh_c.reshape(tanh_c.size)
     for n in range(B):
         for j in range(H):
             ring[j], ring[Hp + j] = h0[n, j], c0[n, j]
         for t in range(T):
             s, s1 = t % 2 * 2 * Hp, (t + 1) % 2 * 2 * Hp  # h at s, c at s + Hp
             row = t * B + n
+            so = (row + B) * H  # h[t + 1, n], c[t + 1, n] in hf, cf
             for u in range(U):
                 i0, i1, f0, f1, g0, g1, o0, o1 = unit_block(Q, bq, u, x, row * I, gx,
                                                             row * 4 * Hp, ring, s)
@@ -184,24 +190,30 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, gemm_chunks, keep):
                 cn0 = f0 * vload(ring, s + Hp + j) + i0 * g0
                 cn1 = f1 * vload(ring, s + Hp + j + L) + i1 * g1
                 tc0, tc1 = fast_tanh(cn0), fast_tanh(cn1)
-                vstore(ring, s1 + j, o0 * tc0)
-                vstore(ring, s1 + j + L, o1 * tc1)
+                hn0, hn1 = o0 * tc0, o1 * tc1
+                vstore(ring, s1 + j, hn0)
+                vstore(ring, s1 + j + L, hn1)
                 vstore(ring, s1 + Hp + j, cn0)
                 vstore(ring, s1 + Hp + j + L, cn1)
-                if keep:
-                    for q, (v0, v1) in enumerate(((i0, i1), (f0, f1), (g0, g1), (o0, o1))):
-                        vstore(gs, q * Hp + j, v0)
-                        vstore(gs, q * Hp + j + L, v1)
-                    vstore(ts, j, tc0)
-                    vstore(ts, j + L, tc1)
-            end_step(ring, s, s1, y[t, n], t < lengths[n])
-            if keep:
-                unpad(ring, s1, Hp, h[t + 1, n], H)
-                unpad(ring, s1 + Hp, Hp, c[t + 1, n], H)
-                unpad(gs, 0, Hp, gates[t, n], H)
-                unpad(ts, 0, Hp, tanh_c[t, n], H)
-        unpad(ring, T % 2 * 2 * Hp, Hp, hT[n], H)
-        unpad(ring, T % 2 * 2 * Hp + Hp, Hp, cT[n], H)
+                gates_u = ((i0, i1), (f0, f1), (g0, g1), (o0, o1))
+                if keep and direct:
+                    store_pairs(gf, row * 4 * H, H, j, gates_u)
+                    store_pairs(tf, row * H, H, j, ((tc0, tc1),))
+                    store_pairs(hf, so, H, j, ((hn0, hn1),))
+                    store_pairs(cf, so, H, j, ((cn0, cn1),))
+                elif keep:
+                    store_pairs(gs, 0, Hp, j, gates_u)
+                    store_pairs(ts, 0, Hp, j, ((tc0, tc1),))
+            active = t < lengths[n]
+            end_step(ring, s, s1, y[t, n], active)
+            if keep and not (direct and active):  # the states an inactive step carries
+                unpad(ring, s1, Hp, hf, so, H, 1)
+                unpad(ring, s1 + Hp, Hp, cf, so, H, 1)
+            if keep and not direct:
+                unpad(gs, 0, Hp, gf, row * 4 * H, H, 4)
+                unpad(ts, 0, Hp, tf, row * H, H, 1)
+        unpad(ring, T % 2 * 2 * Hp, Hp, hT[n], 0, H, 1)
+        unpad(ring, T % 2 * 2 * Hp + Hp, Hp, cT[n], 0, H, 1)
     return y, h, c, gates, tanh_c, hT, cT
 
 

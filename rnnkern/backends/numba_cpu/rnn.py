@@ -160,6 +160,12 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, gemm_chunks, keep)
     a = empty((nk, B, H), x)
     y, hT = empty((T, B, H), x), empty((B, H), x)
     ring = np.zeros(2 * Hp, x.dtype)
+    # a step's cache straight from the registers, every vector that lies within H (a block
+    # is 64 float32 units on AVX2: at H=32 half of it is padding), the units past the last
+    # whole vector and the state an inactive step carries through the ring after the step
+    # (see ``_units.unpad``)
+    whole = H - H % L
+    hf, af = h.reshape(h.size), a.reshape(a.size)
     for n in range(B):
         for j in range(H):
             ring[j] = h0[n, j]
@@ -169,13 +175,23 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, gemm_chunks, keep)
             for u in range(U):
                 vs = unit_block(Q, bq, u, x, row * I, gx, row * Hp, ring, s)
                 for i, v in enumerate(vs):
-                    vstore(ring, s1 + u * BU + i * L, _activation(v, code))
+                    j = u * BU + i * L
+                    w = _activation(v, code)
+                    vstore(ring, s1 + j, w)
+                    if keep and j < whole:
+                        vstore(af, row * H + j, w)
+                        vstore(hf, (row + B) * H + j, w)
+            active = t < lengths[n]
             if keep:
-                unpad(ring, s1, Hp, a[t, n], H)
-            end_step(ring, s, s1, y[t, n], t < lengths[n])
-            if keep:
-                unpad(ring, s1, Hp, h[t + 1, n], H)
-        unpad(ring, T % 2 * Hp, Hp, hT[n], H)
+                for j in range(whole, H):
+                    af[row * H + j] = ring[s1 + j]
+            end_step(ring, s, s1, y[t, n], active)
+            if keep and not active:  # the state an inactive step carries
+                unpad(ring, s1, Hp, hf, (row + B) * H, H, 1)
+            elif keep:
+                for j in range(whole, H):
+                    hf[(row + B) * H + j] = ring[s1 + j]
+        unpad(ring, T % 2 * Hp, Hp, hT[n], 0, H, 1)
     return y, h, a, hT
 
 
