@@ -133,12 +133,11 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
     """v10 with each step making its input part (x[t] @ W from Q, small I) and with it
-    made for all steps before the loop (``_units.input_units``, in row blocks over the
-    Numba threads with the size threshold at zero): float32 and float64 against the oracle
-    and inference against training bit for bit, on one row and on several (one at a
-    time), H in one block, past whole blocks and past whole vectors, variable lengths."""
+    made for all steps before the loop (``_units.input_units``): float32 and float64
+    against the oracle and inference against training bit for bit, on one row and on
+    several (one at a time), H in one block, past whole blocks and past whole vectors,
+    variable lengths."""
     monkeypatch.setattr(nb, "UNITS_IN_STEP_MAX_I", 10**6 if in_step else 0)
-    monkeypatch.setattr(nb, "GEMM_PARALLEL_MIN_MACS", 0)
     for seed, (T, B, I, H, lengths) in enumerate([(7, 1, 9, 16, False), (4, 1, 3, 37, True),
                                                   (3, 3, 5, 20, True), (1, 1, 1, 1, False)]):
         p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
@@ -152,6 +151,39 @@ def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
         y_inf, s_inf, _ = gradcheck.forward(nb, q)
         for a, b in zip((y, *s), (y_inf, *s_inf), strict=True):
             assert np.array_equal(a, b), (cell, T, B, I, H)
+
+
+CACHE_ORDER = """
+import sys
+import numpy as np
+from rnnkern import backends
+from rnnkern.gradcheck import make_problem
+
+nb = backends.get("numba")
+for cell in ("rnn", "lstm", "gru"):
+    for I in (2, 40):  # v10's input part in the steps, and before the loop
+        p = make_problem(cell, T=3, B=1, I=I, H=32).astype(np.float32)
+        P = p.params
+        state = (None, None) if cell == "lstm" else (None,)
+        extra = (P["b_hn"],) if cell == "gru" else ()
+        getattr(nb, cell + "_forward")(p.inputs["x"], *state, P["W"], P["R"], P["b"], *extra,
+                                       variant=sys.argv[1])
+print("ok")
+"""
+
+
+def test_lone_row_kernel_from_cache(tmp_path):
+    """Three processes on one fresh Numba cache: v6, then v10 compiled beside v6's cached
+    functions, then v10 loaded from the cache at its first call. The third crashed when a
+    v10 kernel called a parallel function (``_units.input_units``)."""
+    script = tmp_path / "order.py"
+    script.write_text(CACHE_ORDER)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    for variant in ("v6", "v10", "v10"):
+        out = subprocess.run([sys.executable, str(script), variant], capture_output=True,
+                             text=True, env=env, timeout=900)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (
+            variant, out.returncode, out.stderr[-3000:])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

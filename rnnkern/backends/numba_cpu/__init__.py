@@ -199,8 +199,7 @@ def rnn_forward(
         return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W,
                              R=R, buf=buf, lengths=lens, variant="v5")
     if plan.name == "v10":
-        y, h, a, hT = rnn.rnn_forward_units(x, h0, W, R, b, code, lens, _in_step(d),
-                                            _projection_chunks(1, d, 1), keep)
+        y, h, a, hT = rnn.rnn_forward_units(x, h0, W, R, b, code, lens, _in_step(d), keep)
     else:
         threads = _blas_threads(d, plan, 1)
         y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
@@ -268,7 +267,7 @@ def lstm_forward(
                                    lengths=lens, variant="v5")
     if plan.name == "v10":
         y, h, c, gates, tanh_c, hT, cT = lstm.lstm_forward_units(
-            x, h0, c0, W, R, b, lens, _in_step(d), _projection_chunks(1, d, 4), keep)
+            x, h0, c0, W, R, b, lens, _in_step(d), keep)
     else:
         threads = _blas_threads(d, plan, 4)
         y, h, c, gates, tanh_c, hT, cT = _call(
@@ -341,7 +340,7 @@ def gru_forward(
                              lengths=lens, variant="v5")
     if plan.name == "v10":
         y, h, gates, hn, hT = gru.gru_forward_units(x, h0, W, R, b, b_hn, lens, _in_step(d),
-                                                    _projection_chunks(1, d, 3), keep)
+                                                    keep)
     else:
         threads = _blas_threads(d, plan, 3)
         y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,

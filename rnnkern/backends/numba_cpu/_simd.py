@@ -271,17 +271,32 @@ def _tile1x4(A, P, out, m, p, add, k0, k1):
 @njit(**JIT)
 def _tile1(A, P, out, m, p, add, k0, k1):
     """``_tile4`` for the one row m and the one panel p: a row left over past a multiple
-    of 4 rows, in the panels left over past a multiple of 4 panels."""
+    of 4 rows, in the panels left over past a multiple of 4 panels. K runs in four
+    interleaved partial sums (8 accumulators), added at the end: with one sum per vector,
+    2 chains of K dependent multiply-adds, a lone row's backward product (B1 H32:
+    1 x 128 @ 128 x 32, two panels) waited on the multiply-add latency."""
     K, N, L = P.shape[1], out.shape[1], lanes(A)
     o = m * N + p * 2 * L
     c0, c1 = _start(out, o, add), _start(out, o + L, add)
-    pk = p * K * 2 * L
-    for k in range(k0, k1):
-        a = vbcast(A, m * K + k)
+    d0, d1, e0, e1, f0, f1 = vzero(A), vzero(A), vzero(A), vzero(A), vzero(A), vzero(A)
+    pk, ak = p * K * 2 * L, m * K
+    k4 = k0 + (k1 - k0) // 4 * 4
+    for k in range(k0, k4, 4):
+        q = pk + 2 * L * k
+        a = vbcast(A, ak + k)
+        c0, c1 = vfma(a, vload(P, q), c0), vfma(a, vload(P, q + L), c1)
+        a = vbcast(A, ak + k + 1)
+        d0, d1 = vfma(a, vload(P, q + 2 * L), d0), vfma(a, vload(P, q + 3 * L), d1)
+        a = vbcast(A, ak + k + 2)
+        e0, e1 = vfma(a, vload(P, q + 4 * L), e0), vfma(a, vload(P, q + 5 * L), e1)
+        a = vbcast(A, ak + k + 3)
+        f0, f1 = vfma(a, vload(P, q + 6 * L), f0), vfma(a, vload(P, q + 7 * L), f1)
+    for k in range(k4, k1):
+        a = vbcast(A, ak + k)
         c0 = vfma(a, vload(P, pk + 2 * L * k), c0)
         c1 = vfma(a, vload(P, pk + 2 * L * k + L), c1)
-    vstore(out, o, c0)
-    vstore(out, o + L, c1)
+    vstore(out, o, (c0 + d0) + (e0 + f0))
+    vstore(out, o + L, (c1 + d1) + (e1 + f1))
 
 
 @njit(**JIT)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import JIT
-from ._simd import input_projection, pack
+from ._common import JIT, empty
+from ._simd import _pack_serial, product, product_work
 from ._vec import lanes, vbcast, vfma, vload, vstore
 
 #: vector accumulators of one unit block's pre-activations
@@ -173,10 +173,21 @@ def unpad(src, o, Hp, dst, do, H, blocks):
 
 
 @njit(**JIT)
-def input_units(x, Wu, gemm_chunks):
-    """gx for ``unit_block``: x: (T, B, I) @ Wu for every step, (T, B, U*S*BU), in
-    gemm_chunks row blocks (``_simd.input_projection``); empty where Wu is (the steps make
-    their input part from Q)."""
-    if Wu.shape[1] == 0:
+def input_units(x, Wu):
+    """gx for ``unit_block``: x: (T, B, I) @ Wu for every step, (T, B, U*S*BU), on the
+    packed product, serially; empty where Wu is (the steps make their input part from Q).
+
+    Serially, as one row's input part is small, and because a kernel that calls a
+    parallel function (``pack``, ``_simd.input_projection``'s row blocks) and is compiled
+    where that function came from Numba's cache could not be loaded from the cache itself
+    in a process whose thread pool had not started: it crashed (reproduced with the v10
+    LSTM: one process ran v6, the next compiled v10, the third segfaulted at its first
+    call; ``test_numba.test_lone_row_kernel_from_cache``)."""
+    T, B, I = x.shape
+    N, NG = T * B, Wu.shape[1]
+    if NG == 0:
         return np.empty((0, 0, 0), x.dtype)
-    return input_projection(x, Wu, pack(Wu), Wu.shape[1], gemm_chunks)
+    gx = empty((T, B, NG), x)
+    product(x.reshape(N, I), Wu, _pack_serial(Wu), gx.reshape(N, NG), 0, N, False,
+            product_work(N, I, NG, x, True))
+    return gx

@@ -139,7 +139,7 @@ _R_SLOTS = np.array([0, 1, -1, 2])
 
 
 @njit(**JIT)
-def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, gemm_chunks, keep):
+def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
     """v10: ``gru_forward`` one row at a time, each step's pre-activations in registers a
     block of units at a time (``_units``; slot 2 of R and slot 3 of W are zeros, a quarter
     of the multiply-adds, for one code path with the other cells), then that block's
@@ -159,7 +159,7 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, gemm_chunks, keep)
     Wu, Q, bq = pack_units(W, R, bias, _W_SLOTS, _R_SLOTS, in_step)
     U, BU = Q.shape[0], Q.shape[3]
     Hp = U * BU
-    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    gx = input_units(x, Wu)  # (T, B, U*S*BU) or empty
     nk = T if keep else 0
     h = states(h0, nk)
     gates, hn = empty((nk, B, 3 * H), x), empty((nk, B, H), x)

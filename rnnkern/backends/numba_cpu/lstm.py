@@ -145,7 +145,7 @@ _SLOTS = np.arange(4)
 
 
 @njit(**JIT)
-def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, gemm_chunks, keep):
+def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, keep):
     """v10: ``lstm_forward`` one row at a time, each step's pre-activations in registers
     a block of units at a time (``_units``), then that block's activations and cell update
     on them. Same arguments (less the plan's) and returns; without keep the cache's
@@ -161,7 +161,7 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, gemm_chunks, keep):
     Wu, Q, bq = pack_units(W, R, b.reshape(4, H), _SLOTS, _SLOTS, in_step)
     U, BU = Q.shape[0], Q.shape[3]
     Hp = U * BU
-    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    gx = input_units(x, Wu)  # (T, B, U*S*BU) or empty
     nk = T if keep else 0
     h, c = states(h0, nk), states(c0, nk)
     gates, tanh_c = empty((nk, B, 4 * H), x), empty((nk, B, H), x)

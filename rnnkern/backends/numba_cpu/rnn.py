@@ -138,7 +138,7 @@ def _activation(v, code):
 
 
 @njit(**JIT)
-def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, gemm_chunks, keep):
+def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
     """v10: ``rnn_forward`` one row at a time, each step's pre-activations in registers a
     block of units at a time (``_units``: one slot of 8 vectors), then their activation.
     Same arguments (less the plan's) and returns; without keep the cache's arrays are
@@ -154,7 +154,7 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, gemm_chunks, keep)
     Wu, Q, bq = pack_units(W, R, b.reshape(1, H), _SLOTS, _SLOTS, in_step)
     U, BU = Q.shape[0], Q.shape[3]
     Hp = U * BU
-    gx = input_units(x, Wu, gemm_chunks)  # (T, B, U*S*BU) or empty
+    gx = input_units(x, Wu)  # (T, B, U*S*BU) or empty
     nk = T if keep else 0
     h = states(h0, nk)
     a = empty((nk, B, H), x)
