@@ -186,6 +186,45 @@ def test_lone_row_kernel_from_cache(tmp_path):
             variant, out.returncode, out.stderr[-3000:])
 
 
+CACHE_CALLEES = """
+import sys
+import numpy as np
+from rnnkern import backends
+from rnnkern.backends.numba_cpu._simd import pack, pack_if
+
+B = np.ones((64, 96), np.float32)
+if sys.argv[1] == "pack":
+    pack(B)
+else:
+    if sys.argv[1] == "backend first":  # a lone row's forward: a serial plan
+        x = np.ones((2, 1, 2), np.float32)
+        backends.get("numba").rnn_forward(x, None, np.ones((2, 3), np.float32),
+                                          np.ones((3, 3), np.float32),
+                                          np.zeros(3, np.float32))
+    # compiled (second process) beside the parallel pack loaded from the cache, then
+    # loaded from the cache itself (third)
+    pack_if(B, True)
+print("ok")
+"""
+
+
+def test_kernel_from_cache_starts_threads(tmp_path):
+    """A serial function compiled beside parallel callees that came from Numba's cache is
+    cached without starting Numba's thread pool when it loads (Numba 0.68): in a process
+    whose pool had not started, its first call segfaulted. The backend starts the pool at
+    its first call, whatever the plan (``_common._shape_plan``), so that a kernel of that
+    kind loads safely after it: ``pack`` (parallel) cached by one process, ``pack_if``
+    (serial, calling it) compiled by a second, loaded by a third after a backend call."""
+    script = tmp_path / "callees.py"
+    script.write_text(CACHE_CALLEES)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    for step in ("pack", "pack_if", "backend first"):
+        out = subprocess.run([sys.executable, str(script), step], capture_output=True,
+                             text=True, env=env, timeout=900)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (
+            step, out.returncode, out.stderr[-3000:])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposed(dtype):
     """``_common.transposed``: a.T, C-contiguous, for sizes inside one block, across

@@ -140,7 +140,18 @@ def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -
 @functools.lru_cache(maxsize=1024)
 def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:
     """``choose`` less the thread count: chunks=0 for a parallel variant (remembered per
-    shape: the decision took ~0.3 us of a ~7 us call at the smallest shapes)."""
+    shape: the decision took ~0.3 us of a ~7 us call at the smallest shapes).
+
+    It also starts Numba's thread pool, so that the pool runs before the process's first
+    kernel call, whatever the plan. Why: Numba starts it when it loads a ``parallel=True``
+    function from the cache, but a serial kernel compiled beside parallel callees that had
+    themselves come from the cache is cached without that step (Numba 0.68 keeps a cached
+    library's start-up functions out of the libraries that link it); loaded in a later
+    process whose pool had not started, such a kernel segfaulted at its first call
+    (``tests/test_numba.py::test_kernel_from_cache_starts_threads``). Once per process
+    and shape, here, rather than in ``choose``: it costs microseconds.
+    """
+    numba.get_num_threads()
     if variant is not None:
         name = variant
     elif B == 1 and H <= UNITS_MAX_H:
