@@ -464,6 +464,36 @@ def test_vector_activations_match_scalar(dtype):
                   <= 4 * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store_first_lanes(dtype):
+    """``_vec.vstore_first``: the first n lanes of a vector at a flat index, nothing for
+    n <= 0, every lane from n = lanes; nothing else of the array written, also where the
+    vector reaches past the array's end (v10 stores a unit block's last units that way)."""
+    from numba import njit
+
+    from rnnkern.backends.numba_cpu._vec import lanes, vload, vstore_first
+
+    @njit
+    def store(a, i, src, n):
+        vstore_first(a, i, vload(src, 0), n)
+
+    L = lanes(np.empty(1, dtype))
+    src = np.arange(1, L + 1, dtype=dtype)
+    for n in range(-2, L + 2):
+        for i in (0, 3):
+            a = np.full(i + L + 5, -1, dtype)
+            store(a, i, src, n)
+            want = np.full_like(a, -1)
+            k = min(max(n, 0), L)
+            want[i:i + k] = src[:k]
+            np.testing.assert_array_equal(a, want)
+        if 0 <= n <= L:  # ending exactly at the end of the array
+            tight = np.full(3 + n, -1, dtype)
+            store(tight, 3, src, n)
+            np.testing.assert_array_equal(tight[3:], src[:n])
+            assert (tight[:3] == -1).all()
+
+
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_finite_differences(cell, activation):
     p = make_problem(cell, T=3, B=2, I=2, H=3, activation=activation, lengths=True, seed=5)

@@ -29,7 +29,7 @@ from numba import njit
 
 from ._common import JIT, empty
 from ._simd import _pack_serial, product, product_work
-from ._vec import lanes, vbcast, vfma, vload, vstore
+from ._vec import lanes, vbcast, vfma, vload, vstore, vstore_first
 
 #: vector accumulators of one unit block's pre-activations
 SLOT_VECTORS = 8
@@ -150,26 +150,36 @@ def end_step(ring, s, s1, yn, active):
 
 
 @njit(**JIT)
-def store_pairs(a, o, Hg, j, pairs):
-    """a.flat[o + q*Hg + j :] = the q-th pair of vectors, one after the other: a unit
-    block's values of each gate q into a cache row (Hg = H) or its padded work (Hg = Hp)."""
-    L = lanes(a)
-    for q, (v0, v1) in enumerate(pairs):
-        vstore(a, o + q * Hg + j, v0)
-        vstore(a, o + q * Hg + j + L, v1)
+def store_vector(a, o, H, k, v):
+    """a.flat[o + k : o + H] = v's first H - k lanes: one vector of a unit block (units k
+    onwards) into a cache row of H units, from the registers; nothing of a vector past H
+    (the padded units, whose values are not the cell's). Copied from the work after each
+    step instead, the cache cost a third of a step more at B1 H32 (LSTM 0.08 us of 0.40,
+    GRU 0.15 of 0.33, RNN 0.06 of 0.16)."""
+    if k + lanes(a) <= H:
+        vstore(a, o + k, v)
+    elif k < H:
+        vstore_first(a, o + k, v, H - k)
 
 
 @njit(**JIT)
-def unpad(src, o, Hp, dst, do, H, blocks):
-    """dst.flat[do + q*H + j] = src[o + q*Hp + j] for q < blocks, j < H: a row of a cache
-    array (blocks of H, one per gate) from its padded work (blocks of Hp), on flat arrays.
-    Only where a block is padded, or for the states an inactive step carries: copied from
-    the work after each step, the cache cost a third of a step more at B1 H32 (LSTM 0.08
-    us of 0.40, GRU 0.15 of 0.33, RNN 0.06 of 0.16) against storing it from the registers
-    (``store_pairs``)."""
-    for q in range(blocks):
-        for j in range(H):
-            dst[do + q * H + j] = src[o + q * Hp + j]
+def store_pairs(a, o, H, j, pairs):
+    """``store_vector`` of a unit block's pair of vectors of each gate q (units j onwards)
+    into a cache row with one block of H units per gate: the q-th pair at a.flat[o + q*H
+    + j :]."""
+    L = lanes(a)
+    for q, (v0, v1) in enumerate(pairs):
+        store_vector(a, o + q * H, H, j, v0)
+        store_vector(a, o + q * H, H, j + L, v1)
+
+
+@njit(**JIT)
+def carry_state(ring, o, dst, do, H):
+    """dst.flat[do : do + H] = ring[o : o + H]: a row's state from its padded work into the
+    cache or the final state, where it was not stored from the registers (the states an
+    inactive step carries, hT, cT)."""
+    for j in range(H):
+        dst[do + j] = ring[o + j]
 
 
 @njit(**JIT)

@@ -40,7 +40,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import end_step, input_units, pack_units, store_pairs, unit_block, unpad
+from ._units import carry_state, end_step, input_units, pack_units, store_pairs, unit_block
 from ._vec import lanes, vload, vstore
 
 
@@ -147,8 +147,8 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
     keep the cache's arrays are empty.
 
     Work, flat, Hp = H rounded up to whole blocks: ring: (2, Hp) the row's h entering and
-    leaving a step; gs: (3, Hp) a step's post-activation gates, hns: (Hp,) its
-    h R_n + b_hn (with keep).
+    leaving a step. With keep, a step's cache (gates, h R_n + b_hn, h) goes from the
+    registers into its rows, up to unit H.
     """
     T, B, I = x.shape
     H = R.shape[0]
@@ -165,11 +165,7 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
     gates, hn = empty((nk, B, 3 * H), x), empty((nk, B, H), x)
     y, hT = empty((T, B, H), x), empty((B, H), x)
     ring = np.zeros(2 * Hp, x.dtype)
-    gs, hns = np.zeros(3 * Hp, x.dtype), np.zeros(Hp, x.dtype)
     one = x.dtype.type(1)
-    # a step's cache straight from the registers where no block is padded, else through
-    # the ring and gs, hns (see ``_units.unpad``)
-    direct = Hp == H
     hf, gf, nf = h.reshape(h.size), gates.reshape(gates.size), hn.reshape(hn.size)
     for n in range(B):
         for j in range(H):
@@ -188,22 +184,15 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
                 hn1 = (one - z1) * n1 + z1 * vload(ring, s + j + L)
                 vstore(ring, s1 + j, hn0)
                 vstore(ring, s1 + j + L, hn1)
-                gates_u = ((r0, r1), (z0, z1), (n0, n1))
-                if keep and direct:
-                    store_pairs(gf, row * 3 * H, H, j, gates_u)
+                if keep:
+                    store_pairs(gf, row * 3 * H, H, j, ((r0, r1), (z0, z1), (n0, n1)))
                     store_pairs(nf, row * H, H, j, ((nh0, nh1),))
                     store_pairs(hf, (row + B) * H, H, j, ((hn0, hn1),))
-                elif keep:
-                    store_pairs(gs, 0, Hp, j, gates_u)
-                    store_pairs(hns, 0, Hp, j, ((nh0, nh1),))
             active = t < lengths[n]
             end_step(ring, s, s1, y[t, n], active)
-            if keep and not (direct and active):  # the state an inactive step carries
-                unpad(ring, s1, Hp, hf, (row + B) * H, H, 1)
-            if keep and not direct:
-                unpad(gs, 0, Hp, gf, row * 3 * H, H, 3)
-                unpad(hns, 0, Hp, nf, row * H, H, 1)
-        unpad(ring, T % 2 * Hp, Hp, hT[n], 0, H, 1)
+            if keep and not active:  # the state an inactive step carries
+                carry_state(ring, s1, hf, (row + B) * H, H)
+        carry_state(ring, T % 2 * Hp, hT[n], 0, H)
     return y, h, gates, hn, hT
 
 

@@ -43,7 +43,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import end_step, input_units, pack_units, store_pairs, unit_block, unpad
+from ._units import carry_state, end_step, input_units, pack_units, store_pairs, unit_block
 from ._vec import lanes, vload, vstore
 
 
@@ -152,8 +152,9 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, keep):
     arrays are empty, nothing of a step kept but the states.
 
     Work, flat, Hp = H rounded up to whole blocks (the units past H are the zero columns
-    of ``pack_units``): ring: (2, 2, Hp) the row's (h, c) entering and leaving a step;
-    gs: (4, Hp) a step's post-activation gates and ts: (Hp,) its tanh(c) (with keep).
+    of ``pack_units``): ring: (2, 2, Hp) the row's (h, c) entering and leaving a step.
+    With keep, a step's cache (gates, tanh(c), h, c) goes from the registers into its rows,
+    up to unit H.
     """
     T, B, I = x.shape
     H = R.shape[0]
@@ -167,10 +168,6 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, keep):
     gates, tanh_c = empty((nk, B, 4 * H), x), empty((nk, B, H), x)
     y, hT, cT = empty((T, B, H), x), empty((B, H), x), empty((B, H), x)
     ring = np.zeros(4 * Hp, x.dtype)
-    gs, ts = np.zeros(4 * Hp, x.dtype), np.zeros(Hp, x.dtype)
-    # a step's cache straight from the registers where no block is padded, else through
-    # the ring and gs, ts (see ``_units.unpad``)
-    direct = Hp == H
     hf, cf = h.reshape(h.size), c.reshape(c.size)
     gf, tf = gates.reshape(gates.size), tanh_c.reshape(tanh_c.size)
     for n in range(B):
@@ -195,25 +192,18 @@ def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, keep):
                 vstore(ring, s1 + j + L, hn1)
                 vstore(ring, s1 + Hp + j, cn0)
                 vstore(ring, s1 + Hp + j + L, cn1)
-                gates_u = ((i0, i1), (f0, f1), (g0, g1), (o0, o1))
-                if keep and direct:
-                    store_pairs(gf, row * 4 * H, H, j, gates_u)
+                if keep:
+                    store_pairs(gf, row * 4 * H, H, j, ((i0, i1), (f0, f1), (g0, g1), (o0, o1)))
                     store_pairs(tf, row * H, H, j, ((tc0, tc1),))
                     store_pairs(hf, so, H, j, ((hn0, hn1),))
                     store_pairs(cf, so, H, j, ((cn0, cn1),))
-                elif keep:
-                    store_pairs(gs, 0, Hp, j, gates_u)
-                    store_pairs(ts, 0, Hp, j, ((tc0, tc1),))
             active = t < lengths[n]
             end_step(ring, s, s1, y[t, n], active)
-            if keep and not (direct and active):  # the states an inactive step carries
-                unpad(ring, s1, Hp, hf, so, H, 1)
-                unpad(ring, s1 + Hp, Hp, cf, so, H, 1)
-            if keep and not direct:
-                unpad(gs, 0, Hp, gf, row * 4 * H, H, 4)
-                unpad(ts, 0, Hp, tf, row * H, H, 1)
-        unpad(ring, T % 2 * 2 * Hp, Hp, hT[n], 0, H, 1)
-        unpad(ring, T % 2 * 2 * Hp + Hp, Hp, cT[n], 0, H, 1)
+            if keep and not active:  # the states an inactive step carries
+                carry_state(ring, s1, hf, so, H)
+                carry_state(ring, s1 + Hp, cf, so, H)
+        carry_state(ring, T % 2 * 2 * Hp, hT[n], 0, H)
+        carry_state(ring, T % 2 * 2 * Hp + Hp, cT[n], 0, H)
     return y, h, c, gates, tanh_c, hT, cT
 
 

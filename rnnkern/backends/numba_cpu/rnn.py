@@ -37,7 +37,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import end_step, input_units, pack_units, unit_block, unpad
+from ._units import carry_state, end_step, input_units, pack_units, store_vector, unit_block
 from ._vec import lanes, maximum, vload, vstore, vzero_like, where_positive
 
 
@@ -145,8 +145,8 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
     empty.
 
     Work, flat, Hp = H rounded up to whole blocks: ring: (2, Hp) the row's h entering and
-    leaving a step (the post-activation of a step is its new h, kept before an inactive
-    step puts the old one back).
+    leaving a step. With keep, a step's cache (the post-activation, its new h) goes from
+    the registers into its rows, up to unit H.
     """
     T, B, I = x.shape
     H = R.shape[0]
@@ -160,11 +160,6 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
     a = empty((nk, B, H), x)
     y, hT = empty((T, B, H), x), empty((B, H), x)
     ring = np.zeros(2 * Hp, x.dtype)
-    # a step's cache straight from the registers, every vector that lies within H (a block
-    # is 64 float32 units on AVX2: at H=32 half of it is padding), the units past the last
-    # whole vector and the state an inactive step carries through the ring after the step
-    # (see ``_units.unpad``)
-    whole = H - H % L
     hf, af = h.reshape(h.size), a.reshape(a.size)
     for n in range(B):
         for j in range(H):
@@ -178,20 +173,14 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
                     j = u * BU + i * L
                     w = _activation(v, code)
                     vstore(ring, s1 + j, w)
-                    if keep and j < whole:
-                        vstore(af, row * H + j, w)
-                        vstore(hf, (row + B) * H + j, w)
+                    if keep:
+                        store_vector(af, row * H, H, j, w)
+                        store_vector(hf, (row + B) * H, H, j, w)
             active = t < lengths[n]
-            if keep:
-                for j in range(whole, H):
-                    af[row * H + j] = ring[s1 + j]
             end_step(ring, s, s1, y[t, n], active)
             if keep and not active:  # the state an inactive step carries
-                unpad(ring, s1, Hp, hf, (row + B) * H, H, 1)
-            elif keep:
-                for j in range(whole, H):
-                    hf[(row + B) * H + j] = ring[s1 + j]
-        unpad(ring, T % 2 * Hp, Hp, hT[n], 0, H, 1)
+                carry_state(ring, s1, hf, (row + B) * H, H)
+        carry_state(ring, T % 2 * Hp, hT[n], 0, H)
     return y, h, a, hT
 
 
