@@ -153,6 +153,19 @@ def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
             assert np.array_equal(a, b), (cell, T, B, I, H)
 
 
+def _processes_on_one_cache(tmp_path, source, steps):
+    """Run ``source`` as a script once per step (its argument), one process after the
+    other on one fresh Numba cache; each must exit 0 having printed "ok"."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    for step in steps:
+        out = subprocess.run([sys.executable, str(script), step], capture_output=True,
+                             text=True, env=env, timeout=900)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (
+            step, out.returncode, out.stderr[-3000:])
+
+
 CACHE_ORDER = """
 import sys
 import numpy as np
@@ -176,14 +189,7 @@ def test_lone_row_kernel_from_cache(tmp_path):
     """Three processes on one fresh Numba cache: v6, then v10 compiled beside v6's cached
     functions, then v10 loaded from the cache at its first call. The third crashed when a
     v10 kernel called a parallel function (``_units.input_units``)."""
-    script = tmp_path / "order.py"
-    script.write_text(CACHE_ORDER)
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    for variant in ("v6", "v10", "v10"):
-        out = subprocess.run([sys.executable, str(script), variant], capture_output=True,
-                             text=True, env=env, timeout=900)
-        assert out.returncode == 0 and out.stdout.strip() == "ok", (
-            variant, out.returncode, out.stderr[-3000:])
+    _processes_on_one_cache(tmp_path, CACHE_ORDER, ("v6", "v10", "v10"))
 
 
 CACHE_CALLEES = """
@@ -215,14 +221,7 @@ def test_kernel_from_cache_starts_threads(tmp_path):
     its first call, whatever the plan (``_common._shape_plan``), so that a kernel of that
     kind loads safely after it: ``pack`` (parallel) cached by one process, ``pack_if``
     (serial, calling it) compiled by a second, loaded by a third after a backend call."""
-    script = tmp_path / "callees.py"
-    script.write_text(CACHE_CALLEES)
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    for step in ("pack", "pack_if", "backend first"):
-        out = subprocess.run([sys.executable, str(script), step], capture_output=True,
-                             text=True, env=env, timeout=900)
-        assert out.returncode == 0 and out.stdout.strip() == "ok", (
-            step, out.returncode, out.stderr[-3000:])
+    _processes_on_one_cache(tmp_path, CACHE_CALLEES, ("pack", "pack_if", "backend first"))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

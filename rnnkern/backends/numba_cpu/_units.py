@@ -201,3 +201,15 @@ def input_units(x, Wu):
     product(x.reshape(N, I), Wu, _pack_serial(Wu), gx.reshape(N, NG), 0, N, False,
             product_work(N, I, NG, x, True))
     return gx
+
+
+@njit(**JIT)
+def prepare_units(x, W, R, bias, wslot, rslot, in_step):
+    """A v10 forward's set-up: ``pack_units`` (same arguments) and ``input_units``.
+
+    x: (T, B, I)   Returns Q, bq, gx (``unit_block``'s arguments), U: blocks, BU: units
+    per block, Hp = U * BU: H rounded up to whole blocks.
+    """
+    Wu, Q, bq = pack_units(W, R, bias, wslot, rslot, in_step)
+    U, BU = Q.shape[0], Q.shape[3]
+    return Q, bq, input_units(x, Wu), U, BU, U * BU

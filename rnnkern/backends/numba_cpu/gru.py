@@ -40,7 +40,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import carry_state, end_step, input_units, pack_units, store_pairs, unit_block
+from ._units import carry_state, end_step, prepare_units, store_pairs, unit_block
 from ._vec import lanes, vload, vstore
 
 
@@ -156,10 +156,7 @@ def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
     bias = np.empty((4, H), x.dtype)
     bias[:3] = b.reshape(3, H)
     bias[3] = b_hn
-    Wu, Q, bq = pack_units(W, R, bias, _W_SLOTS, _R_SLOTS, in_step)
-    U, BU = Q.shape[0], Q.shape[3]
-    Hp = U * BU
-    gx = input_units(x, Wu)  # (T, B, U*S*BU) or empty
+    Q, bq, gx, U, BU, Hp = prepare_units(x, W, R, bias, _W_SLOTS, _R_SLOTS, in_step)
     nk = T if keep else 0
     h = states(h0, nk)
     gates, hn = empty((nk, B, 3 * H), x), empty((nk, B, H), x)

@@ -37,7 +37,7 @@ from ._common import (
     transposed,
 )
 from ._simd import input_part, pack_if, product, product_work
-from ._units import carry_state, end_step, input_units, pack_units, store_vector, unit_block
+from ._units import carry_state, end_step, prepare_units, store_vector, unit_block
 from ._vec import lanes, maximum, vload, vstore, vzero_like, where_positive
 
 
@@ -151,10 +151,7 @@ def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
     T, B, I = x.shape
     H = R.shape[0]
     L = lanes(x)
-    Wu, Q, bq = pack_units(W, R, b.reshape(1, H), _SLOTS, _SLOTS, in_step)
-    U, BU = Q.shape[0], Q.shape[3]
-    Hp = U * BU
-    gx = input_units(x, Wu)  # (T, B, U*S*BU) or empty
+    Q, bq, gx, U, BU, Hp = prepare_units(x, W, R, b.reshape(1, H), _SLOTS, _SLOTS, in_step)
     nk = T if keep else 0
     h = states(h0, nk)
     a = empty((nk, B, H), x)
