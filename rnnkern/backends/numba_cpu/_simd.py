@@ -197,7 +197,7 @@ def _tile6(Ap, P, out, m, p, add, k0, k1, ks, rs):
 @njit(**JIT)
 def _row_tiles(rows):
     """(tiles of 6 rows, tiles of 4) of ``product`` over ``rows`` rows; the rest (at most
-    3, 1 where rows is odd and above 5) run one row at a time. Tiles of 6 only on AVX2
+    3; on AVX2 at most 1 where rows is above 5) run one row at a time. Tiles of 6 only on AVX2
     (``PAIRED`` is False); one fewer of them where that leaves whole tiles of 4 instead of
     2 or 3 lone rows (32 rows: 4 x 6 + 2 x 4)."""
     if PAIRED:
