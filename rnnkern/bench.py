@@ -66,6 +66,12 @@ SHAPES = {s.name: s for s in (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import bench_train
+
+    p.add_argument("what", nargs="?", choices=("kernels", "train"), default="kernels",
+                   help="kernels: forward and forward+backward per cell and shape (default); "
+                        "train: seconds per optimiser step of fit against a PyTorch loop "
+                        "(rnnkern.bench_train)")
     p.add_argument("--backend", action="append",
                    help="backend(s) to time, repeatable or comma-separated (default: every "
                         "available CPU backend); 'cupy' runs the GPU benchmark instead")
@@ -81,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="PATH", help="save a bar chart of the speed ratios")
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
+    bench_train.add_arguments(p)
 
 
 # ----------------------------------------------------------------------------
@@ -342,6 +349,10 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "train":
+        from .bench_train import run as run_train
+
+        return run_train(args)
     names = _split(args.backend)
     if "cupy" in names:
         from .bench_cuda import run_gpu

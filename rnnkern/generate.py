@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ._threads import one_pool
 from ._validate import array_module, as_array, check_int, check_lengths
 from .layers import Layer
 
@@ -225,6 +226,7 @@ def backprop(model: Layer, dy: Any, tape: Tape, dstate: Any = None) -> tuple[dic
     return grads, dstate0
 
 
+@one_pool
 def generate(model: Layer, primer: Any, steps: int, state: Any = None,
              return_state: bool = False) -> Any:
     """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F).

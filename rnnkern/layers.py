@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from ._threads import one_pool
 from ._validate import (
     GATES,
     _is_cupy,
@@ -163,6 +164,7 @@ class Layer:
                              f"got {type(state).__name__}")
         return None
 
+    @one_pool
     def forward(self, x: Any, state: State = None, lengths: Any = None,
                 training: bool = True) -> tuple:
         """x: (T, B, in_features), state, lengths: (B,) or None -> (y, state, cache),
@@ -179,6 +181,7 @@ class Layer:
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         raise NotImplementedError
 
+    @one_pool
     def __call__(self, x: Any, lengths: Any = None, state: State = None,
                  return_state: bool = False) -> Any:
         """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state.

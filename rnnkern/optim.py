@@ -7,12 +7,20 @@ Clipping is by global norm over all gradients together, before the update (as
 ``torch.nn.utils.clip_grad_norm_`` followed by ``optimizer.step()``). The state
 (moments, step count) is plain arrays: ``state_dict()`` / ``load_state_dict()``
 carry it through checkpoints.
+
+On host arrays of one float dtype (every CPU model) Adam's whole step, norm and clipping
+included, is one compiled pass over flat buffers (``rnnkern._fused``): its moments live
+in one buffer each, the gradients are gathered into one, and the parameters are updated
+where they are, or through one flat copy when they are separate arrays. Elsewhere (CuPy,
+mixed dtypes) and for SGD the update runs parameter by parameter with the array module.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
 
 from ._validate import array_module, check_array, check_writable
 
@@ -72,6 +80,13 @@ class Optimizer:
         self.lr = _positive("lr", lr)
         self.clip_norm = None if clip_norm is None else _positive("clip_norm", clip_norm)
         self.t = 0
+        self._flat = _Flat.of(params)
+
+    def _zeros(self) -> dict[str, Any]:
+        """A zero buffer per parameter: views into one flat buffer where the update is fused."""
+        if self._flat is None:
+            return {k: p * 0 for k, p in self.params.items()}
+        return self._flat.views(np.zeros(self._flat.size, self._flat.dtype))
 
     def _check(self, grads: dict[str, Any]) -> None:
         if not isinstance(grads, dict):
@@ -89,17 +104,19 @@ class Optimizer:
                                  f"got shape {g.shape} and dtype {g.dtype}")
             array_module(param=p, grad=g)
 
-    def _scale(self, grads: dict[str, Any]) -> float:
-        """The factor that brings the global norm down to ``clip_norm`` (1 if under it)."""
-        if self.clip_norm is None:
-            return 1.0
-        norm = global_norm(grads)
-        return self.clip_norm / norm if norm > self.clip_norm else 1.0
-
     def step(self, grads: dict[str, Any]) -> None:
-        """Update every parameter in place from ``grads`` (same names and shapes)."""
+        """Update every parameter in place from ``grads`` (same names and shapes).
+
+        Raises ``NonFiniteError`` (nothing changed) when the gradients' global norm or
+        an update is NaN or inf."""
         self._check(grads)
-        scale = self._scale(grads)
+        if self._flat is not None and self._fused_step(grads):
+            return
+        norm = global_norm(grads)
+        if not math.isfinite(norm):
+            raise NonFiniteError(f"the gradient norm is {norm}")
+        scale = self.clip_norm / norm if self.clip_norm is not None and norm > self.clip_norm \
+            else 1.0
         t = self.t + 1
         writes = []  # (live array, new value), written once all are known to be finite
         for k, p in self.params.items():
@@ -118,6 +135,23 @@ class Optimizer:
     def _update(self, name: str, p: Any, g: Any, t: int) -> list[tuple[Any, Any]]:
         """The new values of ``p`` and its buffers at step ``t``: [(array, new value)]."""
         raise NotImplementedError
+
+    def _fused_step(self, grads: dict[str, Any]) -> bool:
+        """The whole step as one compiled pass over the flat buffers, where the optimiser
+        has one; returns whether it did the step."""
+        return False
+
+    def _fused_status(self, norm: float, status: int) -> None:
+        """Raise for a fused step that wrote nothing (``_fused``'s status), else count it."""
+        from . import _fused
+
+        if status == _fused.NONFINITE_NORM:
+            raise NonFiniteError(f"the gradient norm is {norm}")
+        if status != _fused.OK:
+            raise NonFiniteError(f"opt: the update of {self._flat.names[status]!r} at step "
+                                 f"{self.t + 1} is not finite (NaN or inf); parameters and "
+                                 "optimiser state are unchanged")
+        self.t += 1
 
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that define the update (what a checkpoint must match to resume)."""
@@ -164,8 +198,24 @@ class Adam(Optimizer):
             raise TypeError(f"betas: expected two numbers in [0, 1), got {betas!r}")
         self.betas = (_fraction("betas[0]", betas[0]), _fraction("betas[1]", betas[1]))
         self.eps = _positive("eps", eps, allow_zero=True)
-        self.m = {k: p * 0 for k, p in params.items()}
-        self.v = {k: p * 0 for k, p in params.items()}
+        self.m = self._zeros()
+        self.v = self._zeros()
+
+    def _fused_step(self, grads: dict[str, Any]) -> bool:
+        from . import _fused
+
+        f = self._flat
+        m, v = f.base_of(self.m), f.base_of(self.v)
+        if m is None or v is None:  # the moments were replaced by other arrays
+            return False
+        g = f.gather(grads, f.grad)
+        p = f.live if f.live is not None else f.gather(self.params, f.copy)
+        norm, status = _fused.adam(p, g, m, v, self.lr, *self.betas, self.eps, self.t + 1,
+                                   self.clip_norm or 0.0, f.starts)
+        if status == _fused.OK and f.live is None:
+            f.scatter(p, self.params)
+        self._fused_status(norm, status)
+        return True
 
     def _update(self, name: str, p: Any, g: Any, t: int) -> list[tuple[Any, Any]]:
         b1, b2 = self.betas
@@ -194,7 +244,7 @@ class SGD(Optimizer):
                  clip_norm: float | None = None) -> None:
         super().__init__(params, lr, clip_norm)
         self.momentum = _fraction("momentum", momentum)
-        self.buf = {k: p * 0 for k, p in params.items()} if momentum else {}
+        self.buf = self._zeros() if momentum else {}
 
     def _update(self, name: str, p: Any, g: Any, t: int) -> list[tuple[Any, Any]]:
         if not self.momentum:
@@ -208,3 +258,61 @@ class SGD(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         return {"t": self.t, "buf": self.buf}
+
+
+class _Flat:
+    """Where each parameter lies in flat (N,) buffers of one dtype, in the dict's order.
+
+    names: the parameter names   starts: (n + 1,) int64 offsets   live: the parameters'
+    own flat buffer when they are views into one, end to end (else None: ``copy`` holds
+    them during a step)   grad: the gathered gradients.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray]) -> None:
+        self.names = list(params)
+        self.shapes = [p.shape for p in params.values()]
+        self.starts = np.cumsum([0] + [p.size for p in params.values()]).astype(np.int64)
+        self.size = int(self.starts[-1])
+        self.dtype = next(iter(params.values())).dtype
+        self.live = self.base_of(params)
+        self.grad = np.empty(self.size, self.dtype)
+        self.copy = None if self.live is not None else np.empty(self.size, self.dtype)
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> _Flat | None:
+        """The layout for ``params``, or None where the fused update does not apply (not
+        NumPy arrays, not C-contiguous, or not all of one float dtype)."""
+        ps = list(params.values())
+        if not all(type(p) is np.ndarray and p.flags.c_contiguous for p in ps):
+            return None
+        if ps[0].dtype not in (np.float32, np.float64) or any(p.dtype != ps[0].dtype
+                                                             for p in ps):
+            return None
+        return cls(params)
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """name -> the part of ``flat`` that holds it, in its shape."""
+        return {k: flat[a:b].reshape(s) for k, s, a, b in
+                zip(self.names, self.shapes, self.starts[:-1], self.starts[1:])}
+
+    def base_of(self, arrays: dict[str, Any]) -> np.ndarray | None:
+        """The flat buffer that ``arrays`` are views of in this layout, or None."""
+        first = arrays[self.names[0]]
+        base = first.base if isinstance(first.base, np.ndarray) else None
+        if base is None or base.ndim != 1 or base.size != self.size or base.dtype != self.dtype \
+                or not base.flags.c_contiguous:
+            return None
+        addr = base.ctypes.data
+        for k, a in zip(self.names, self.starts[:-1]):
+            p = arrays[k]
+            if p.base is not base or p.ctypes.data != addr + int(a) * base.itemsize:
+                return None
+        return base
+
+    def gather(self, arrays: dict[str, np.ndarray], out: np.ndarray) -> np.ndarray:
+        """``arrays`` end to end in ``out``: (N,)."""
+        return np.concatenate([arrays[k].reshape(-1) for k in self.names], out=out)
+
+    def scatter(self, flat: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        for k, part in self.views(flat).items():
+            arrays[k][...] = part

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from . import losses, serialize
+from ._threads import one_pool
 from ._validate import array_module, check_choice, check_finite, check_int
 from .generate import Call, backprop, check_inputs, check_model, run, stream
 from .layers import Layer, move
-from .optim import NonFiniteError, Optimizer, global_norm
+from .optim import NonFiniteError, Optimizer
 
 ON_NONFINITE = ("raise", "skip")
 
@@ -61,6 +62,7 @@ def _resolved(model: Layer, c: Call, mask: Any) -> Any:
     return losses.resolve_mask(mask, c.lengths, T, B, model.dtype, array_module(x=c.x))
 
 
+@one_pool
 def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
                    lengths: Any = None, state: Any = None, feedback: int = 0
                    ) -> tuple[float, dict[str, Any]]:
@@ -78,6 +80,7 @@ def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: A
     return value, grads
 
 
+@one_pool
 def evaluate(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
              lengths: Any = None, state: Any = None, feedback: int = 0) -> float:
     """The loss without gradients; ``feedback=n``: the model drives itself for the last
@@ -114,12 +117,9 @@ class Batch:
 
 
 def _step(opt: Optimizer, value: float, grads: dict[str, Any]) -> None:
-    """``opt.step`` after checking the loss and the gradient norm are finite."""
+    """``opt.step`` after checking the loss is finite (the step checks the gradients)."""
     if not math.isfinite(value):
         raise NonFiniteError(f"the loss is {value}")
-    norm = global_norm(grads)
-    if not math.isfinite(norm):
-        raise NonFiniteError(f"the gradient norm is {norm}")
     opt.step(grads)
 
 
@@ -306,6 +306,7 @@ def _check_tbptt(tbptt: Any, c: Call, feedback: int) -> int | None:
     return tbptt
 
 
+@one_pool
 def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_size: int,
         mask: Any = None, lengths: Any = None, feedback: int = 0, validation: Any = None,
         shuffle: bool = True, seed: int = 0, progress: bool = True, loss: Any = "mse",

@@ -35,3 +35,31 @@ def test_bench_rejects_bad_options(argv, match, capsys):
         cli.main(["bench", "--no-torch", *argv])
     assert e.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_bench_train_writes_json(tmp_path, monkeypatch, capsys):
+    from rnnkern import bench_train
+
+    monkeypatch.setattr(bench_train, "STEPS_MIN_S", 0.01)
+    monkeypatch.setattr(bench_train, "SETTLE_S", 0.0)
+    out = tmp_path / "train.json"
+    code = cli.main(["bench", "train", "--workloads", "seed", "--repeat", "2", "--threads",
+                     "1", "--no-torch", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["workload"], r["impl"], r["busy"]) for r in rows] == [("seed", "rnnkern", 0)]
+    r = rows[0]
+    assert r["fit_ms_per_step"] > 0 and r["alone_ms"] > 0 and len(r["fit_samples_ms"]) == 2
+    printed = capsys.readouterr().out
+    assert printed.count("| 0 | seed |") == 1  # each row once
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--workloads", "huge"], "workloads"),
+    (["--busy", "-1"], "busy"),
+])
+def test_bench_train_rejects_bad_options(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "train", "--no-torch", *argv])
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err

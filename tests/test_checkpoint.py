@@ -38,6 +38,8 @@ CHILD = textwrap.dedent("""
     target = np.cumsum(x, 0).astype(np.float32)
     model = rk.Sequential(rk.LSTM(1, 6), rk.Dense(6, 1), backend=backend, seed=0)
     opt = rk.Adam(model.parameters(), lr=1e-2, clip_norm=1.0)
+    # the first step of a process loads the compiled update: before the kills' clock
+    rk.Adam({"w": np.zeros(1, np.float32)}).step({"w": np.zeros(1, np.float32)})
     print("ready", flush=True)
     t0 = time.perf_counter()
     h = rk.fit(model, opt, x, target, epochs=epochs, batch_size=4, checkpoint=ckpt,

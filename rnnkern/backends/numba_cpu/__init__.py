@@ -18,6 +18,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..._compiling import announce
 from ..._validate import Dims, check_activation, check_backward, check_forward, check_training
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
@@ -49,6 +50,7 @@ def is_available() -> bool:
 
 
 reuse_freed_memory()
+announce()
 
 
 #: arrays the kernels only read, kept between calls: building them costs about as much as

@@ -1,0 +1,55 @@
+"""Say on stderr, once per process, that rnnkern's Numba kernels are being compiled.
+
+On a fresh install (or an empty ``NUMBA_CACHE_DIR``) the first call of a kernel compiles
+it, which takes seconds to tens of seconds; later processes load it from Numba's cache in
+milliseconds. Without a word that wait looks like a hang. Numba announces every compile
+(after a cache miss only) as a ``numba:compile`` event; the listener here prints one line
+when the first of rnnkern's own functions starts compiling and one when that compile, with
+everything it pulled in, has ended.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from numba.core import event
+
+_PACKAGE = __name__.split(".")[0]
+
+
+class _Notice(event.Listener):
+    def __init__(self) -> None:
+        self.depth = 0  # compiles running now, nested ones included
+        self.started: float | None = None  # when the announced compile began
+        self.done = False
+
+    def on_start(self, ev: event.Event) -> None:
+        self.depth += 1
+        if self.started is None and not self.done and _ours(ev):
+            self.started = time.perf_counter()
+            print(f"{_PACKAGE}: compiling the Numba kernels this call needs (once: later "
+                  "runs load them from the cache) ...", file=sys.stderr, flush=True)
+
+    def on_end(self, ev: event.Event) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.started is not None:
+            print(f"{_PACKAGE}: compiled in {time.perf_counter() - self.started:.1f} s",
+                  file=sys.stderr, flush=True)
+            self.started, self.done = None, True
+
+
+def _ours(ev: event.Event) -> bool:
+    fn = getattr(ev.data.get("dispatcher"), "py_func", None)
+    return getattr(fn, "__module__", "").startswith(_PACKAGE + ".")
+
+
+_listener: _Notice | None = None
+
+
+def announce() -> None:
+    """Register the listener (idempotent; each module with kernels calls it at import)."""
+    global _listener
+    if _listener is None:
+        _listener = _Notice()
+        event.register("numba:compile", _listener)
