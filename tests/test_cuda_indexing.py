@@ -28,6 +28,7 @@ def block_matmul(As, Ws, K, BBP, NCP, KS):
     """part[0 : BBP*NCP] = As^T Ws, as block_matmul computes it (flat arrays)."""
     cgroups = NCP // 4
     tasks = (BBP // 4) * cgroups
+    AS = BBP + 1  # as_stride
     kc = (K + KS - 1) // KS
     part = np.zeros(KS * BBP * NCP)
     for w in range(tasks * KS):  # every thread's share of the strided loop
@@ -35,21 +36,25 @@ def block_matmul(As, Ws, K, BBP, NCP, KS):
         r0, c0 = (task // cgroups) * 4, (task % cgroups) * 4
         acc = np.zeros((4, 4))
         for k in range(ks * kc, min(K, (ks + 1) * kc)):
-            acc += np.outer(As[k * BBP + r0: k * BBP + r0 + 4], Ws[k * NCP + c0: k * NCP + c0 + 4])
+            acc += np.outer(As[k * AS + r0: k * AS + r0 + 4], Ws[k * NCP + c0: k * NCP + c0 + 4])
         for r in range(4):
             for q in range(4):
                 part[ks * BBP * NCP + (r0 + r) * NCP + c0 + q] = acc[r, q]
-    n = BBP * NCP
-    for o in range(n):
-        part[o] = sum(part[ks * n + o] for ks in range(KS))
+    n, m = BBP * NCP, KS
+    while m > 1:  # the tree: one round per __syncthreads
+        half = (m + 1) // 2
+        for w in range((m - half) * n):
+            part[w] += part[half * n + w]
+        m = half
     return part
 
 
 def stage_rows(src, off, b0, nb, K, BBP):
-    As = np.empty(K * BBP)
+    AS = BBP + 1
+    As = np.full(K * AS, np.nan)  # the pad column is never read
     for idx in range(BBP * K):
         bb, k = divmod(idx, K)
-        As[k * BBP + bb] = src[off + (b0 + bb) * K + k] if bb < nb else 0.0
+        As[k * AS + bb] = src[off + (b0 + bb) * K + k] if bb < nb else 0.0
     return As
 
 
@@ -57,7 +62,12 @@ def sig(v):
     return numpy_ref.sigmoid(np.asarray(v))
 
 
+ACTIVATIONS = {0: np.tanh, 1: lambda v: np.maximum(v, 0.0), 2: lambda v: v}  # common.cuh ids
+ACTIVATION_GRADS = {0: lambda a: 1 - a * a, 1: lambda a: float(a > 0), 2: lambda a: 1.0}
+
+
 def cell_forward(cell, a, t, b, j, hg, hs):
+    """Cell<T, cell>::forward of unit (b, j) at step t on flat arrays; hg(o) reads hg[o]."""
     B, H = a["B"], a["H"]
     G = G_OF[cell]
     gbase = (t * B + b) * G * H + j
@@ -66,7 +76,7 @@ def cell_forward(cell, a, t, b, j, hg, hs):
     on = a["lengths"] is None or t < a["lengths"][b]
     gx, h = a["gx"], a["h"]
     if cell == "rnn":
-        v = np.tanh(gx[u] + hg(0))
+        v = ACTIVATIONS[a["act"]](gx[u] + hg(0))
         a["gates"][u] = v
         h_new = v
     elif cell == "lstm":
@@ -89,6 +99,8 @@ def cell_forward(cell, a, t, b, j, hg, hs):
 
 
 def cell_backward(cell, a, t, b, j):
+    """Cell<T, cell>::backward of unit (b, j) at step t; writes dgx and dgh (the same array
+    except for GRU) and the carried dh, dc."""
     B, H = a["B"], a["H"]
     G = G_OF[cell]
     s = b * H + j
@@ -96,15 +108,15 @@ def cell_backward(cell, a, t, b, j):
     gbase = (t * B + b) * G * H + j
     on = a["lengths"] is None or t < a["lengths"][b]
     gt, dh = a["gates"], a["dh"][s]
-    dh_new = a["dy"][u] + dh if on else 0.0
+    dh_new = (0.0 if a["dy"] is None else a["dy"][u]) + dh if on else 0.0
     if cell == "rnn":
-        a["dgh"][u] = dh_new * (1 - gt[u] ** 2)
+        a["dgx"][u] = dh_new * ACTIVATION_GRADS[a["act"]](gt[u])
         a["dh"][s] = 0.0 if on else dh
     elif cell == "lstm":
         i, f, g, o = gt[gbase], gt[gbase + H], gt[gbase + 2 * H], gt[gbase + 3 * H]
         tc, dc = a["aux"][u], a["dc"][s]
         dc_new = (dc if on else 0.0) + dh_new * o * (1 - tc * tc)
-        a["dgh"][[gbase, gbase + H, gbase + 2 * H, gbase + 3 * H]] = (
+        a["dgx"][[gbase, gbase + H, gbase + 2 * H, gbase + 3 * H]] = (
             dc_new * g * i * (1 - i), dc_new * a["c"][u] * f * (1 - f),
             dc_new * i * (1 - g * g), dh_new * tc * o * (1 - o))
         a["dc"][s] = dc_new * f if on else dc
@@ -112,8 +124,9 @@ def cell_backward(cell, a, t, b, j):
     else:
         r, z, n = gt[gbase], gt[gbase + H], gt[gbase + 2 * H]
         dn = dh_new * (1 - z) * (1 - n * n)
-        a["dgh"][[gbase, gbase + H, gbase + 2 * H]] = (
-            dn * a["aux"][u] * r * (1 - r), dh_new * (a["h"][u] - n) * z * (1 - z), dn * r)
+        dr, dz = dn * a["aux"][u] * r * (1 - r), dh_new * (a["h"][u] - n) * z * (1 - z)
+        a["dgx"][[gbase, gbase + H, gbase + 2 * H]] = dr, dz, dn
+        a["dgh"][[gbase, gbase + H, gbase + 2 * H]] = dr, dz, dn * r
         a["dh"][s] = dh_new * z if on else dh
 
 
@@ -170,14 +183,15 @@ def v2_backward(cell, a, R, T, B, H, plan):
 TINY = DeviceLimits(sm_count=3, smem_per_block=4096, cooperative=True)
 
 
+@pytest.mark.parametrize("KS", (1, 3, 5))
 @pytest.mark.parametrize("cell", ("rnn", "lstm", "gru"))
-def test_persistent_indexing_matches_oracle(cell):
+def test_persistent_indexing_matches_oracle(cell, KS):
     T, B, I, H = 3, 6, 2, 7
     p = make_problem(cell, T=T, B=B, I=I, H=H, lengths=True, seed=4)
     # the kernels take HS, BB, KS as arguments: force a partial row chunk (6 = 4 + 2) and an
-    # uneven split of the reduction into KS slices
-    fwd = plan_persistent(cell, B, H, 8, TINY, "forward")._replace(BB=4, KS=3)
-    bwd = plan_persistent(cell, B, H, 8, TINY, "backward")._replace(BB=4, KS=3)
+    # uneven split of the reduction into KS slices (summed by an uneven tree for 3 and 5)
+    fwd = plan_persistent(cell, B, H, 8, TINY, "forward")._replace(BB=4, KS=KS)
+    bwd = plan_persistent(cell, B, H, 8, TINY, "backward")._replace(BB=4, KS=KS)
     assert fwd.blocks == 3 and fwd.HS * 3 > H
     x, W, R, b = p.inputs["x"], p.params["W"], p.params["R"], p.params["b"]
     h0, c0 = p.inputs["h0"], p.inputs.get("c0")
@@ -186,7 +200,7 @@ def test_persistent_indexing_matches_oracle(cell):
         args += (p.params["b_hn"],)
     y_ref, _, cache = getattr(numpy_ref, f"{cell}_forward")(*args, lengths=p.lengths)
     G = G_OF[cell]
-    a = {"B": B, "H": H, "lengths": p.lengths, "gx": (x @ W + b).ravel(),
+    a = {"B": B, "H": H, "act": 0, "lengths": p.lengths, "gx": (x @ W + b).ravel(),
          "b_hn": p.params.get("b_hn"), "h": np.zeros((T + 1) * B * H),
          "c": np.zeros((T + 1) * B * H), "gates": np.zeros(T * B * G * H),
          "aux": np.zeros(T * B * H), "y": np.zeros(T * B * H)}
@@ -200,13 +214,15 @@ def test_persistent_indexing_matches_oracle(cell):
     dy, dhT = p.out_grads["dy"], p.out_grads["dhT"]
     dstate = (dhT, p.out_grads["dcT"]) if cell == "lstm" else dhT
     ref = getattr(numpy_ref, f"{cell}_backward")(dy, dstate, cache)
-    a.update(dy=dy.ravel(), dh=dhT.ravel().copy(), dgh=np.zeros(T * B * G * H),
+    a.update(dy=dy.ravel(), dh=dhT.ravel().copy(), dgx=np.zeros(T * B * G * H),
              dc=p.out_grads["dcT"].ravel().copy() if cell == "lstm" else None)
+    a["dgh"] = np.zeros(T * B * G * H) if cell == "gru" else a["dgx"]
     v2_backward(cell, a, R, T, B, H, bwd)
     dh0_ref = ref[1][0] if cell == "lstm" else ref[1]
     np.testing.assert_allclose(a["dh"].reshape(B, H), dh0_ref, atol=1e-12)
     if cell == "lstm":
         np.testing.assert_allclose(a["dc"].reshape(B, H), ref[1][1], atol=1e-12)
-    if cell != "gru":  # dgh is the gate gradient; the weight gradients follow from it
-        dx = a["dgh"].reshape(T, B, G * H) @ W.T
-        np.testing.assert_allclose(dx, ref[0], atol=1e-12)
+    dx = a["dgx"].reshape(T, B, G * H) @ W.T  # the weight gradients follow from dgx, dgh
+    np.testing.assert_allclose(dx, ref[0], atol=1e-12)
+    dR = cache["h"][:-1].reshape(T * B, H).T @ a["dgh"].reshape(T * B, G * H)
+    np.testing.assert_allclose(dR, ref[2]["R"], atol=1e-12)
