@@ -20,10 +20,8 @@ JSON files (the GPU machine has no matplotlib).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable, Iterable
@@ -271,34 +269,14 @@ def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, t
 
 
 def _device_info(torch_too: bool) -> dict[str, Any]:
-    """Device, driver and library versions; a query that fails is recorded as its error."""
-    import cupy
+    """Device, driver and library versions (selfcheck.device_info) and the run's settings."""
+    from .backends.cupy_cuda.selfcheck import device_info
 
-    def ask(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception as e:  # one missing version must not lose the run
-            return f"unknown ({type(e).__name__}: {e})"
-
-    def cublas_version() -> int:
-        from cupy_backends.cuda.libs import cublas
-
-        return cublas.getVersion(cupy.cuda.device.get_cublas_handle())
-
-    rt = cupy.cuda.runtime
-    info = {"device": ask(lambda: rt.getDeviceProperties(cupy.cuda.Device().id)["name"]
-                          .decode()),
-            "driver": ask(rt.driverGetVersion), "cuda_runtime": ask(rt.runtimeGetVersion),
-            "nvrtc": ask(lambda: cupy.cuda.nvrtc.getVersion()), "cublas": ask(cublas_version),
-            "cupy": cupy.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": os.environ.get("RNNKERN_COMMIT", "unknown"),
-            "variants": dict(VARIANTS), "warmup": WARMUP}
+    info = {**device_info(), "variants": dict(VARIANTS), "warmup": WARMUP}
     if torch_too:
         import torch
 
-        info.update(torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
-                    torch_default_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+        info["torch_default_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return info
 
 
