@@ -300,7 +300,9 @@ def fake_cupy(dev):
     def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
         dev.refuse_in_capture("gemm")
         op = {"N": lambda m: m, "T": lambda m: m.T}
-        out[...] = alpha * (op[transa](a) @ op[transb](b)) + beta * out
+        product = alpha * (op[transa](a) @ op[transb](b))
+        # as cuBLAS: with beta == 0, out is not read (it may hold anything, NaN included)
+        out[...] = product if beta == 0 else product + beta * out
 
     def matmul(a, b):
         dev.refuse_in_capture("matmul")
@@ -309,10 +311,16 @@ def fake_cupy(dev):
     def wrap(fn):
         return lambda *a, **k: np.asarray(fn(*a, **k)).view(DevArray)
 
+    def empty(shape, dtype=float):
+        # NaN where the engine has not written yet: a kernel reading such an element shows
+        a = np.empty(shape, dtype)
+        a.fill(np.nan if a.dtype.kind == "f" else -1)
+        return a.view(DevArray)
+
     mod = types.ModuleType("cupy")
     mod.__dict__.update(
         cuda=SimpleNamespace(Stream=Stream, Device=lambda *a: SimpleNamespace(id=0)),
-        cublas=SimpleNamespace(gemm=gemm), matmul=matmul, empty=wrap(np.empty),
+        cublas=SimpleNamespace(gemm=gemm), matmul=matmul, empty=empty,
         zeros=wrap(np.zeros), ascontiguousarray=wrap(np.ascontiguousarray))
     return mod
 
