@@ -2,7 +2,14 @@
 
 Wall-clock timings of one forward, or forward + backward, per kernel variant, with the
 device synchronised inside the timed function. The torch comparison lives in
-``rnnkern bench --backend cupy`` (rnnkern/bench_cuda.py).
+``rnnkern bench --backend cupy`` (rnnkern/bench_cuda.py), which is what
+``benchmarks/run_gpu.sh`` runs; this suite is for comparing variants by hand.
+
+Each test is one (shape, cell, variant, pass): set-up and a synchronised first run happen
+before timing, so an error (a CUDA fault is reported asynchronously) fails the test that
+caused it and the next test runs; a shape a variant cannot take (ValueError) is a skip.
+pytest-benchmark writes its JSON at the end of the session: to keep what finished when a
+run may be killed, run one process per shape (``-k T256-B8``).
 """
 
 import pytest
@@ -26,15 +33,15 @@ def test_cupy(benchmark, cell, variant, pass_, shape):
 
     from rnnkern.bench_cuda import Shape, cupy_runner
 
-    fn = cupy_runner(cell, Shape(*shape), variant, None, np.random.default_rng(0))[pass_]
-    try:
-        fn()
-    except ValueError as e:  # v2 on a shape whose R does not fit on chip
-        pytest.skip(str(e))
-
     def synced():
         fn()
         cupy.cuda.Device().synchronize()
+
+    try:
+        fn = cupy_runner(cell, Shape(*shape), variant, None, np.random.default_rng(0))[pass_]
+        synced()
+    except ValueError as e:  # v2 on a shape whose R does not fit on chip
+        pytest.skip(str(e))
 
     benchmark.group = f"{cell} {pass_} T{shape[0]} B{shape[1]} H{shape[3]}"
     benchmark.pedantic(synced, rounds=10, warmup_rounds=2)

@@ -7,15 +7,23 @@ runs that are not counted. Torch appears twice: with ``cudnn.allow_tf32 = False`
 same arithmetic as ours) and with PyTorch's default setting.
 
 Rows of the JSON (``args.json``): one per (shape, cell, implementation, pass) with
-``median_ms`` (None with a ``note`` when an implementation cannot run that shape).
+``median_ms`` and ``status``: "ok"; "unsupported" (a ValueError: v2 asked for a shape whose
+R does not fit on chip) or "failed" (any other error: a CUDA error, v2 refusing a grid that
+cannot be resident), both with median_ms None and the error in ``note``. One failure costs
+only its own rows: each row is printed as it is measured, and the JSON is rewritten after
+every shape, so a run killed part-way keeps every shape it finished.
+
+``python -m rnnkern.bench_cuda plot OUT.png RUN.json [RUN.json ...]`` draws the chart from
+JSON files (the GPU machine has no matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -40,20 +48,33 @@ class Shape(NamedTuple):
         return f"T{self.T} B{self.B} I{self.I} H{self.H}" + (" varlen" if self.varlen else "")
 
 
-#: the GPU shape set: B x H grid at T=256, I=H; the named extra rows; one variable-length row
-GPU_SHAPES = (
-    [Shape(256, B, H, H) for B in (1, 8, 64, 256) for H in (64, 256, 1024)]
-    + [Shape(100, 64, 125, 320), Shape(150, 16, 256, 256), Shape(25, 64, 512, 512),
-       Shape(1000, 16, 128, 128), Shape(512, 1, 256, 512), Shape(256, 64, 256, 256, True)]
-)
+#: the GPU shape set (a B x H grid at T=256, I=H; named extra rows; one with variable
+#: lengths) in groups, most telling first (``benchmarks/run_gpu.sh`` runs one process and
+#: writes one JSON per group): B <= 16 at H 256-1024, where the target ratio is 3; then B64;
+#: then B256; then the H64 rows
+SHAPE_GROUPS = {
+    "small-batch": [Shape(256, 1, 256, 256), Shape(256, 8, 256, 256), Shape(256, 1, 1024, 1024),
+                    Shape(256, 8, 1024, 1024), Shape(150, 16, 256, 256), Shape(512, 1, 256, 512),
+                    Shape(1000, 16, 128, 128)],
+    "batch64": [Shape(256, 64, 256, 256), Shape(256, 64, 1024, 1024), Shape(100, 64, 125, 320),
+                Shape(25, 64, 512, 512), Shape(256, 64, 256, 256, True)],
+    "batch256": [Shape(256, 256, 256, 256), Shape(256, 256, 1024, 1024)],
+    "h64": [Shape(256, B, 64, 64) for B in (1, 8, 64, 256)],
+}
+#: every shape of SHAPE_GROUPS, in group order
+GPU_SHAPES = tuple(shape for group in SHAPE_GROUPS.values() for shape in group)
 
 
 def parse_shapes(shapes: Any) -> list[Shape]:
-    """None -> GPU_SHAPES; otherwise each item "T,B,I,H" (or a 4-tuple), optional ",varlen"."""
+    """None -> GPU_SHAPES; otherwise each item a SHAPE_GROUPS name or "T,B,I,H" (or a
+    4-tuple), optional ",varlen"."""
     if shapes is None:
         return list(GPU_SHAPES)
     out = []
     for s in shapes:
+        if isinstance(s, str) and s in SHAPE_GROUPS:
+            out.extend(SHAPE_GROUPS[s])
+            continue
         parts = s.replace("x", ",").split(",") if isinstance(s, str) else list(s)
         varlen = bool(parts) and str(parts[-1]).strip() == "varlen"
         nums = parts[:-1] if varlen else parts
@@ -62,8 +83,8 @@ def parse_shapes(shapes: Any) -> list[Shape]:
         except ValueError:
             dims = []
         if len(dims) != 4 or min(dims) < 1:
-            raise ValueError(f"shapes: expected 'T,B,I,H' (optionally ',varlen') with positive "
-                             f"sizes, got {s!r}")
+            raise ValueError(f"shapes: expected a group ({', '.join(SHAPE_GROUPS)}) or "
+                             f"'T,B,I,H' (optionally ',varlen') with positive sizes, got {s!r}")
         out.append(Shape(*dims, varlen))
     return out
 
@@ -81,7 +102,10 @@ def _cells(cell: Any) -> tuple[str, ...]:
 def _variants(variant: Any) -> tuple[str, ...]:
     if variant is None:
         return tuple(VARIANTS)
-    names = (variant,) if isinstance(variant, str) else tuple(variant)
+    names = tuple(v.strip() for item in ((variant,) if isinstance(variant, str) else variant)
+                  for v in item.split(","))
+    if "all" in names:
+        return tuple(VARIANTS)
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         raise ValueError(f"variant: expected some of {tuple(VARIANTS)}, got {bad}")
@@ -187,25 +211,50 @@ def _torch_event() -> Any:
     return torch.cuda.Event(enable_timing=True)
 
 
+def _failure(e: BaseException) -> tuple[str, str]:
+    """(status, note) of a row whose implementation raised ``e``."""
+    status = "unsupported" if isinstance(e, ValueError) else "failed"
+    return status, f"{type(e).__name__}: {e}"
+
+
 def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, torch_too: bool,
-                seed: int = 0) -> list[dict[str, Any]]:
-    """Rows for one (cell, shape): every variant, then torch (TF32 off, then default)."""
+                seed: int = 0, emit: Callable[[dict[str, Any]], None] | None = None
+                ) -> list[dict[str, Any]]:
+    """Rows for one (cell, shape): every variant, then torch (TF32 off, then default).
+
+    Whatever an implementation raises, while being set up or timed, becomes a row (see the
+    module doc) and the next implementation runs. ``emit(row)`` is called for each row as
+    soon as it is measured.
+    """
     rng = np.random.default_rng(seed)
     lengths = _lengths(shape, rng)
     rows = []
 
-    def row(impl: str, pass_: str, ms: float | None, note: str = "") -> None:
+    def row(impl: str, pass_: str, ms: float | None, status: str = "ok", note: str = "") -> None:
         rows.append({"cell": cell, "shape": shape.label(), "T": shape.T, "B": shape.B,
                      "I": shape.I, "H": shape.H, "varlen": shape.varlen, "dtype": "float32",
-                     "impl": impl, "pass": pass_, "median_ms": ms, "note": note})
+                     "impl": impl, "pass": pass_, "median_ms": ms, "status": status,
+                     "note": note})
+        if emit is not None:
+            emit(rows[-1])
 
-    for variant in variants:
-        fns = cupy_runner(cell, shape, variant, lengths, rng)
+    def measure(impl: str, make: Callable[[], dict[str, Callable[[], Any]]],
+                event: Callable[[], Any]) -> None:
+        try:
+            fns = make()
+        except Exception as e:  # recorded as a row; the run goes on
+            for pass_ in PASSES:
+                row(impl, pass_, None, *_failure(e))
+            return
         for pass_ in PASSES:
             try:
-                row(f"cupy-{variant}", pass_, time_events(fns[pass_], repeat, _cupy_event))
-            except ValueError as e:  # v2 asked for a shape whose R does not fit on chip
-                row(f"cupy-{variant}", pass_, None, str(e))
+                row(impl, pass_, time_events(fns[pass_], repeat, event))
+            except Exception as e:  # recorded as a row; the run goes on
+                row(impl, pass_, None, *_failure(e))
+
+    for variant in variants:
+        measure(f"cupy-{variant}", lambda v=variant: cupy_runner(cell, shape, v, lengths, rng),
+                _cupy_event)
     if torch_too:
         import torch
 
@@ -213,26 +262,21 @@ def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, t
         for impl, tf32 in (("torch-cudnn-tf32off", False), ("torch-cudnn-default", default_tf32)):
             torch.backends.cudnn.allow_tf32 = tf32
             try:
-                fns = torch_runner(cell, shape, lengths)
-                for pass_ in PASSES:
-                    row(impl, pass_, time_events(fns[pass_], repeat, _torch_event))
+                measure(impl, lambda: torch_runner(cell, shape, lengths), _torch_event)
             finally:
                 torch.backends.cudnn.allow_tf32 = default_tf32
     return rows
 
 
 def _device_info(torch_too: bool) -> dict[str, Any]:
-    import cupy
+    """Device, driver and library versions (selfcheck.device_info) and the run's settings."""
+    from .backends.cupy_cuda.selfcheck import device_info
 
-    info = {"device": cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
-            .decode(), "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime
-            .runtimeGetVersion(), "python": platform.python_version(),
-            "variants": dict(VARIANTS), "warmup": WARMUP}
+    info = {**device_info(), "variants": dict(VARIANTS), "warmup": WARMUP}
     if torch_too:
         import torch
 
-        info.update(torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
-                    torch_default_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+        info["torch_default_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return info
 
 
@@ -266,20 +310,41 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'cell':5} {'shape':28} {'impl':22} {'pass':17} {'median ms':>10}"]
-    for r in rows:
-        ms = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
-        lines.append(f"{r['cell']:5} {r['shape']:28} {r['impl']:22} {r['pass']:17} {ms:>10}")
-    return "\n".join(lines)
+TABLE_HEAD = f"{'cell':5} {'shape':28} {'impl':22} {'pass':17} {'median ms':>10}  status"
+
+
+def _table_row(r: dict[str, Any]) -> str:
+    ms = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
+    line = f"{r['cell']:5} {r['shape']:28} {r['impl']:22} {r['pass']:17} {ms:>10}  {r['status']}"
+    return line if r["status"] == "ok" else f"{line}: {r['note']}"
+
+
+def _write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` atomically, so that a run killed while writing keeps the last copy."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _torch_usable(no_torch: bool) -> bool:
+    if no_torch:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def run_gpu(args: argparse.Namespace) -> int:
-    """Benchmark the CuPy backend (and torch on CUDA); print a table, write JSON and plot.
+    """Benchmark the CuPy backend (and torch on CUDA); print the table row by row, rewrite
+    the JSON after every shape, plot at the end if asked.
 
-    args: cell ("all" | name | list), shapes (None | ["T,B,I,H[,varlen]", ...]),
+    args: cell ("all" | name | list), shapes (None | [group or "T,B,I,H[,varlen]", ...]),
     repeat (timed runs per median), json (path or None), plot (path or None),
-    no_torch (bool), variant (None | name | list).
+    no_torch (bool), variant (None | name | list, comma-separated or "all").
+    Returns 0 when every row is "ok" or "unsupported", 1 when any "failed".
     """
     if not cupy_cuda.is_available():
         raise ValueError("backend: 'cupy' is not available on this machine (no CUDA GPU "
@@ -289,22 +354,45 @@ def run_gpu(args: argparse.Namespace) -> int:
     repeat = int(args.repeat)
     if repeat < 1:
         raise ValueError(f"repeat: expected a positive number of runs, got {repeat}")
-    torch_too = not getattr(args, "no_torch", False)
-    if torch_too:
-        try:
-            import torch
-        except ImportError:
-            torch_too = False
-        else:
-            torch_too = torch.cuda.is_available()
-    rows = []
+    torch_too = _torch_usable(getattr(args, "no_torch", False))
+    json_path = getattr(args, "json", None)
+    meta = _device_info(torch_too)
+
+    def emit(r: dict[str, Any]) -> None:
+        print(_table_row(r), flush=True)
+
+    print(TABLE_HEAD, flush=True)
+    rows: list[dict[str, Any]] = []
     for shape in shapes:
         for cell in cells:
-            rows.extend(bench_shape(cell, shape, variants, repeat, torch_too))
-    print(_table(rows))
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump({"meta": _device_info(torch_too), "rows": rows}, f, indent=1)
+            rows.extend(bench_shape(cell, shape, variants, repeat, torch_too, emit=emit))
+        if json_path:
+            _write_json(json_path, meta, rows)
     if getattr(args, "plot", None):
         plot(rows, args.plot)
+    return int(any(r["status"] == "failed" for r in rows))
+
+
+def plot_files(out: str, paths: Iterable[str]) -> None:
+    """The chart of ``plot`` over the rows of every JSON file in ``paths``."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows.extend(json.load(f)["rows"])
+    plot(rows, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rnnkern.bench_cuda",
+                                description="plot GPU benchmark JSON files")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("plot", help="draw the chart of one or more JSON files")
+    q.add_argument("out", help="image path (.png)")
+    q.add_argument("json", nargs="+", help="JSON files written by rnnkern bench --backend cupy")
+    args = p.parse_args(argv)
+    plot_files(args.out, args.json)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

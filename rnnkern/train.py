@@ -29,10 +29,12 @@ Long runs (DESIGN.md, "Training"):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -375,10 +377,14 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     if resume and os.path.exists(checkpoint):
         pos = _resume(checkpoint, model, opt, rng, settings)
     n_batches = -(-B // batch_size)
-    from tqdm import tqdm
+    if progress:  # tqdm is imported only when a bar is shown
+        from tqdm import tqdm
+    else:
+        def tqdm(**_: Any) -> contextlib.nullcontext:
+            quiet = SimpleNamespace(update=lambda n: None, set_postfix=lambda shown: None)
+            return contextlib.nullcontext(quiet)
 
-    with tqdm(total=epochs, initial=min(pos.epoch, epochs), disable=not progress,
-              unit="epoch") as bar:
+    with tqdm(total=epochs, initial=min(pos.epoch, epochs), unit="epoch") as bar:
         while pos.epoch < epochs:
             if pos.order is None:
                 pos.order = rng.permutation(B) if shuffle else np.arange(B)

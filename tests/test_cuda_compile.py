@@ -1,4 +1,5 @@
-"""Every CUDA kernel file compiles with nvcc (sm_90, warnings as errors), GPU or not.
+"""Every CUDA kernel file compiles with nvcc (sm_90, warnings as errors, no spills), GPU or
+not.
 
 Each test compiles exactly the source the loader hands to NVRTC (``loader.assemble``:
 the ``.cu`` file with its headers inlined) plus a host function that takes the address of
@@ -41,11 +42,16 @@ def test_nvcc_compiles(filename, tmp_path):
     src = tmp_path / f"check_{filename}"
     src.write_text(loader.assemble(filename) + f"\nvoid rk_instantiate() {{\n{uses}\n}}\n")
     out = tmp_path / "out.cubin"
-    proc = subprocess.run([NVCC, *FLAGS, str(src), "-o", str(out)],
+    proc = subprocess.run([NVCC, *FLAGS, "-Xptxas", "-v", str(src), "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kernels = set(re.findall(rb"\.text\.(_Z\w+)", out.read_bytes()))
     assert len(kernels) == len(names), sorted(kernels)
+    # every kernel keeps its per-thread arrays (register tiles, gate sums) in registers:
+    # ptxas reports no stack frame and no spills for any of them
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                        r"loads", proc.stdout + proc.stderr)
+    assert len(frames) == len(names) and all(f == ("0", "0", "0") for f in frames), frames
 
 
 def _nvrtc():

@@ -1,6 +1,10 @@
-"""EMULATION of the persistent (v2) kernels' index math in NumPy, no GPU needed.
+"""EMULATION of the CUDA kernels' index math in NumPy, no GPU needed.
 
-This is not a kernel test: it transliterates persistent.cu's blocking and tiling (block i
+Two parts: the persistent (v2) kernels transliterated below and run block by block; and the
+step loops of v1 and v1g run through the engine itself against a stand-in for CuPy (see the
+second section), which also checks that no cuBLAS call is made while a stream captures.
+
+The v2 part is not a kernel test: it transliterates persistent.cu's blocking and tiling (block i
 owns units [i*HS, i*HS+HS); R's slice in ``Ws``; rows staged transposed in ``As``;
 ``block_matmul``'s 4x4 tasks over KS reduction slices; the cells' flat offsets ``gbase``,
 ``u``, ``un``, ``s``) onto flat NumPy arrays, looping over blocks and threads the way the
@@ -8,6 +12,10 @@ kernel does, and checks the result against numpy_ref. It catches index bugs in t
 scheme; races, memory ordering and the barrier are out of its reach (one block runs a
 phase at a time here, in the order the grid barrier enforces).
 """
+
+import sys
+import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +36,7 @@ def block_matmul(As, Ws, K, BBP, NCP, KS):
     """part[0 : BBP*NCP] = As^T Ws, as block_matmul computes it (flat arrays)."""
     cgroups = NCP // 4
     tasks = (BBP // 4) * cgroups
+    AS = BBP + 1  # as_stride
     kc = (K + KS - 1) // KS
     part = np.zeros(KS * BBP * NCP)
     for w in range(tasks * KS):  # every thread's share of the strided loop
@@ -35,21 +44,25 @@ def block_matmul(As, Ws, K, BBP, NCP, KS):
         r0, c0 = (task // cgroups) * 4, (task % cgroups) * 4
         acc = np.zeros((4, 4))
         for k in range(ks * kc, min(K, (ks + 1) * kc)):
-            acc += np.outer(As[k * BBP + r0: k * BBP + r0 + 4], Ws[k * NCP + c0: k * NCP + c0 + 4])
+            acc += np.outer(As[k * AS + r0: k * AS + r0 + 4], Ws[k * NCP + c0: k * NCP + c0 + 4])
         for r in range(4):
             for q in range(4):
                 part[ks * BBP * NCP + (r0 + r) * NCP + c0 + q] = acc[r, q]
-    n = BBP * NCP
-    for o in range(n):
-        part[o] = sum(part[ks * n + o] for ks in range(KS))
+    n, m = BBP * NCP, KS
+    while m > 1:  # the tree: one round per __syncthreads
+        half = (m + 1) // 2
+        for w in range((m - half) * n):
+            part[w] += part[half * n + w]
+        m = half
     return part
 
 
 def stage_rows(src, off, b0, nb, K, BBP):
-    As = np.empty(K * BBP)
+    AS = BBP + 1
+    As = np.full(K * AS, np.nan)  # the pad column is never read
     for idx in range(BBP * K):
         bb, k = divmod(idx, K)
-        As[k * BBP + bb] = src[off + (b0 + bb) * K + k] if bb < nb else 0.0
+        As[k * AS + bb] = src[off + (b0 + bb) * K + k] if bb < nb else 0.0
     return As
 
 
@@ -57,7 +70,12 @@ def sig(v):
     return numpy_ref.sigmoid(np.asarray(v))
 
 
+ACTIVATIONS = {0: np.tanh, 1: lambda v: np.maximum(v, 0.0), 2: lambda v: v}  # common.cuh ids
+ACTIVATION_GRADS = {0: lambda a: 1 - a * a, 1: lambda a: float(a > 0), 2: lambda a: 1.0}
+
+
 def cell_forward(cell, a, t, b, j, hg, hs):
+    """Cell<T, cell>::forward of unit (b, j) at step t on flat arrays; hg(o) reads hg[o]."""
     B, H = a["B"], a["H"]
     G = G_OF[cell]
     gbase = (t * B + b) * G * H + j
@@ -66,7 +84,7 @@ def cell_forward(cell, a, t, b, j, hg, hs):
     on = a["lengths"] is None or t < a["lengths"][b]
     gx, h = a["gx"], a["h"]
     if cell == "rnn":
-        v = np.tanh(gx[u] + hg(0))
+        v = ACTIVATIONS[a["act"]](gx[u] + hg(0))
         a["gates"][u] = v
         h_new = v
     elif cell == "lstm":
@@ -89,6 +107,8 @@ def cell_forward(cell, a, t, b, j, hg, hs):
 
 
 def cell_backward(cell, a, t, b, j):
+    """Cell<T, cell>::backward of unit (b, j) at step t; writes dgx and dgh (the same array
+    except for GRU) and the carried dh, dc."""
     B, H = a["B"], a["H"]
     G = G_OF[cell]
     s = b * H + j
@@ -96,15 +116,15 @@ def cell_backward(cell, a, t, b, j):
     gbase = (t * B + b) * G * H + j
     on = a["lengths"] is None or t < a["lengths"][b]
     gt, dh = a["gates"], a["dh"][s]
-    dh_new = a["dy"][u] + dh if on else 0.0
+    dh_new = (0.0 if a["dy"] is None else a["dy"][u]) + dh if on else 0.0
     if cell == "rnn":
-        a["dgh"][u] = dh_new * (1 - gt[u] ** 2)
+        a["dgx"][u] = dh_new * ACTIVATION_GRADS[a["act"]](gt[u])
         a["dh"][s] = 0.0 if on else dh
     elif cell == "lstm":
         i, f, g, o = gt[gbase], gt[gbase + H], gt[gbase + 2 * H], gt[gbase + 3 * H]
         tc, dc = a["aux"][u], a["dc"][s]
         dc_new = (dc if on else 0.0) + dh_new * o * (1 - tc * tc)
-        a["dgh"][[gbase, gbase + H, gbase + 2 * H, gbase + 3 * H]] = (
+        a["dgx"][[gbase, gbase + H, gbase + 2 * H, gbase + 3 * H]] = (
             dc_new * g * i * (1 - i), dc_new * a["c"][u] * f * (1 - f),
             dc_new * i * (1 - g * g), dh_new * tc * o * (1 - o))
         a["dc"][s] = dc_new * f if on else dc
@@ -112,8 +132,9 @@ def cell_backward(cell, a, t, b, j):
     else:
         r, z, n = gt[gbase], gt[gbase + H], gt[gbase + 2 * H]
         dn = dh_new * (1 - z) * (1 - n * n)
-        a["dgh"][[gbase, gbase + H, gbase + 2 * H]] = (
-            dn * a["aux"][u] * r * (1 - r), dh_new * (a["h"][u] - n) * z * (1 - z), dn * r)
+        dr, dz = dn * a["aux"][u] * r * (1 - r), dh_new * (a["h"][u] - n) * z * (1 - z)
+        a["dgx"][[gbase, gbase + H, gbase + 2 * H]] = dr, dz, dn
+        a["dgh"][[gbase, gbase + H, gbase + 2 * H]] = dr, dz, dn * r
         a["dh"][s] = dh_new * z if on else dh
 
 
@@ -170,14 +191,15 @@ def v2_backward(cell, a, R, T, B, H, plan):
 TINY = DeviceLimits(sm_count=3, smem_per_block=4096, cooperative=True)
 
 
+@pytest.mark.parametrize("KS", (1, 3, 5))
 @pytest.mark.parametrize("cell", ("rnn", "lstm", "gru"))
-def test_persistent_indexing_matches_oracle(cell):
+def test_persistent_indexing_matches_oracle(cell, KS):
     T, B, I, H = 3, 6, 2, 7
     p = make_problem(cell, T=T, B=B, I=I, H=H, lengths=True, seed=4)
     # the kernels take HS, BB, KS as arguments: force a partial row chunk (6 = 4 + 2) and an
-    # uneven split of the reduction into KS slices
-    fwd = plan_persistent(cell, B, H, 8, TINY, "forward")._replace(BB=4, KS=3)
-    bwd = plan_persistent(cell, B, H, 8, TINY, "backward")._replace(BB=4, KS=3)
+    # uneven split of the reduction into KS slices (summed by an uneven tree for 3 and 5)
+    fwd = plan_persistent(cell, B, H, 8, TINY, "forward")._replace(BB=4, KS=KS)
+    bwd = plan_persistent(cell, B, H, 8, TINY, "backward")._replace(BB=4, KS=KS)
     assert fwd.blocks == 3 and fwd.HS * 3 > H
     x, W, R, b = p.inputs["x"], p.params["W"], p.params["R"], p.params["b"]
     h0, c0 = p.inputs["h0"], p.inputs.get("c0")
@@ -186,7 +208,7 @@ def test_persistent_indexing_matches_oracle(cell):
         args += (p.params["b_hn"],)
     y_ref, _, cache = getattr(numpy_ref, f"{cell}_forward")(*args, lengths=p.lengths)
     G = G_OF[cell]
-    a = {"B": B, "H": H, "lengths": p.lengths, "gx": (x @ W + b).ravel(),
+    a = {"B": B, "H": H, "act": 0, "lengths": p.lengths, "gx": (x @ W + b).ravel(),
          "b_hn": p.params.get("b_hn"), "h": np.zeros((T + 1) * B * H),
          "c": np.zeros((T + 1) * B * H), "gates": np.zeros(T * B * G * H),
          "aux": np.zeros(T * B * H), "y": np.zeros(T * B * H)}
@@ -200,13 +222,342 @@ def test_persistent_indexing_matches_oracle(cell):
     dy, dhT = p.out_grads["dy"], p.out_grads["dhT"]
     dstate = (dhT, p.out_grads["dcT"]) if cell == "lstm" else dhT
     ref = getattr(numpy_ref, f"{cell}_backward")(dy, dstate, cache)
-    a.update(dy=dy.ravel(), dh=dhT.ravel().copy(), dgh=np.zeros(T * B * G * H),
+    a.update(dy=dy.ravel(), dh=dhT.ravel().copy(), dgx=np.zeros(T * B * G * H),
              dc=p.out_grads["dcT"].ravel().copy() if cell == "lstm" else None)
+    a["dgh"] = np.zeros(T * B * G * H) if cell == "gru" else a["dgx"]
     v2_backward(cell, a, R, T, B, H, bwd)
     dh0_ref = ref[1][0] if cell == "lstm" else ref[1]
     np.testing.assert_allclose(a["dh"].reshape(B, H), dh0_ref, atol=1e-12)
     if cell == "lstm":
         np.testing.assert_allclose(a["dc"].reshape(B, H), ref[1][1], atol=1e-12)
-    if cell != "gru":  # dgh is the gate gradient; the weight gradients follow from it
-        dx = a["dgh"].reshape(T, B, G * H) @ W.T
-        np.testing.assert_allclose(dx, ref[0], atol=1e-12)
+    dx = a["dgx"].reshape(T, B, G * H) @ W.T  # the weight gradients follow from dgx, dgh
+    np.testing.assert_allclose(dx, ref[0], atol=1e-12)
+    dR = cache["h"][:-1].reshape(T * B, H).T @ a["dgh"].reshape(T * B, G * H)
+    np.testing.assert_allclose(dR, ref[2]["R"], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# EMULATION of the step loops of v1 and v1g through the engine, with a stand-in for CuPy:
+# NumPy arrays, kernels run by the transliterations below, stream capture recorded and
+# replayed, and cuBLAS refusing to run while a stream captures, as CuPy 14 does
+# (cupy_backends/cuda/libs/cublas.pyx: setStream raises NotImplementedError when
+# streamIsCapturing). What it checks: the engine's launch sequence and arguments, the
+# kernels' index math, and that no cuBLAS call is made inside a captured loop.
+
+CUBLAS_IN_CAPTURE = "calling cuBLAS API during stream capture is currently unsupported"
+
+
+class DevArray(np.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr``."""
+
+    @property
+    def data(self):
+        return SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+class FakeCuda:
+    """The device side of the stand-in: the launch log and the capture in progress."""
+
+    def __init__(self):
+        self.capture = None  # launches being recorded, or None
+        self.launches = []  # (kernel name, captured) of every launch issued
+        self.captures = 0
+
+    def refuse_in_capture(self, what):
+        if self.capture is not None:
+            raise NotImplementedError(f"{CUBLAS_IN_CAPTURE} ({what})")
+
+    def launch(self, name, cell, grid, block, args):
+        self.launches.append((name, self.capture is not None))
+        if self.capture is not None:
+            self.capture.append((name, cell, grid, block, args))
+        else:
+            EMULATORS[name](cell, grid, block, args)
+
+
+def fake_cupy(dev):
+    """A module object standing in for ``cupy`` over NumPy, bound to ``dev``."""
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            assert dev.capture is None, "nested capture"
+            dev.capture = []
+            dev.captures += 1
+
+        def end_capture(self):
+            launches, dev.capture = dev.capture, None
+            return SimpleNamespace(launch=lambda: [EMULATORS[n](*rest) for n, *rest in launches])
+
+    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+        dev.refuse_in_capture("gemm")
+        op = {"N": lambda m: m, "T": lambda m: m.T}
+        product = alpha * (op[transa](a) @ op[transb](b))
+        # as cuBLAS: with beta == 0, out is not read (it may hold anything, NaN included)
+        out[...] = product if beta == 0 else product + beta * out
+
+    def matmul(a, b):
+        dev.refuse_in_capture("matmul")
+        return np.matmul(a, b).view(DevArray)
+
+    def wrap(fn):
+        return lambda *a, **k: np.asarray(fn(*a, **k)).view(DevArray)
+
+    def empty(shape, dtype=float):
+        # NaN where the engine has not written yet: a kernel reading such an element shows
+        a = np.empty(shape, dtype)
+        a.fill(np.nan if a.dtype.kind == "f" else -1)
+        return a.view(DevArray)
+
+    mod = types.ModuleType("cupy")
+    mod.__dict__.update(
+        cuda=SimpleNamespace(Stream=Stream, Device=lambda *a: SimpleNamespace(id=0)),
+        cublas=SimpleNamespace(gemm=gemm), matmul=matmul, empty=empty,
+        zeros=wrap(np.zeros), ascontiguousarray=wrap(np.ascontiguousarray))
+    return mod
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    from rnnkern.backends.cupy_cuda import engine, loader
+
+    dev = FakeCuda()
+    cp = fake_cupy(dev)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(loader, "kernel", lambda name, dtype, cell: (
+        lambda grid, block, args: dev.launch(name, cell, grid, block, args)))
+    monkeypatch.setattr(engine, "device_limits", lambda device_id: None)
+    monkeypatch.setattr(engine, "_capture_stream", lambda device_id: cp.cuda.Stream())
+    monkeypatch.setattr(engine, "_GRAPHS", type(engine._GRAPHS)())
+    dev.cp = cp
+    return dev
+
+
+def _flat(v):
+    """A kernel argument as the kernel sees it: a flat array, None for a null pointer, or an
+    int."""
+    if isinstance(v, np.ndarray):
+        assert v.flags.c_contiguous
+        return v.reshape(-1)
+    if isinstance(v, np.uint64):
+        assert v == 0
+        return None
+    return int(v)
+
+
+def _threads(grid, block):
+    """(blockIdx.x, blockIdx.y, blockDim.x, threadIdx.x) of every thread of a launch."""
+    gx, gy = grid[0], grid[1] if len(grid) > 1 else 1
+    for by in range(gy):
+        for bx in range(gx):
+            for tx in range(block[0]):
+                yield bx, by, block[0], tx
+
+
+def emu_v1_forward_step(cell, grid, block, args):
+    gx, gh, b_hn, h, c, gates, aux, y, lengths, t, B, H, act = map(_flat, args)
+    a = dict(gx=gx, b_hn=b_hn, h=h, c=c, gates=gates, aux=aux, y=y, lengths=lengths, B=B, H=H,
+             act=act)
+    G, n = G_OF[cell], B * H
+    for bx, _, bd, tx in _threads(grid, block):
+        for idx in range(bx * bd + tx, n, grid[0] * bd):
+            b, j = divmod(idx, H)
+            cell_forward(cell, a, t, b, j, lambda o, base=b * G * H + j: gh[base + o], H)
+
+
+def emu_v1_backward_step(cell, grid, block, args):
+    gates, aux, h, c, dy, dh, dc, dgx, dgh, lengths, t, B, H, act = map(_flat, args)
+    a = dict(gates=gates, aux=aux, h=h, c=c, dy=dy, dh=dh, dc=dc, dgx=dgx, dgh=dgh,
+             lengths=lengths, B=B, H=H, act=act)
+    for bx, _, bd, tx in _threads(grid, block):
+        for idx in range(bx * bd + tx, B * H, grid[0] * bd):
+            cell_backward(cell, a, t, *divmod(idx, H))
+
+
+ROWS = 4  # V1G_ROWS
+
+
+def emu_v1g_forward_step(cell, grid, block, args):
+    R, gx, b_hn, h, c, gates, aux, y, lengths, t, B, H, act = map(_flat, args)
+    a = dict(gx=gx, b_hn=b_hn, h=h, c=c, gates=gates, aux=aux, y=y, lengths=lengths, B=B, H=H,
+             act=act)
+    G = G_OF[cell]
+    for bx, by, bd, tx in _threads(grid, block):
+        j, b0 = bx * bd + tx, by * ROWS
+        nb = min(ROWS, B - b0)
+        if j >= H:
+            continue
+        hrow = (t * B + b0) * H
+        acc = np.zeros((ROWS, G))
+        for k in range(H):
+            w = [R[k * G * H + g * H + j] for g in range(G)]
+            for r in range(nb):
+                for g in range(G):
+                    acc[r, g] += h[hrow + r * H + k] * w[g]
+        for r in range(nb):
+            cell_forward(cell, a, t, b0 + r, j, lambda o, row=acc[r]: row[o], 1)
+
+
+def emu_v1g_backward_step(cell, grid, block, args):
+    RT, gates, aux, h, c, dy, dh, dc, dgx, dgh, lengths, t, T_, B, H, act = map(_flat, args)
+    a = dict(gates=gates, aux=aux, h=h, c=c, dy=dy, dh=dh, dc=dc, dgx=dgx, dgh=dgh,
+             lengths=lengths, B=B, H=H, act=act)
+    K = G_OF[cell] * H
+    for bx, by, bd, tx in _threads(grid, block):
+        j, b0 = bx * bd + tx, by * ROWS
+        nb = min(ROWS, B - b0)
+        if j >= H:
+            continue
+        if t + 1 < T_:
+            grow = ((t + 1) * B + b0) * K
+            for r in range(nb):
+                dh[(b0 + r) * H + j] += sum(dgh[grow + r * K + k] * RT[k * H + j]
+                                            for k in range(K))
+        if t >= 0:
+            for r in range(nb):
+                cell_backward(cell, a, t, b0 + r, j)
+
+
+EMULATORS = {"v1_forward_step": emu_v1_forward_step, "v1_backward_step": emu_v1_backward_step,
+             "v1g_forward_step": emu_v1g_forward_step,
+             "v1g_backward_step": emu_v1g_backward_step}
+
+
+def _run_engine(dev, p, variant, with_dy=True):
+    """Forward and backward of problem ``p`` through the engine on the stand-in."""
+    from rnnkern._validate import check_forward
+    from rnnkern.backends.cupy_cuda import engine
+
+    cell = p.cell
+    dev_arr = {k: None if v is None else np.ascontiguousarray(v).view(DevArray)
+               for k, v in {**p.inputs, **p.params}.items()}
+    d, lengths = check_forward(cell, p.inputs["x"], p.inputs.get("h0"), p.inputs.get("c0"),
+                               p.params["W"], p.params["R"], p.params["b"],
+                               p.params.get("b_hn"), lengths=p.lengths)
+    d = d._replace(xp=dev.cp)
+    y, cache = engine.forward(cell, d, lengths, dev_arr["x"], dev_arr.get("h0"),
+                              dev_arr.get("c0"), dev_arr["W"], dev_arr["R"], dev_arr["b"],
+                              dev_arr.get("b_hn"), activation=p.activation, variant=variant)
+    g = {k: v.view(DevArray) for k, v in p.out_grads.items()}
+    out = engine.backward(cache, g["dy"] if with_dy else None, g["dhT"], g.get("dcT"),
+                          per_step=False, variant=variant)
+    return y, cache, out
+
+
+def _reference(p, with_dy=True):
+    x, W, R, b = p.inputs["x"], p.params["W"], p.params["R"], p.params["b"]
+    h0, c0 = p.inputs["h0"], p.inputs.get("c0")
+    if p.cell == "lstm":
+        y, _, cache = numpy_ref.lstm_forward(x, h0, c0, W, R, b, lengths=p.lengths)
+        dstate = (p.out_grads["dhT"], p.out_grads["dcT"])
+    elif p.cell == "gru":
+        y, _, cache = numpy_ref.gru_forward(x, h0, W, R, b, p.params["b_hn"], lengths=p.lengths)
+        dstate = p.out_grads["dhT"]
+    else:
+        y, _, cache = numpy_ref.rnn_forward(x, h0, W, R, b, activation=p.activation,
+                                            lengths=p.lengths)
+        dstate = p.out_grads["dhT"]
+    back = getattr(numpy_ref, f"{p.cell}_backward")(p.out_grads["dy"] if with_dy else None,
+                                                    dstate, cache)
+    return y, cache, back
+
+
+CASES = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh"),
+         ("gru", "tanh")]
+
+
+@pytest.mark.parametrize("variant", ("v1", "v1g"))
+@pytest.mark.parametrize("size", [(3, 6, 2, 7), (1, 1, 1, 1), (4, 5, 3, 33)],
+                         ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
+@pytest.mark.parametrize("cell,activation", CASES)
+def test_step_loops_match_oracle(fake_gpu, cell, activation, size, variant):
+    """v1 and v1g through the engine match numpy_ref, and v1g's loops run as captured graphs
+    with no cuBLAS call inside (the stand-in raises as CuPy 14 does)."""
+    T, B, I, H = size
+    p = make_problem(cell, activation=activation, T=T, B=B, I=I, H=H, lengths=B > 1,
+                     seed=T + B + H)
+    y, cache, (dx, dh0, dc0, grads, _) = _run_engine(fake_gpu, p, variant)
+    y_ref, cache_ref, back = _reference(p)
+    tol = dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    for k in ("h", "c", "gates", "a", "tanh_c", "hn"):
+        if k in cache_ref:
+            np.testing.assert_allclose(cache[k], cache_ref[k], **tol, err_msg=k)
+    np.testing.assert_allclose(dx, back[0], **tol)
+    np.testing.assert_allclose(dh0, back[1][0] if cell == "lstm" else back[1], **tol)
+    if cell == "lstm":
+        np.testing.assert_allclose(dc0, back[1][1], **tol)
+    for k, v in back[2].items():
+        np.testing.assert_allclose(grads[k], v, **tol, err_msg=k)
+    captured = {name for name, cap in fake_gpu.launches if cap}
+    if variant == "v1g":
+        assert fake_gpu.captures == 2  # the forward loop and the backward loop
+        assert captured == {"v1g_forward_step", "v1g_backward_step"}
+        assert sum(1 for _ in fake_gpu.launches) == T + (T + 1)
+    else:
+        assert fake_gpu.captures == 0 and not captured
+
+
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_v1g_backward_without_output_gradient(fake_gpu, cell):
+    p = make_problem(cell, T=4, B=5, I=2, H=6, lengths=True, seed=9)
+    _, _, (dx, dh0, dc0, grads, _) = _run_engine(fake_gpu, p, "v1g", with_dy=False)
+    _, _, back = _reference(p, with_dy=False)
+    np.testing.assert_allclose(dx, back[0], rtol=1e-12, atol=1e-13)
+    for k, v in back[2].items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-12, atol=1e-13, err_msg=k)
+
+
+def test_capture_refuses_cublas(fake_gpu):
+    """The stand-in's capture check is live: v1's loop (cuBLAS per step) fails under capture,
+    the way v1g failed on CuPy 14 when it captured v1's loop."""
+    from rnnkern._validate import check_forward
+    from rnnkern.backends.cupy_cuda import engine
+
+    T, B, H = 2, 2, 3
+    p = make_problem("rnn", T=T, B=B, I=1, H=H, seed=1)
+    d, _ = check_forward("rnn", p.inputs["x"], None, None, p.params["W"], p.params["R"],
+                         p.params["b"])
+    z = fake_gpu.cp.zeros
+    # R, gx, gh, b_hn, h, c, gates, aux, y, lengths
+    arrays = (p.params["R"].view(DevArray), z((T, B, H)), z((B, H)), None, z((T + 1, B, H)),
+              None, z((T, B, H)), None, z((T, B, H)), None)
+    with pytest.raises(NotImplementedError, match="stream capture"):
+        engine._graphed(("v1",), lambda: engine.v1_forward_steps("rnn", d, 0, *arrays))
+    assert fake_gpu.capture is None  # the capture was ended all the same
+
+
+def test_v1g_replays_with_new_contents(fake_gpu):
+    """A second call on the same buffers replays the captured graph, which reads the buffers'
+    new contents; only one capture is made."""
+    from rnnkern._validate import check_forward
+    from rnnkern.backends.cupy_cuda import engine
+
+    cell, (T, B, I, H) = "lstm", (3, 5, 2, 6)
+    p = make_problem(cell, T=T, B=B, I=I, H=H, lengths=True, seed=30)
+    d, _ = check_forward(cell, p.inputs["x"], None, None, p.params["W"], p.params["R"],
+                         p.params["b"])
+    z = fake_gpu.cp.zeros
+    R, gx, h, c = z((H, 4 * H)), z((T, B, 4 * H)), z((T + 1, B, H)), z((T + 1, B, H))
+    gates, aux, y = z((T, B, 4 * H)), z((T, B, H)), z((T, B, H))
+    lens = fake_gpu.cp.ascontiguousarray(p.lengths, dtype=np.int32)
+    for seed in (31, 32):
+        q = make_problem(cell, T=T, B=B, I=I, H=H, seed=seed)
+        R[...] = q.params["R"]
+        gx[...] = q.inputs["x"] @ q.params["W"] + q.params["b"]
+        h[0], c[0] = q.inputs["h0"], q.inputs["c0"]
+        engine.run_graphed(engine.v1g_forward_steps, cell, d, 0, R, gx, None, h, c, gates, aux,
+                           y, lens)
+        want = numpy_ref.lstm_forward(q.inputs["x"], q.inputs["h0"], q.inputs["c0"],
+                                      q.params["W"], q.params["R"], q.params["b"],
+                                      lengths=p.lengths)[0]
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-13)
+    assert fake_gpu.captures == 1 and len(engine._GRAPHS) == 1

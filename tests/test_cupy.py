@@ -175,13 +175,12 @@ def test_parity_per_step(cell, variant):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
 @pytest.mark.parametrize("cell", CELLS)
-def test_finite_differences(cell):
-    p = make_problem(cell, T=4, B=3, I=2, H=4, lengths=True, seed=11)
-    for variant in VARIANT_NAMES:
-        p.options = {"variant": variant}
-        errors = fd_check(p, backend="cupy")
-        assert max(errors.values()) < 1e-6, (variant, errors)
+def test_finite_differences(cell, variant):
+    p = _problem(cell, variant, T=4, B=3, I=2, H=4, lengths=True, seed=11)
+    errors = fd_check(p, backend="cupy")
+    assert max(errors.values()) < 1e-6, errors
 
 
 @needs_gpu
@@ -207,14 +206,18 @@ def test_mixed_numpy_and_cupy_raise():
     p = make_problem("lstm", T=3, B=2, I=2, H=3)
     x, h0, c0 = (p.inputs[k] for k in ("x", "h0", "c0"))
     W, R, b = (cupy.asarray(p.params[k]) for k in ("W", "R", "b"))
-    with pytest.raises(ValueError, match="x: is a numpy"):
+    # a mix: the first argument that differs from the first one given is named
+    with pytest.raises(ValueError,
+                       match=r"W: is a cupy \(GPU\) array but x is a numpy \(CPU\) array"):
         be.lstm_forward(x, None, None, W, R, b)
-    with pytest.raises(ValueError, match="numpy"):
+    with pytest.raises(ValueError,
+                       match=r"h0: is a numpy \(CPU\) array but x is a cupy \(GPU\) array"):
         be.lstm_forward(cupy.asarray(x), h0, cupy.asarray(c0), W, R, b)
-    with pytest.raises(ValueError, match="x: is a numpy"):
+    # all on the host: the backend refuses to copy
+    with pytest.raises(ValueError, match=r"x: is a numpy \(CPU\) array but the 'cupy' backend"):
         be.lstm_forward(x, h0, c0, p.params["W"], p.params["R"], p.params["b"])
     _, _, cache = be.lstm_forward(cupy.asarray(x), None, None, W, R, b)
-    with pytest.raises(ValueError, match="dy"):
+    with pytest.raises(ValueError, match="dy: is on a different device"):
         be.lstm_backward(p.out_grads["dy"], None, cache)
 
 
@@ -293,8 +296,7 @@ def test_graph_replays_with_new_contents(cell):
     bufs = {k: cache.get(k) for k in ("h", "c", "a", "gates", "tanh_c", "hn")}
     gates = bufs["a"] if cell == "rnn" else bufs["gates"]
     aux = bufs["tanh_c"] if cell == "lstm" else bufs["hn"]
-    gx, gh, y = (cupy.empty((d.T, d.B, G * d.H)), cupy.empty((d.B, G * d.H)),
-                 cupy.empty((d.T, d.B, d.H)))
+    gx, y = cupy.empty((d.T, d.B, G * d.H)), cupy.empty((d.T, d.B, d.H))
     R, b_hn = cache["R"].copy(), None if cell != "gru" else cupy.asarray(p.params["b_hn"])
     before = len(engine._GRAPHS)
     for seed in (1, 2):
@@ -307,8 +309,35 @@ def test_graph_replays_with_new_contents(cell):
         bufs["h"][0] = cupy.asarray(q.inputs["h0"])
         if cell == "lstm":
             bufs["c"][0] = cupy.asarray(q.inputs["c0"])
-        engine.run_v1(engine.v1_forward_steps, True, cell, d, act, R, gx, gh, b_hn, bufs["h"],
-                      bufs["c"], gates, aux, y, cache["lengths"])
+        engine.run_graphed(engine.v1g_forward_steps, cell, d, act, R, gx, b_hn, bufs["h"],
+                           bufs["c"], gates, aux, y, cache["lengths"])
         want = forward(ref_be, replace(q, lengths=p.lengths, options={}))[0]
         assert float(abs(cupy.asnumpy(y) - want).max()) <= 1e-12
     assert len(engine._GRAPHS) == min(before + 1, engine.GRAPH_CACHE_SIZE)  # one capture
+
+
+@needs_gpu
+def test_no_cublas_call_while_capturing(monkeypatch):
+    """v1g: the cuBLAS entry points the engine uses (cupy.matmul, cupy.cublas.gemm) are
+    wrapped to record whether the current stream captures; none may be called while it does
+    (CuPy 14 refuses that anyway, in cublas.setStream)."""
+    import cupy
+
+    from rnnkern.backends.cupy_cuda import engine
+
+    seen = []
+
+    def recording(fn):
+        def wrapped(*a, **k):
+            seen.append(cupy.cuda.get_current_stream().is_capturing())
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(cupy, "matmul", recording(cupy.matmul))
+    monkeypatch.setattr(cupy.cublas, "gemm", recording(cupy.cublas.gemm))
+    monkeypatch.setattr(engine, "_GRAPHS", type(engine._GRAPHS)())
+    for cell in CELLS:
+        _check_parity(_problem(cell, "v1g", T=4, B=3, I=2, H=5, lengths=True, seed=2),
+                      np.float64)
+    assert seen and not any(seen)  # the GEMMs outside the loops ran, none inside
+    assert len(engine._GRAPHS) >= 2 * len(CELLS)  # each cell's forward and backward loop

@@ -5,7 +5,10 @@
 - v1: the input projection ``x @ W + b`` for all steps as one GEMM before the loop; per
   step ``h[t] @ R`` into a preallocated buffer (cuBLAS) and one fused pointwise kernel;
   backward per step one pointwise kernel and ``dh += dgh[t] @ R.T`` (cuBLAS, beta=1).
-- v1g: v1's step loop captured in a CUDA graph (``_graphed``) and replayed.
+- v1g: per step one kernel of the project's own that does the recurrent product and the
+  pointwise step together (fused.cu), the step loop captured in a CUDA graph
+  (``_graphed``) and replayed. Nothing inside the captured loop calls cuBLAS: CuPy refuses
+  cuBLAS calls while a stream captures.
 - v2: the same loop inside one persistent launch (persistent.cu).
 
 All variants read and write the same arrays, so a cache made by any one serves the
@@ -28,6 +31,8 @@ from .variants import DeviceLimits, PersistentPlan, choose_variant
 
 #: threads per block of the v1 pointwise kernels
 V1_THREADS = 256
+#: threads per block of the v1g kernels, at most (one thread per hidden unit)
+V1G_THREADS = 128
 #: cache key of the post-activation gates and of the per-step auxiliary array, per cell
 #: (the names numpy_ref uses)
 GATES_KEY = {"rnn": "a", "lstm": "gates", "gru": "gates"}
@@ -124,7 +129,7 @@ def v1_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, gh: Any, b_h
     """
     from cupy import cublas
 
-    k = loader.kernel(STEP_KERNELS[v1_forward_steps], d.dtype, cell)
+    k = loader.kernel("v1_forward_step", d.dtype, cell)
     grid = (math.ceil(d.B * d.H / V1_THREADS),)
     head = (gx, gh, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
     tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
@@ -141,7 +146,7 @@ def v1_backward_steps(cell: str, d: Dims, act: int, R: Any, gates: Any, aux: Any
     """
     from cupy import cublas
 
-    k = loader.kernel(STEP_KERNELS[v1_backward_steps], d.dtype, cell)
+    k = loader.kernel("v1_backward_step", d.dtype, cell)
     grid = (math.ceil(d.B * d.H / V1_THREADS),)
     head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
     tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
@@ -150,22 +155,54 @@ def v1_backward_steps(cell: str, d: Dims, act: int, R: Any, gates: Any, aux: Any
         cublas.gemm("N", "T", dgh[t], R, out=dh, beta=1.0)
 
 
-#: the pointwise kernel each v1 loop launches
-STEP_KERNELS = {v1_forward_steps: "v1_forward_step", v1_backward_steps: "v1_backward_step"}
+def v1g_launch_shape(d: Dims) -> tuple[tuple[int, int], tuple[int]]:
+    """(grid, block) of the v1g kernels: a thread per hidden unit, V1G_ROWS rows per block."""
+    threads = min(V1G_THREADS, 32 * math.ceil(d.H / 32))
+    return (math.ceil(d.H / threads), math.ceil(d.B / loader.V1G_ROWS)), (threads,)
 
 
-def run_v1(loop: Callable[..., None], graph: bool, cell: str, d: Dims, act: int,
-           *arrays: Any) -> None:
-    """``loop(cell, d, act, *arrays)``: directly (v1) or through a CUDA graph (v1g).
+def v1g_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, b_hn: Any, h: Any, c: Any,
+                      gates: Any, aux: Any, y: Any, lens: Any) -> None:
+    """v1g's forward time loop: one fused kernel per step (``h[t] @ R`` and the pointwise step).
+
+    The arrays as in the cache (``forward``); b_hn, c, aux, lens may be None.
+    """
+    k = loader.kernel(STEP_KERNELS[v1g_forward_steps], d.dtype, cell)
+    grid, block = v1g_launch_shape(d)
+    head = (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
+    tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
+    for t in range(d.T):
+        k(grid, block, head + (np.int32(t),) + tail)
+
+
+def v1g_backward_steps(cell: str, d: Dims, act: int, RT: Any, gates: Any, aux: Any, h: Any,
+                       c: Any, dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any, lens: Any) -> None:
+    """v1g's backward time loop: launch t adds ``dgh[t+1] @ R.T`` into dh, then runs step t's
+    pointwise backward; a last launch (t = -1) adds ``dgh[0] @ R.T``.
+
+    RT: (G*H, H) C-contiguous copy of R.T; dh, dc as in ``v1_backward_steps``.
+    """
+    k = loader.kernel(STEP_KERNELS[v1g_backward_steps], d.dtype, cell)
+    grid, block = v1g_launch_shape(d)
+    head = (RT, gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
+    tail = (np.int32(d.T), np.int32(d.B), np.int32(d.H), np.int32(act))
+    for t in range(d.T - 1, -2, -1):
+        k(grid, block, head + (np.int32(t),) + tail)
+
+
+#: the kernel each captured loop launches (loaded before capturing)
+STEP_KERNELS = {v1g_forward_steps: "v1g_forward_step",
+                v1g_backward_steps: "v1g_backward_step"}
+
+
+def run_graphed(loop: Callable[..., None], cell: str, d: Dims, act: int, *arrays: Any) -> None:
+    """``loop(cell, d, act, *arrays)`` through a CUDA graph (v1g).
 
     A graph bakes in every pointer and scalar of its launches, so it is keyed by the loop,
     the sizes, and the address of each array, and replayed only for a call whose buffers sit
     at exactly those addresses. CuPy's memory pool hands the same blocks back to a training
     loop's repeated calls, so those mostly replay.
     """
-    if not graph:
-        loop(cell, d, act, *arrays)
-        return
     # compile and load the step kernel before capturing: loading a module is no stream work
     loader.kernel(STEP_KERNELS[loop], d.dtype, cell)
     key = (loop, cell, d.dtype.char, d.T, d.B, d.H, act) + tuple(
@@ -200,9 +237,11 @@ def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, 
     lens = None if lengths is None else cp.ascontiguousarray(lengths, dtype=np.int32)
     act = loader.ACTIVATION_IDS[activation]
     i32 = np.int32
-    if chosen in ("v1", "v1g"):
-        run_v1(v1_forward_steps, chosen == "v1g", cell, d, act, R, gx,
-               cp.empty((B, GH), d.dtype), b_hn, h, c, gates, aux, y, lens)
+    if chosen == "v1":
+        v1_forward_steps(cell, d, act, R, gx, cp.empty((B, GH), d.dtype), b_hn, h, c, gates, aux,
+                         y, lens)
+    elif chosen == "v1g":
+        run_graphed(v1g_forward_steps, cell, d, act, R, gx, b_hn, h, c, gates, aux, y, lens)
     else:
         _launch_v2("v2_forward", cell, d, plan,
                    (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens),
@@ -241,9 +280,11 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
     act = loader.ACTIVATION_IDS[cache["activation"]]
     lens = cache["lengths"]
     i32 = np.int32
-    if chosen in ("v1", "v1g"):
-        run_v1(v1_backward_steps, chosen == "v1g", cell, d, act, R, gates, aux, h, c, dy, dh, dc,
-               dgx, dgh, lens)
+    if chosen == "v1":
+        v1_backward_steps(cell, d, act, R, gates, aux, h, c, dy, dh, dc, dgx, dgh, lens)
+    elif chosen == "v1g":
+        run_graphed(v1g_backward_steps, cell, d, act, cp.ascontiguousarray(R.T), gates, aux, h,
+                    c, dy, dh, dc, dgx, dgh, lens)
     else:
         head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
         _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), i32(act)))

@@ -29,11 +29,14 @@ CELL_ENUMS = {"rnn": "rk::RNN", "lstm": "rk::LSTM", "gru": "rk::GRU"}
 ACTIVATION_IDS = {"tanh": 0, "relu": 1, "identity": 2}
 #: threads per block of the v2 kernels (``V2_THREADS`` in persistent.cu)
 V2_THREADS = 256
+#: batch rows one block of the v1g kernels computes (``V1G_ROWS`` in fused.cu)
+V1G_ROWS = 4
 
 #: kernel file -> the template kernels it defines
 MODULES = {
     "pointwise.cu": ("v1_forward_step", "v1_backward_step"),
     "persistent.cu": ("v2_forward", "v2_backward"),
+    "fused.cu": ("v1g_forward_step", "v1g_backward_step"),
 }
 #: NVRTC options of every module (CuPy adds ``-ftz=true`` and the arch itself)
 OPTIONS = ("-std=c++17",)

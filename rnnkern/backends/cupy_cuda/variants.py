@@ -18,8 +18,10 @@ from .loader import V2_THREADS
 VARIANTS = {
     "v1": "cuBLAS GEMMs (input projection for all steps, h @ R per step) + one fused "
           "pointwise kernel per step; weight gradients as GEMMs over all steps",
-    "v1g": "v1 with its per-step launches captured once in a CUDA graph and replayed while "
-           "the call's buffers are the same (an LRU of graphs keyed by shape and pointers)",
+    "v1g": "for small shapes: one fused kernel per step (the recurrent product in registers "
+           "+ the pointwise step, no cuBLAS), the step loop captured once in a CUDA graph and "
+           "replayed while the call's buffers are the same (an LRU of graphs keyed by shape "
+           "and pointers)",
     "v2": "persistent: one cooperative launch runs the whole time loop, R's slices stay in "
           "shared memory, blocks exchange states through L2 behind a grid barrier",
 }
@@ -63,8 +65,9 @@ def plan_persistent(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimi
 
     direction: "forward" (block slice R[:, gate columns of its units], reduction over H)
     or "backward" (slice R[its units, :], reduction over G*H). Mirrors the shared-memory
-    carve-up of persistent.cu: Ws (K, NC) + As (K, BB) + part (KS, BB, NC), NC and BB
-    padded to multiples of 4.
+    carve-up of persistent.cu: Ws (K, NCP) + As (K, BBP + 1) + part (KS, BBP, NCP), where
+    NCP and BBP are NC and BB padded to multiples of 4 and As's odd row stride keeps its
+    staging free of bank conflicts.
     """
     if not limits.cooperative or limits.sm_count < 1:
         return None
@@ -77,7 +80,7 @@ def plan_persistent(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimi
         BBP = _round4(BB)
         tasks = (BBP // 4) * (NCP // 4)
         KS = max(1, min(V2_THREADS // tasks, K // V2_MIN_SPLIT))
-        smem = (K * NCP + K * BBP + KS * BBP * NCP) * itemsize
+        smem = (K * NCP + K * (BBP + 1) + KS * BBP * NCP) * itemsize
         if smem <= limits.smem_per_block:
             return PersistentPlan(blocks, HS, BB, KS, smem)
     return None

@@ -32,12 +32,18 @@ __device__ __forceinline__ void grid_barrier(unsigned int* bar) {
     __syncthreads();
 }
 
-// part[0] = As^T Ws on one block: As: (K, BBP) staged rows, Ws: (K, NCP) weight slice, both
-// in shared memory. Each thread computes 4x4 outputs over one of KS slices of K; the slices
-// are then summed in a fixed order, so results do not depend on scheduling.
+// Row stride of the staged rows As: one more than the padded row count BBP, odd, so that
+// stage_rows' consecutive threads (consecutive k) hit distinct shared-memory banks (an
+// even stride such as BBP = 64 would put a whole warp on one bank).
+__device__ __forceinline__ int as_stride(int BBP) { return BBP + 1; }
+
+// part[0] = As^T Ws on one block: As: (K, AS) staged rows (AS = as_stride(BBP)), Ws:
+// (K, NCP) weight slice, both in shared memory. Each thread computes 4x4 outputs over one of
+// KS slices of K; the slices are then summed pairwise as a tree (log2 KS rounds, all threads
+// busy), in an order fixed by KS alone, so results do not depend on scheduling.
 template <typename T>
 __device__ void block_matmul(const T* As, const T* Ws, T* part, int K, int BBP, int NCP, int KS) {
-    const int cgroups = NCP / 4, tasks = (BBP / 4) * cgroups;
+    const int cgroups = NCP / 4, tasks = (BBP / 4) * cgroups, AS = as_stride(BBP);
     const int kc = (K + KS - 1) / KS;
     for (int w = threadIdx.x; w < tasks * KS; w += blockDim.x) {
         const int task = w % tasks, ks = w / tasks;
@@ -51,7 +57,7 @@ __device__ void block_matmul(const T* As, const T* Ws, T* part, int K, int BBP, 
         for (int k = ks * kc; k < k1; ++k) {
             T av[4], wv[4];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) av[r] = As[k * BBP + r0 + r];
+            for (int r = 0; r < 4; ++r) av[r] = As[k * AS + r0 + r];
 #pragma unroll
             for (int q = 0; q < 4; ++q) wv[q] = Ws[k * NCP + c0 + q];
 #pragma unroll
@@ -66,21 +72,25 @@ __device__ void block_matmul(const T* As, const T* Ws, T* part, int K, int BBP, 
             for (int q = 0; q < 4; ++q) p[(r0 + r) * NCP + c0 + q] = acc[r][q];
     }
     __syncthreads();
+    // tree: while m slices are left, slice s < m - half takes in slice s + half
     const int n = BBP * NCP;
-    for (int o = threadIdx.x; o < n; o += blockDim.x) {
-        T s = part[o];
-        for (int ks = 1; ks < KS; ++ks) s += part[ks * n + o];
-        part[o] = s;
+    for (int m = KS; m > 1;) {
+        const int half = (m + 1) / 2, pairs = (m - half) * n;
+        for (int w = threadIdx.x; w < pairs; w += blockDim.x) part[w] += part[half * n + w];
+        m = half;
+        __syncthreads();
     }
-    __syncthreads();
 }
 
-// Stage rows b0 .. b0+nb of a (rows, K) global array, transposed, into As: (K, BBP).
+// Stage rows b0 .. b0+nb of a (rows, K) global array, transposed, into As: (K, AS), zero
+// past nb. Consecutive threads read consecutive k of a row (coalesced) and write at the odd
+// stride AS (no bank conflict).
 template <typename T>
 __device__ void stage_rows(T* As, const T* src, int b0, int nb, int K, int BBP) {
+    const int AS = as_stride(BBP);
     for (int idx = threadIdx.x; idx < BBP * K; idx += blockDim.x) {
         const int bb = idx / K, k = idx - bb * K;
-        As[k * BBP + bb] = bb < nb ? load_l2(src + (idx_t)(b0 + bb) * K + k) : T(0);
+        As[k * AS + bb] = bb < nb ? load_l2(src + (idx_t)(b0 + bb) * K + k) : T(0);
     }
     __syncthreads();
 }
@@ -99,7 +109,7 @@ v2_forward(const T* R, const T* gx, const T* b_hn, T* h, T* c, T* gates, T* aux,
     const int K = H, NC = G * HS, NCP = rk::round4(NC), BBP = rk::round4(BB);
     T* Ws = reinterpret_cast<T*>(smem_raw);
     T* As = Ws + K * NCP;
-    T* part = As + K * BBP;
+    T* part = As + K * rk::as_stride(BBP);
     const int j0 = blockIdx.x * HS, nu = min(HS, H - j0);
     // column cc = g * HS + jj of the slice is column g * H + j0 + jj of R
     for (int idx = threadIdx.x; idx < K * NCP; idx += blockDim.x) {
@@ -134,7 +144,7 @@ v2_backward(const T* R, const T* gates, const T* aux, const T* h, const T* c, co
     const int K = G * H, NCP = rk::round4(HS), BBP = rk::round4(BB);
     T* Ws = reinterpret_cast<T*>(smem_raw);
     T* As = Ws + K * NCP;
-    T* part = As + K * BBP;
+    T* part = As + K * rk::as_stride(BBP);
     const int j0 = blockIdx.x * HS, nu = min(HS, H - j0);
     for (int idx = threadIdx.x; idx < K * NCP; idx += blockDim.x) {
         const int k = idx / NCP, cc = idx - k * NCP;
