@@ -97,19 +97,27 @@ def _blas_threads(d: Dims, plan: Plan, G: int) -> int:
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
 
 
-def _gemm_chunks(threads: int, macs: int) -> int:
+def _gemm_chunks(threads: int, macs: int) -> int | None:
     """Row blocks of a product over all steps (``macs`` multiply-adds) that runs at the
     time loop's BLAS thread count ``threads``: one per Numba thread where OpenBLAS is held
-    to one thread (``threads == 1``) and the product is big enough, else 1. OpenBLAS's own
+    to one thread (``threads == 1``) and the product is big enough, else None (serial,
+    see ``_par``). OpenBLAS's own
     workers spin after a threaded call and slow down whatever runs next on a busy machine,
     so they are used only where the per-step products are big enough for them too; Numba's
     threads, already running the kernels, take the big products over all steps instead."""
     if threads != 1 or macs < GEMM_PARALLEL_MIN_MACS:
-        return 1
-    return numba.get_num_threads()
+        return None
+    return _par(numba.get_num_threads())
 
 
-def _projection_chunks(threads: int, d: Dims, G: int) -> int:
+def _par(chunks: int) -> int | None:
+    """A kernel's row blocks as it takes them: None for one. A kernel passed None compiles
+    without its parallel loop (``if chunks is not None`` is decided by the argument's type),
+    which halves a serial variant's first compile."""
+    return chunks if chunks > 1 else None
+
+
+def _projection_chunks(threads: int, d: Dims, G: int) -> int | None:
     return _gemm_chunks(threads, d.T * d.B * d.I * G * d.H)
 
 
@@ -205,7 +213,7 @@ def rnn_forward(
     else:
         threads = _blas_threads(d, plan, 1)
         y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
-                            plan.packed, plan.chunks, plan.stepped,
+                            plan.packed or None, _par(plan.chunks), plan.stepped or None,
                             _projection_chunks(threads, d, 1), keep)
     return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
                          h=h, a=a, lengths=lens, variant=plan.name)
@@ -233,7 +241,7 @@ def rnn_backward(
     threads = _blas_threads(d, plan, 1)
     dh0, da = _call(
         threads, rnn.rnn_backward, dy, dhT, cache["R"], cache["a"], code, cache["lengths"],
-        plan.fused, plan.packed, plan.chunks)
+        plan.fused, plan.packed or None, _par(plan.chunks))
     dx, dW, dR, db = _weight_grads(threads, cache, da, da)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
@@ -273,8 +281,8 @@ def lstm_forward(
     else:
         threads = _blas_threads(d, plan, 4)
         y, h, c, gates, tanh_c, hT, cT = _call(
-            threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed,
-            plan.chunks, plan.stepped, _projection_chunks(threads, d, 4), keep)
+            threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed or None,
+            _par(plan.chunks), plan.stepped or None, _projection_chunks(threads, d, 4), keep)
     return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c,
                                gates=gates, tanh_c=tanh_c, lengths=lens, variant=plan.name)
 
@@ -305,7 +313,7 @@ def lstm_backward(
     threads = _blas_threads(d, plan, 4)
     dh0, dc0, dgates = _call(
         threads, lstm.lstm_backward, dy, dhT, dcT, cache["R"], cache["c"], cache["gates"],
-        cache["tanh_c"], cache["lengths"], plan.fused, plan.packed, plan.chunks)
+        cache["tanh_c"], cache["lengths"], plan.fused, plan.packed or None, _par(plan.chunks))
     dx, dW, dR, db = _weight_grads(threads, cache, dgates, dgates)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
@@ -346,8 +354,9 @@ def gru_forward(
     else:
         threads = _blas_threads(d, plan, 3)
         y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
-                                    plan.fused, plan.packed, plan.chunks, plan.stepped,
-                                    _projection_chunks(threads, d, 3), keep)
+                                    plan.fused, plan.packed or None, _par(plan.chunks),
+                                    plan.stepped or None, _projection_chunks(threads, d, 3),
+                                    keep)
     return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates,
                          hn=hn, lengths=lens, variant=plan.name)
 
@@ -373,7 +382,7 @@ def gru_backward(
     threads = _blas_threads(d, plan, 3)
     dh0, db_hn, dgx, dgh = _call(
         threads, gru.gru_backward, dy, dhT, cache["R"], cache["h"], cache["gates"], cache["hn"],
-        cache["lengths"], plan.fused, plan.packed, plan.chunks)
+        cache["lengths"], plan.fused, plan.packed or None, _par(plan.chunks))
     dx, dW, dR, db = _weight_grads(threads, cache, dgx, dgh)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

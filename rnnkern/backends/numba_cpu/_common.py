@@ -111,8 +111,11 @@ BATCH_INNER_MIN_B = 8
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
 #: multiply-adds of a product over all steps (input projection, weight gradients) from
-#: which it is split into row blocks over the Numba threads where OpenBLAS runs one thread
-GEMM_PARALLEL_MIN_MACS = 1 << 18
+#: which it is split into row blocks over the Numba threads where OpenBLAS runs one thread.
+#: Below it a product takes less time serially than a parallel region can cost on a busy
+#: machine, where it waits for a descheduled thread (the seed workload of ``rnnkern bench
+#: train`` ran 10-20x slower a step beside other busy processes with its products split)
+GEMM_PARALLEL_MIN_MACS = 1 << 23
 
 
 def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:

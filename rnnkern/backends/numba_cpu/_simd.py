@@ -350,8 +350,9 @@ def _row_tiles_product(Ap, P, out, lo, m6, m4, add, ks6, ks4, rs):
         for k0 in range(0, K, KB):
             k1 = min(K, k0 + KB)
             acc = add or k0 > 0
-            for m in range(lo, m6, 6):
-                _tile6(Ap, P, out, m, p, acc, k0, k1, ks6, rs)
+            if not PAIRED:  # a global: the tile of the other register file compiles away
+                for m in range(lo, m6, 6):
+                    _tile6(Ap, P, out, m, p, acc, k0, k1, ks6, rs)
             for m in range(m6, m4, 4):
                 if PAIRED and p + 1 < panels:
                     _tile4x2(Ap, P, out, m, p, acc, k0, k1, ks4, rs)
@@ -364,7 +365,20 @@ def product_work(M, K, N, like, packed):
     """``product``'s work for A: (M, K) @ B: (K, N): (M*N,) for BLAS's result before it is
     added, and for a packed variant (M*K,) for the micro-kernel's copy of A's rows (a B
     narrower than one panel goes to BLAS there too)."""
-    return np.empty(M * (max(K, N) if packed else N), like.dtype)
+    return np.empty(M * (max(K, N) if packed is not None else N), like.dtype)
+
+
+@njit(**JIT)
+def _blas_product(A, B, out, lo, hi, add, work):
+    """``product`` on BLAS (``matmul``); for ``add`` through work[:M*N] as (M, N)."""
+    M, N = A.shape[0], B.shape[1]
+    if add:
+        assert work.shape[0] >= M * N
+        scratch = work[:M * N].reshape((M, N))
+        matmul(A[lo:hi], B, scratch[lo:hi])
+        add_into(out[lo:hi], scratch[lo:hi])
+    else:
+        matmul(A[lo:hi], B, out[lo:hi])
 
 
 @njit(**JIT)
@@ -374,28 +388,26 @@ def product(A, B, P, out, lo, hi, add, work):
     carried over: no pass over a separate result).
 
     A: (M, K) C-contiguous   B: (K, N)   out: (M, N) C-contiguous
-    P: ``pack(B)``, or an empty (0, K, NR) array to call ``matmul`` (BLAS from
-    ``SMALL_MACS`` multiply-adds) instead; ``pack`` of a B narrower than one panel is
-    empty too, so such a product is never on the micro-kernel.
+    P: ``pack(B)``, or None to call ``matmul`` (BLAS from ``SMALL_MACS`` multiply-adds)
+    instead; None is decided by the argument's type, so that a kernel without a packed
+    variant compiles without the micro-kernel. ``pack`` of a B narrower than one panel is
+    empty, and such a product goes to BLAS too.
     work: ``product_work(M, K, N, ...)``, a 1-D workspace: the micro-kernel's copy of
     A[lo:hi] (``_pack_rows``) in work[lo*K : hi*K], or the rows lo..hi of BLAS's result for
     ``add``, work[:M*N] as (M, N); nothing else of it is written (one buffer, not two: an
     array argument more cost ~20-40 ns per call, a tenth of a step at B1 H32)
     """
     K, N = B.shape
+    assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
+    assert hi <= out.shape[0]
+    if P is None:
+        _blas_product(A, B, out, lo, hi, add, work)
+        return
     nr = P.shape[2]
     # the tiles index raw memory: shapes that do not fit would read or write out of bounds
-    assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
-    assert hi <= out.shape[0] and P.shape[1] == K and nr == 2 * lanes(A)
-    M = A.shape[0]
+    assert P.shape[1] == K and nr == 2 * lanes(A)
     if P.shape[0] == 0:
-        if add:
-            assert work.shape[0] >= M * N
-            scratch = work[:M * N].reshape((M, N))
-            matmul(A[lo:hi], B, scratch[lo:hi])
-            add_into(out[lo:hi], scratch[lo:hi])
-        else:
-            matmul(A[lo:hi], B, out[lo:hi])
+        _blas_product(A, B, out, lo, hi, add, work)
         return
     if K == 0:  # no K blocks below to write out: an empty sum
         if not add:
@@ -435,11 +447,12 @@ def product(A, B, P, out, lo, hi, add, work):
 
 @njit(**JIT)
 def pack_if(B, packed):
-    """``pack(B)`` for a packed variant, else the empty stand-in that makes ``product``
-    call BLAS."""
-    if packed:
-        return pack(B)
-    return np.empty((0, B.shape[0], 2 * lanes(B)), B.dtype)
+    """``pack(B)`` for a packed variant (``packed`` True), else None (``packed`` None),
+    which makes ``product`` call BLAS; the argument's type decides, so that a kernel
+    without a packed variant compiles without ``pack``."""
+    if packed is None:
+        return None
+    return pack(B)
 
 
 @njit(parallel=True, **JIT)
@@ -455,8 +468,8 @@ def _product_parallel(chunks, A, B, P, out):
 @njit(**JIT)
 def input_projection(x, W, PW, G, chunks):
     """(T, B, G) = x: (T, B, I) @ W: (I, G), the input part of every step at once, with
-    ``product`` over PW (``pack_if(W, ...)``: on the micro-kernel, or BLAS when empty);
-    ``chunks`` > 1 splits the T*B rows into that many blocks, one per Numba thread.
+    ``product`` over PW (``pack_if(W, ...)``: on the micro-kernel, or BLAS when None);
+    ``chunks`` (None: one) splits the T*B rows into that many blocks, one per Numba thread.
     (The parallel loop is a function of its own: entering a ``parallel=True`` function
     costs ~2 us even when its prange is not reached, a tenth of a call at the smallest
     shapes.)"""
@@ -464,7 +477,7 @@ def input_projection(x, W, PW, G, chunks):
     N = T * B
     out = empty((T, B, G), x)
     x2, o2 = x.reshape(N, I), out.reshape(N, G)
-    if chunks == 1:
+    if chunks is None:
         product(x2, W, PW, o2, 0, N, False, product_work(N, I, 0, x, True))
     else:
         _product_parallel(chunks, x2, W, PW, o2)
@@ -473,8 +486,8 @@ def input_projection(x, W, PW, G, chunks):
 
 @njit(**JIT)
 def input_part(x, W, G, gemm_chunks, packed, stepped, n):
-    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed (or the
-    empty stand-in of an unpacked variant).
+    """x: (T, B, I) @ W: (I, G) for every step -> (T, B, G), and PW: W packed (or None for
+    an unpacked variant). ``packed`` and ``stepped`` are True or None (see ``pack_if``).
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
     step's rows are in cache: the array comes back unfilled, (n, B, G) for the n steps a
@@ -483,7 +496,7 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
     micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms against
     OpenBLAS), on BLAS for the others.
     """
-    if stepped:
+    if stepped is not None:
         return empty((n, x.shape[1], G), x), pack(W)
     PW = pack_if(W, packed)
     return input_projection(x, W, PW, G, gemm_chunks), PW
@@ -537,8 +550,8 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
 
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
     dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
-    chunks: row blocks of T*B, one per Numba thread when > 1, each with its own partial
-    weight gradients (``product`` on that thread, or single-threaded BLAS calls)
+    chunks: row blocks of T*B, one per Numba thread, each with its own partial weight
+    gradients (``product`` on that thread, or single-threaded BLAS calls); None: serial
     Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
     """
     T, B, I = x.shape
@@ -549,13 +562,13 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     dgx2, dgh2 = dgx.reshape(N, GH), dgh.reshape(N, GH)
     dx = empty((T, B, I), x)
     dx2 = dx.reshape(N, I)
-    # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
-    dW, pW = empty((I, GH), x), empty((chunks - 1, I, GH), x)
-    dR, pR = empty((H, GH), x), empty((chunks - 1, H, GH), x)
-    db = np.zeros((chunks, GH), np.float64)
-    if chunks == 1:
+    dW, dR = empty((I, GH), x), empty((H, GH), x)
+    db = np.zeros((1 if chunks is None else chunks, GH), np.float64)
+    if chunks is None:
         _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
     else:
+        # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
+        pW, pR = empty((chunks - 1, I, GH), x), empty((chunks - 1, H, GH), x)
         _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db)
         for i in range(1, chunks):
             add_into(dW, pW[i - 1])

@@ -53,7 +53,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b
     gates: (T, B, 3H) holds x @ W on entry (unless stepped), the post-activation (r, z, n)
     on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
-    P: R packed for ``_simd.product`` (empty: BLAS)
+    P: R packed for ``_simd.product`` (None: BLAS)
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, hn and a stepped gates of 1.
@@ -63,7 +63,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b
     nh, ng, nn = h.shape[0], gates.shape[0], hn.shape[0]
     for t in range(y.shape[0]):
         s, gs = t % nh, t % ng  # h[s] enters step t; gs: gates' slot
-        if stepped:
+        if stepped is not None:
             product(x[t], W, PW, gates[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             rec[lo:hi] = 0
@@ -104,7 +104,8 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, work, R, P, 
 def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks,
                 keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t),
@@ -121,9 +122,9 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
     rec = np.empty((B, 3 * H), x.dtype)
     # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
     # another block's thread may be in the other product)
-    work = product_work(B, H + x.shape[2] if stepped else H, 3 * H, x, packed)
+    work = product_work(B, H + x.shape[2] if stepped is not None else H, 3 * H, x, packed)
     P = pack_if(R, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn,
                           y, lengths)
     else:
@@ -268,7 +269,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (empty: BLAS)
+    P: R.T packed for ``_simd.product`` (None: BLAS)
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -320,7 +321,7 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _backward_parallel(chunks, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P,
                            lengths)
     else:

@@ -55,7 +55,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, 
     x: (T, B, I)   W: (I, 4H)   PW: W packed when stepped (see ``_simd.input_part``)
     gates: (T, B, 4H) holds x @ W on entry (unless stepped), the post-activation
     (i, f, g, o) on exit
-    P: R packed for ``_simd.product`` (empty: BLAS)
+    P: R packed for ``_simd.product`` (None: BLAS)
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     Without a cache (``_common.kept``) h, c are rings of 2, tanh_c and a stepped gates of 1.
@@ -64,7 +64,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, 
     nh, ng, nc = h.shape[0], gates.shape[0], tanh_c.shape[0]
     for t in range(y.shape[0]):
         s, s1, gs = t % nh, (t + 1) % nh, t % ng  # h[s], c[s] enter step t; gs: gates' slot
-        if stepped:
+        if stepped is not None:
             product(x[t], W, PW, gates[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             add_rows_product(h[s], R, gates[gs], lo, hi)
@@ -113,7 +113,8 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, work, R, P, b, h,
 def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks,
                  keep):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h, c: (T+1, B, H) (h[t], c[t] enter step t),
@@ -129,9 +130,9 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
     y = empty((T, B, H), x)
     # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
     # another block's thread may be in the other product)
-    work = product_work(B, H + x.shape[2] if stepped else H, 4 * H, x, packed)
+    work = product_work(B, H + x.shape[2] if stepped is not None else H, 4 * H, x, packed)
     P = pack_if(R, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _forward_parallel(chunks, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c,
                           y, lengths)
     else:
@@ -285,7 +286,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R,
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (empty: BLAS)
+    P: R.T packed for ``_simd.product`` (None: BLAS)
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -348,7 +349,7 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _backward_parallel(chunks, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                            lengths)
     else:

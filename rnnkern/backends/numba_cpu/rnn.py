@@ -48,7 +48,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
     x: (T, B, I)   W: (I, H)   PW: W packed when stepped (see ``_simd.input_part``)
     a: (T, B, H) holds x @ W on entry (unless stepped) and the post-activation on exit
     h: (T+1, B, H)
-    P: R packed for ``_simd.product`` (empty: BLAS)
+    P: R packed for ``_simd.product`` (None: BLAS)
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, a stepped a one of 1.
@@ -58,7 +58,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
     nh, na = h.shape[0], a.shape[0]
     for t in range(y.shape[0]):
         s, gs = t % nh, t % na  # h[s] enters step t; gs: a's slot
-        if stepped:
+        if stepped is not None:
             product(x[t], W, PW, a[gs], lo, hi, False, work[h.shape[1] * H:])
         if fused:
             add_rows_product(h[s], R, a[gs], lo, hi)
@@ -98,7 +98,8 @@ def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, work, R, P, b, 
 def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks,
                 keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``); gemm_chunks: row
+    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
@@ -112,9 +113,9 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     y = empty((T, B, H), x)
     # products' work: the copies of a block's rows of h[t] (and after them those of x[t]:
     # another block's thread may be in the other product)
-    work = product_work(B, H + x.shape[2] if stepped else H, H, x, packed)
+    work = product_work(B, H + x.shape[2] if stepped is not None else H, H, x, packed)
     P = pack_if(R, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y,
                           lengths)
     else:
@@ -245,7 +246,7 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     inactive row, plus da[t, n] @ R.T.   da: (T, B, H)
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (empty: BLAS)
+    P: R.T packed for ``_simd.product`` (None: BLAS)
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
@@ -297,7 +298,7 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     # vectorises over H like the forward's product instead of reducing over G*H
     RT = transposed(R) if fused else np.empty((0, H), dy.dtype)
     P = pack_if(R.T, packed)
-    if chunks > 1:
+    if chunks is not None:  # None: serial, and the parallel loop never compiled
         _backward_parallel(chunks, fused, code, dy, dh, da, work, a, R, RT, P, lengths)
     else:
         _backward_rows(0, B, fused, code, dy, dh, da, work, a, R, RT, P, lengths)
