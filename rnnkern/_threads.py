@@ -34,8 +34,12 @@ def _numpy_blas() -> list[Any]:
     global _blas
     if _blas is None:
         import scipy
-        from threadpoolctl import ThreadpoolController
 
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # a dependency left out by hand: only speed is lost
+            _blas = []
+            return _blas
         scipy_libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)),
                                   "scipy.libs")
         _blas = [c for c in ThreadpoolController().select(user_api="blas").lib_controllers

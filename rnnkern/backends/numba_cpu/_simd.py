@@ -28,7 +28,7 @@ in registers only when they are values, not array elements it cannot prove unali
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 
 from ._common import FASTMATH, JIT, add_into, empty, matmul, transposed
@@ -445,14 +445,25 @@ def product(A, B, P, out, lo, hi, add, work):
                 out[m, j] += a * B[k, j]
 
 
+def _pack_or_none(B, packed):
+    """``pack_if`` for jitted callers, chosen by ``packed``'s type."""
+
+
+@overload(_pack_or_none, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_pack_or_none(B, packed):
+    # by type, not by a branch: Numba prunes ``packed is None`` only where packed is None,
+    # and an unpruned branch would make the result Optional (None or an array)
+    if isinstance(packed, types.NoneType):
+        return lambda B, packed: None
+    return lambda B, packed: pack(B)
+
+
 @njit(**JIT)
 def pack_if(B, packed):
     """``pack(B)`` for a packed variant (``packed`` True), else None (``packed`` None),
     which makes ``product`` call BLAS; the argument's type decides, so that a kernel
     without a packed variant compiles without ``pack``."""
-    if packed is None:
-        return None
-    return pack(B)
+    return _pack_or_none(B, packed)
 
 
 @njit(parallel=True, **JIT)
