@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._validate import array_module, as_array, check_int, check_lengths
+from ._validate import array_module, as_array, check_ids, check_int, check_lengths, from_list
 from .layers import Layer
 
 #: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
@@ -66,19 +66,17 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                  feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
     """Validate one call's arguments once, at entry (the inner loops trust them).
 
-    x: (T, B, in_features) of the model's dtype (a list is converted once)
-    target: (T, B, out_features) or None   lengths: (B,) int or None
+    x: (T, B, in_features) of the model's dtype (a list is converted once), or (T, B)
+    integer ids for a model that starts with ``Embedding``
+    target: (T, B, out_features), (T, B) integer class ids, or None
+    lengths: (B,) int or None
     feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
     """
     check_model(model)
-    x = as_array(x_name, x, (("T", None), ("B", None), ("in_features", model.in_features)),
-                 model.dtype, model.contiguous_input)
-    model.check_data(x_name, x)
+    x = model.check_input(x_name, x)
     T, B = x.shape[:2]
     if target is not None:
-        target = as_array("target", target,
-                          (("T", T), ("B", B), ("out_features", model.out_features)),
-                          model.dtype, contiguous=False)
+        target = check_target(model, target, T, B)
     xp = array_module(**{x_name: x}, target=target,
                       lengths=None if isinstance(lengths, (list, tuple)) else lengths)
     lengths = check_lengths(lengths, T, B, xp)
@@ -94,6 +92,21 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                              f"out_features={model.out_features} must equal "
                              f"in_features={model.in_features}")
     return Call(x, target, lengths, model.check_state(state, B))
+
+
+def check_target(model: Layer, target: Any, T: int, B: int) -> Any:
+    """Values (T, B, out_features) of the model's dtype, or integer class ids (T, B) in
+    [0, out_features) (cross-entropy's targets: the model's outputs are the logits)."""
+    if isinstance(target, (list, tuple)):
+        ids = from_list("target", target, None)
+        if ids.dtype.kind in "iu" and ids.ndim == 2:
+            target = ids
+    if hasattr(target, "dtype") and target.dtype.kind in "iub":
+        target = check_ids("target", target, model.out_features, (("T", T), ("B", B)))
+        model.check_data("target", target)
+        return target
+    return as_array("target", target, (("T", T), ("B", B), ("out_features", model.out_features)),
+                    model.dtype, contiguous=False)
 
 
 def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
