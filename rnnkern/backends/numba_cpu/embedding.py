@@ -1,24 +1,25 @@
 """Embedding lookup and its backward as compiled loops.
 
 The forward gathers one row of ``W`` per id; the backward adds each row of ``dy``
-into the row of ``dW`` its id names. The backward runs on one thread: ids repeat
-(a character model sees the same ids thousands of times per batch), so rows of a
-parallel loop would race on the same ``dW`` row.
+into the row of ``dW`` its id names. Both run on one thread: the gather is a copy
+(memory-bound; a parallel loop's start-up costs more than the copy at the sizes of a
+batch), and in the backward ids repeat (a character model sees the same ids
+thousands of times per batch), so rows of a parallel loop would race on one row.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._common import JIT
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _gather(ids, W, out):
     """ids: (N,) int64, W: (V, D), out: (N, D): out[n] = W[ids[n]]."""
     D = W.shape[1]
-    for n in prange(ids.shape[0]):
+    for n in range(ids.shape[0]):
         row = ids[n]
         for d in range(D):
             out[n, d] = W[row, d]
