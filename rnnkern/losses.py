@@ -34,6 +34,9 @@ def mse(y: Any, target: Any, mask: Any) -> tuple[float, Any]:
     xp = array_module(y=y, target=target, mask=mask)
     check_array("y", y, (("T", None), ("B", None), ("F", None)), contiguous=False)
     T, B, F = y.shape
+    if getattr(target, "dtype", np.dtype(float)).kind in "iub":
+        raise ValueError(f"target: mse takes values (T, B, F) of y's dtype, got integer class "
+                         f"ids of dtype {target.dtype} (their loss is loss='cross_entropy')")
     check_array("target", target, (("T", T), ("B", B), ("F", F)), y.dtype, contiguous=False)
     check_array("mask", mask, (("T", T), ("B", B)), contiguous=False)
     n = mask.sum() * F
