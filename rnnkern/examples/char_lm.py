@@ -194,14 +194,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 s, _, v = zip(*run["curve"])
                 a.plot(s, v, "o-", label=label)
         a.axhline(base, color="gray", ls=":", label="unigram baseline")
-        a.set(title="validation bits per character", xlabel="training seconds", ylabel="bpc")
+        a.set(title="validation bits per character", xlabel="training seconds", ylabel="bpc",
+              ylim=(1.4, base + 0.5))
         a.legend()
         tr = np.convolve(ours["train_bpc"], np.ones(20) / 20, mode="valid") \
             if len(ours["train_bpc"]) >= 20 else ours["train_bpc"]
         b.plot(tr, label="training (20-step mean)")
         _, st, v = zip(*ours["curve"])
         b.plot(st, v, "o-", label="validation")
-        b.set(title="rnnkern: bits per character by step", xlabel="optimiser step")
+        b.set(title="rnnkern: bits per character by step", xlabel="optimiser step",
+              ylim=(1.4, base + 0.5))
         b.legend()
         fig.tight_layout()
         return fig
