@@ -64,8 +64,7 @@ def check_classes(name: str, target: Any, T: int, B: int, C: int, dtype: Any) ->
 def _soft_targets(target: Any, C: int, smoothing: float, xp: Any, dtype: Any) -> Any:
     """q: (T, B, C), the distribution the loss compares softmax(y) with."""
     if target.ndim == 2:
-        q = xp.zeros((*target.shape, C), dtype)
-        xp.put_along_axis(q, target[:, :, None].astype(np.int64), 1, axis=2)
+        q = (xp.arange(C) == target[:, :, None]).astype(dtype)
     else:
         q = target
     return q if smoothing == 0 else (1 - smoothing) * q + smoothing / C

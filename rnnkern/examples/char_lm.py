@@ -6,7 +6,8 @@ out for validation. ``Embedding(V, 64) -> LSTM(64, 256) -> Dense(256, V)`` reads
 characters and predicts each next one (cross-entropy at every step), trained with
 Adam on random windows, batch 32, for a wall-clock budget (``--budget`` seconds,
 validation time not counted; ``--steps N`` trains exactly N steps instead, which is
-reproducible bit for bit), the learning rate falling linearly from 3e-3 to 3e-4.
+reproducible bit for bit): Adam with betas (0.9, 0.99), lr 3e-3, falling linearly to
+3e-4 over the last 30% of the budget.
 Reported: validation bits per character (the mean
 cross-entropy over 64-character windows, in bits) against the unigram baseline, and
 samples at temperatures 0.5 and 1.0 from a primer. With PyTorch installed the same
@@ -26,6 +27,9 @@ import rnnkern as rk
 from ._common import parser, save_plot
 
 PRIMER = "The return statement "
+#: Adam's moment decays: the second moment's shorter memory (0.99, not 0.999) learns faster
+#: in a short budget
+BETAS = (0.9, 0.99)
 
 
 def corpus() -> str:
@@ -58,10 +62,16 @@ def bpc(model: rk.Sequential, x: np.ndarray, target: np.ndarray) -> float:
     return total / x.shape[1] / math.log(2)
 
 
+def rate(lr: float, done: float) -> float:
+    """The learning rate once the share ``done`` of training is done: ``lr`` for the
+    first 70%, then falling linearly to ``lr / 10``."""
+    return lr * (1 - 0.9 * max(0.0, done - 0.7) / 0.3)
+
+
 def loop(step: Any, val_bpc: Any, ids: np.ndarray, args: Any, seed: int) -> dict[str, Any]:
     """Train by ``step(x, target, lr) -> training loss (nats)`` on random windows for
     ``args.budget`` seconds (or exactly ``args.steps`` steps when set: reproducible),
-    the learning rate falling linearly to a tenth; ``val_bpc()`` after every sixth of
+    the learning rate by ``rate``; ``val_bpc()`` after every sixth of
     it (its time not counted). Returns the curve of (seconds, steps, validation bpc)."""
     rng = np.random.default_rng(seed)
     curve = [(0.0, 0, val_bpc())]
@@ -74,7 +84,7 @@ def loop(step: Any, val_bpc: Any, ids: np.ndarray, args: Any, seed: int) -> dict
             if done >= part / 6:
                 break
             x, t = windows(ids, args.T, rng.integers(0, len(ids) - args.T - 1, args.batch))
-            losses.append(step(x, t, args.lr * (1 - 0.9 * done)) / math.log(2))
+            losses.append(step(x, t, rate(args.lr, done)) / math.log(2))
             steps += 1
         spent += time.perf_counter() - t0
         curve.append((spent, steps, val_bpc()))
@@ -85,7 +95,7 @@ def loop(step: Any, val_bpc: Any, ids: np.ndarray, args: Any, seed: int) -> dict
 def train(model: rk.Sequential, ids: np.ndarray, x_val: np.ndarray, t_val: np.ndarray,
           args: Any, seed: int) -> dict[str, Any]:
     """rnnkern: value_and_grad and Adam (gradient norm clipped at 5)."""
-    opt = rk.Adam(model.parameters(), lr=args.lr, clip_norm=5.0)
+    opt = rk.Adam(model.parameters(), lr=args.lr, betas=BETAS, clip_norm=5.0)
 
     def step(x: np.ndarray, t: np.ndarray, lr: float) -> float:
         opt.lr = lr
@@ -117,7 +127,7 @@ def train_torch(V: int, ids: np.ndarray, x_val: np.ndarray, t_val: np.ndarray, a
             return self.out(self.lstm(self.emb(x))[0])
 
     net = Net()
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=BETAS)
     xv, tv = torch.from_numpy(x_val), torch.from_numpy(t_val)
 
     def val_bpc() -> float:
