@@ -256,10 +256,20 @@ def test_evaluate_with_sampled_feedback_equals_generate():
     got = rk.evaluate(model, x, target, loss="cross_entropy", mask=mask, feedback=n,
                       sampler="greedy")
     assert got == pytest.approx(expected, rel=1e-12)
-    # with lengths, each row is driven from its own lengths[b] - n
+
+    # with lengths, each row is driven from its own lengths[b] - n: row by row by hand
     lengths = np.array([6, 5, 4])
-    rk.evaluate(model, x, target, loss="cross_entropy", lengths=lengths, feedback=n,
-                sampler="categorical")
+    mask = np.zeros((T, B))
+    total = 0.0
+    for b, L in enumerate(lengths):
+        mask[L - n - 1 : L, b] = 1
+        _, lg = rk.generate(model, x[: L - n, b : b + 1], n + 1, sampler="greedy",
+                            return_logits=True)
+        total += rk.losses.cross_entropy(lg, target[L - n - 1 : L, b : b + 1],
+                                         np.ones((n + 1, 1)))[0] * (n + 1)
+    got = rk.evaluate(model, x, target, loss="cross_entropy", mask=mask, lengths=lengths,
+                      feedback=n, sampler="greedy")
+    assert got == pytest.approx(total / mask.sum(), rel=1e-12)
 
 
 def test_save_load_keeps_an_embedding_model(tmp_path):
