@@ -275,9 +275,9 @@ class Sampler:
     def __init__(self, model: Layer, kind: Any, temperature: float = 1.0,
                  top_k: int | None = None, seed: int | None = None) -> None:
         if kind is None:
-            raise ValueError("sampler: feeding outputs back as they are needs no Sampler; "
-                             "a model that starts with Embedding needs 'greedy', "
-                             "'categorical' or a callable to turn its outputs into ids")
+            raise ValueError("sampler: a model that starts with Embedding needs 'greedy', "
+                             "'categorical' or a callable to turn its outputs into ids, "
+                             "got None")
         if not callable(kind):
             check_choice("sampler", kind, SAMPLERS[1:])
         if isinstance(temperature, bool) or not isinstance(temperature,
