@@ -1,16 +1,17 @@
 """rnnkern: a from-scratch recurrence engine (RNN, LSTM, GRU) with hand-written BPTT."""
 
-from . import backends, data, masks
+from . import backends, data, losses, masks
 from .generate import generate
-from .layers import GRU, LSTM, RNN, Dense, Sequential
+from .layers import GRU, LSTM, RNN, Dense, Embedding, Sequential
 from .optim import SGD, Adam
 from .serialize import load, save
 from .train import evaluate, fit, value_and_grad
 
 __version__ = "0.1.0"
-__all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Dense", "Sequential",
+__all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Dense", "Embedding",
+           "Sequential",
            "value_and_grad", "evaluate", "fit", "generate", "Adam", "SGD", "save", "load",
-           "masks", "data", "interop"]
+           "masks", "losses", "data", "interop"]
 
 
 def __getattr__(name: str):

@@ -332,3 +332,27 @@ def check_writable(name: str, a: Any) -> None:
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place), "
                          f"got a strided view; pass a copy")
+
+
+def check_ids(name: str, a: Any, num_ids: int, dims: tuple[tuple[str, int | None], ...]
+              ) -> Any:
+    """Integer ids of the shape ``dims`` describes, each in ``[0, num_ids)``; a list is
+    converted once (to int64). Floats and bools are refused, not cast."""
+    want = "(" + ", ".join(k if v is None else f"{k}={v}" for k, v in dims) + ")"
+    if isinstance(a, (list, tuple)):
+        a = from_list(name, a, None)
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected an integer array of shape {want}, "
+                        f"got {type(a).__name__}")
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integer ids (int32 or int64) of shape {want}, "
+                         f"got dtype {a.dtype}")
+    if a.ndim != len(dims) or any(v is not None and n != v for (_, v), n in
+                                  zip(dims, a.shape)) or 0 in a.shape:
+        raise ValueError(f"{name}: expected integer ids of shape {want} (every size >= 1), "
+                         f"got shape {tuple(a.shape)}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= num_ids:
+        raise ValueError(f"{name}: expected ids in [0, {num_ids}) ({num_ids} classes), "
+                         f"got ids in [{lo}, {hi}]")
+    return a

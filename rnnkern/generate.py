@@ -21,12 +21,23 @@ their fed-back part, uses their data input (or carries their state past their en
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ._threads import one_pool
-from ._validate import array_module, as_array, check_int, check_lengths
-from .layers import Layer
+from ._validate import (
+    array_module,
+    as_array,
+    check_choice,
+    check_ids,
+    check_int,
+    check_lengths,
+    from_list,
+)
+from .layers import Layer, move
 
 #: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
 #: piece's work arrays are alive at a time (docs/MEMORY.md)
@@ -67,19 +78,17 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                  feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
     """Validate one call's arguments once, at entry (the inner loops trust them).
 
-    x: (T, B, in_features) of the model's dtype (a list is converted once)
-    target: (T, B, out_features) or None   lengths: (B,) int or None
+    x: (T, B, in_features) of the model's dtype (a list is converted once), or (T, B)
+    integer ids for a model that starts with ``Embedding``
+    target: (T, B, out_features), (T, B) integer class ids, or None
+    lengths: (B,) int or None
     feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
     """
     check_model(model)
-    x = as_array(x_name, x, (("T", None), ("B", None), ("in_features", model.in_features)),
-                 model.dtype, model.contiguous_input)
-    model.check_data(x_name, x)
+    x = model.check_input(x_name, x)
     T, B = x.shape[:2]
     if target is not None:
-        target = as_array("target", target,
-                          (("T", T), ("B", B), ("out_features", model.out_features)),
-                          model.dtype, contiguous=False)
+        target = check_target(model, target, T, B)
     xp = array_module(**{x_name: x}, target=target,
                       lengths=None if isinstance(lengths, (list, tuple)) else lengths)
     lengths = check_lengths(lengths, T, B, xp)
@@ -95,6 +104,21 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                              f"out_features={model.out_features} must equal "
                              f"in_features={model.in_features}")
     return Call(x, target, lengths, model.check_state(state, B))
+
+
+def check_target(model: Layer, target: Any, T: int, B: int) -> Any:
+    """Values (T, B, out_features) of the model's dtype, or integer class ids (T, B) in
+    [0, out_features) (cross-entropy's targets: the model's outputs are the logits)."""
+    if isinstance(target, (list, tuple)):
+        ids = from_list("target", target, None)
+        if ids.dtype.kind in "iu" and ids.ndim == 2:
+            target = ids
+    if hasattr(target, "dtype") and target.dtype.kind in "iub":
+        target = check_ids("target", target, model.out_features, (("T", T), ("B", B)))
+        model.check_data("target", target)
+        return target
+    return as_array("target", target, (("T", T), ("B", B), ("out_features", model.out_features)),
+                    model.dtype, contiguous=False)
 
 
 def _mix(xp: Any, m: Any, a: Any, b: Any) -> Any:
@@ -142,13 +166,17 @@ def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
 
 
 def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: int = 0,
-        record: bool = True) -> tuple[Any, Any, Tape | None]:
+        record: bool = True, feed: Sampler | None = None) -> tuple[Any, Any, Tape | None]:
     """Forward over x: (T, B, I) with the last ``feedback`` inputs of each row replaced
     by the model's previous outputs; arguments as ``check_inputs`` leaves them.
 
+    ``feed``: turns each fed-back output (1, B, O) into the next input (a ``Sampler``;
+    None: the output itself). Only without ``record``: a draw has no gradient.
     Returns y: (T, B, O), the final state, and the tape (None unless ``record``:
     without it nothing is kept for a backward pass, see ``stream``).
     """
+    if feed is not None and record:
+        raise ValueError("feed: sampled feedback has no gradient; run it with record=False")
     if not feedback:
         if not record:
             return (*stream(model, x, state, lengths), None)
@@ -169,7 +197,8 @@ def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: 
     prev = y_pre[T0 - 1 :]
     if lengths is None:
         for t in range(T0, T):
-            prev, state, cache = model._forward(prev, state, None, record)
+            inp = prev if feed is None else feed(prev)
+            prev, state, cache = model._forward(inp, state, None, record)
             y[t] = prev[0]
             if record:
                 tape.steps.append((cache, None, None))
@@ -179,7 +208,10 @@ def run(model: Layer, x: Any, state: Any = None, lengths: Any = None, feedback: 
     fed_all = steps >= (lengths - feedback)[None, :, None]
     for t in range(T0, int(lengths.max())):
         active, fed = active_all[t], fed_all[t]                   # (B, 1) each
-        inp = xp.where(fed, prev, x[t : t + 1])
+        if feed is None:
+            inp = xp.where(fed, prev, x[t : t + 1])
+        else:  # ids (1, B) for a token model, inputs (1, B, I) otherwise
+            inp = xp.where(fed[:, 0] if model.tokens else fed, feed(prev), x[t : t + 1])
         out, new_state, cache = model._forward(inp, state, None, record)
         state = _mix(xp, active, new_state, state)
         prev = out * active
@@ -226,28 +258,136 @@ def backprop(model: Layer, dy: Any, tape: Tape, dstate: Any = None) -> tuple[dic
     return grads, dstate0
 
 
+SAMPLERS = (None, "greedy", "categorical")
+
+
+class Sampler:
+    """Turns a model's output (1, B, O) into its next input, drawing from its own
+    generator: ids (1, B) for a model that starts with ``Embedding``, otherwise the
+    chosen classes one-hot, (1, B, O) (a callable's own result for a callable).
+
+    kind: "greedy" (the argmax, the first of equal maxima) | "categorical" (a draw from
+    ``softmax(output / temperature)``, restricted to the ``top_k`` largest outputs when
+    given) | a callable ``(output (B, O), rng) -> next input`` (ids (B,) or (B, I)).
+    Draws happen on the host in float64 from ``np.random.default_rng(seed)``: the same
+    seed gives the same ids on every backend (given the same outputs).
+    """
+
+    def __init__(self, model: Layer, kind: Any, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None) -> None:
+        if kind is None:
+            raise ValueError("sampler: a model that starts with Embedding needs 'greedy', "
+                             "'categorical' or a callable to turn its outputs into ids, "
+                             "got None")
+        if not callable(kind):
+            check_choice("sampler", kind, SAMPLERS[1:])
+        if isinstance(temperature, bool) or not isinstance(temperature,
+                                                           (int, float, np.floating)):
+            raise TypeError(f"temperature: expected a number > 0, "
+                            f"got {type(temperature).__name__}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")
+        C = model.out_features
+        if top_k is not None:
+            top_k = check_int("top_k", top_k, 1, C)
+        if seed is not None:
+            seed = check_int("seed", seed, 0)
+        self.model, self.kind = model, kind
+        self.temperature, self.top_k = float(temperature), top_k
+        self.rng = np.random.default_rng(seed)
+
+    def ids(self, out: np.ndarray) -> np.ndarray:
+        """out: (B, C) host outputs -> (B,) int64 class ids."""
+        if self.kind == "greedy":
+            return out.argmax(axis=1)
+        z = out.astype(np.float64) / self.temperature
+        C = z.shape[1]
+        if self.top_k is not None and self.top_k < C:
+            # exactly top_k entries stay (argpartition breaks ties by position)
+            keep = np.argpartition(-z, self.top_k - 1, axis=1)[:, : self.top_k]
+            z = np.where(_rows_mask(keep, z.shape), z, -np.inf)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        cum = np.cumsum(p, axis=1)
+        u = self.rng.random(z.shape[0]) * cum[:, -1]
+        return np.minimum((cum <= u[:, None]).sum(axis=1), C - 1)
+
+    def __call__(self, prev: Any) -> Any:
+        """prev: (1, B, O) outputs -> the next input, on the model's device."""
+        m = self.model
+        xp = array_module(prev=prev)
+        out = move(prev[0], np)
+        B = out.shape[0]
+        if callable(self.kind):
+            nxt = self.kind(out, self.rng)
+            if m.tokens:
+                nxt = check_ids("sampler", nxt, m.in_features, (("B", B),))
+            else:
+                nxt = as_array("sampler", nxt, (("B", B), ("in_features", m.in_features)),
+                               m.dtype)
+            return move(nxt[None], xp)
+        ids = self.ids(out)
+        if m.tokens:
+            return move(ids[None].astype(np.int64), xp)
+        onehot = np.zeros((1, B, m.in_features), m.dtype)
+        onehot[0, np.arange(B), ids] = 1
+        return move(onehot, xp)
+
+
+def _rows_mask(cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(B, C) bool, True at ``cols[b]`` of each row b."""
+    keep = np.zeros(shape, bool)
+    np.put_along_axis(keep, cols, True, axis=1)
+    return keep
+
+
 @one_pool
 def generate(model: Layer, primer: Any, steps: int, state: Any = None,
-             return_state: bool = False) -> Any:
-    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F).
+             return_state: bool = False, sampler: Any = None, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None,
+             return_logits: bool = False) -> Any:
+    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F); for a
+    model that starts with ``Embedding``, primer ids (P, B) -> ids (steps, B).
 
-    ``pred[0]`` is the output after the last primer step, ``pred[k]`` the output
-    after ``pred[k-1]`` was fed in. Keeps no caches: memory is the primer's pass
-    in pieces of ``STREAM_CHUNK`` steps plus the (steps, B, F) result. ``state``:
-    the state to start the primer from (None: zeros); ``return_state`` also
-    returns the final state. ``steps=0`` returns an empty (0, B, F) array.
+    ``pred[0]`` comes from the output after the last primer step, ``pred[k]`` from the
+    output after ``pred[k-1]`` was fed in. ``sampler``: what is fed back (and returned):
+    None the output itself (regression; not for Embedding models), "greedy" its argmax,
+    "categorical" a draw from ``softmax(output / temperature)`` over the ``top_k``
+    largest outputs (all when None), from ``np.random.default_rng(seed)`` (same seed,
+    same ids, bit for bit), or a callable ``(output (B, O), rng) -> next input`` (ids
+    (B,) or inputs (B, I)). Without Embedding, "greedy" and "categorical" feed and return
+    the chosen classes one-hot, (steps, B, O).
+
+    ``return_logits``: also return the outputs (steps, B, O) each prediction was taken
+    from; ``return_state``: also the final state (after the last prediction's output).
+    Order of a tuple: predictions, outputs, state. Keeps no caches: memory is the
+    primer's pass in pieces of ``STREAM_CHUNK`` steps plus the results. ``state``: the
+    state to start the primer from (None: zeros). ``steps=0`` returns empty arrays.
     """
     primer, _, _, state = check_inputs(model, primer, state=state, x_name="primer")
     steps = check_int("steps", steps, 0)
     if model.out_features != model.in_features:
         raise ValueError(f"model: generate feeds outputs back as inputs, so out_features="
                          f"{model.out_features} must equal in_features={model.in_features}")
+    for name, flag in (("return_state", return_state), ("return_logits", return_logits)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
+    feed = None if sampler is None and not model.tokens else \
+        Sampler(model, sampler, temperature, top_k, seed)
     xp = array_module(primer=primer)
     y, state = stream(model, primer, state)
-    out = xp.empty((steps, primer.shape[1], model.out_features), model.dtype)
-    prev = y[-1:]
+    B = primer.shape[1]
+    logits = xp.empty((steps, B, model.out_features), model.dtype)
+    pred = logits if feed is None else \
+        xp.empty((steps, B) if model.tokens else (steps, B, model.in_features),
+                 np.int64 if model.tokens else model.dtype)
+    prev, nxt = y[-1:], None
     for k in range(steps):
         if k:
-            prev, state, _ = model._forward(prev, state, None, False)
-        out[k] = prev[0]
-    return (out, state) if return_state else out
+            prev, state, _ = model._forward(nxt, state, None, False)
+        logits[k] = prev[0]
+        nxt = prev if feed is None else feed(prev)
+        if feed is not None:
+            pred[k] = nxt[0]
+    out = (pred, logits) if return_logits else (pred,)
+    out += (state,) if return_state else ()
+    return out if len(out) > 1 else out[0]

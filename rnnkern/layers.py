@@ -1,4 +1,4 @@
-"""Model layer: RNN, LSTM, GRU, Dense and Sequential over any registered backend.
+"""Model layer: RNN, LSTM, GRU, Dense, Embedding and Sequential over any registered backend.
 
 Every layer has a hand-written ``forward(x, state, lengths, training=True) -> (y, state,
 cache)`` and ``backward(dy, dstate, cache) -> (dx, dstate0, grads)``; the recurrent ones
@@ -8,7 +8,8 @@ the kernels need not keep it (calling a layer, ``generate`` and ``evaluate`` do 
 There is no autograd: ``Sequential`` chains the layers forward and their backwards in
 reverse.
 
-Shapes (time-major, as the kernels): x: (T, B, I) -> y: (T, B, O). State of a
+Shapes (time-major, as the kernels): x: (T, B, I) -> y: (T, B, O), or integer ids
+x: (T, B) for a model that starts with ``Embedding``. State of a
 recurrent layer: ``h: (B, H)`` (RNN, GRU) or ``(h, c)`` (LSTM); of ``Dense``: None;
 of a ``Sequential``: a tuple with one entry per layer.
 
@@ -36,6 +37,7 @@ from ._validate import (
     check_activation,
     check_array,
     check_choice,
+    check_ids,
     check_int,
     check_lengths,
 )
@@ -84,6 +86,8 @@ class Layer:
 
     #: whether x must be C-contiguous (the kernels need it; Dense does not)
     contiguous_input = True
+    #: whether x holds integer ids (T, B) rather than features (T, B, in_features)
+    tokens = False
 
     def __init__(self, backend: str | None, dtype: Any) -> None:
         self.dtype = check_dtype(dtype)
@@ -149,13 +153,19 @@ class Layer:
                    name: str = "state") -> tuple[Any, State, Any]:
         """Validate one call's ``x: (T, B, in_features)`` (lists accepted), ``state``
         (named ``name`` in messages) and ``lengths``; returns them checked."""
-        x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
-                     self.dtype, self.contiguous_input)
-        self.check_data("x", x)
+        x = self.check_input("x", x)
         T, B = x.shape[:2]
         xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
         lengths = check_lengths(lengths, T, B, xp)
         return x, self.check_state(state, B, name), lengths
+
+    def check_input(self, name: str, x: Any) -> Any:
+        """``x: (T, B, in_features)`` of the layer's dtype and device (a list converted
+        once), named ``name`` in messages; returns it checked."""
+        x = as_array(name, x, (("T", None), ("B", None), ("in_features", self.in_features)),
+                     self.dtype, self.contiguous_input)
+        self.check_data(name, x)
+        return x
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:
         """``state`` as this layer takes it for a batch of B rows (None: zeros)."""
@@ -420,6 +430,56 @@ class Dense(Layer):
 
 
 # ----------------------------------------------------------------------------
+# Embedding
+
+
+class Embedding(Layer):
+    """A lookup table: integer ids (T, B) -> their rows of W, (T, B, dim).
+
+    Parameters: W: (num_embeddings, dim), drawn from N(0, 1) as PyTorch's
+    ``nn.Embedding``. The backward sums the rows of dy per id (an id seen k times
+    gets the sum of k rows). It must be a model's first layer: a model that starts
+    with it takes ids everywhere (``model(x)``, ``fit``, ``evaluate``, ``generate``).
+    ``in_features`` is ``num_embeddings`` (the size of the id space).
+    """
+
+    tokens = True
+
+    def __init__(self, num_embeddings: int, dim: int, *, backend: str | None = None,
+                 dtype: Any = "float32", seed: int | None = None) -> None:
+        super().__init__(backend, dtype)
+        self.num_embeddings = self.in_features = check_int("num_embeddings", num_embeddings, 1)
+        self.dim = self.out_features = check_int("dim", dim, 1)
+        self.reset_parameters(seed)
+
+    def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"W": rng.standard_normal((self.num_embeddings, self.dim))}
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Embedding", "num_embeddings": self.num_embeddings, "dim": self.dim}
+
+    def check_input(self, name: str, x: Any) -> Any:
+        """x: (T, B) integer ids in [0, num_embeddings), on the layer's device."""
+        x = check_ids(name, x, self.num_embeddings, (("T", None), ("B", None)))
+        self.check_data(name, x)
+        return x
+
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
+        """x: (T, B) ids -> y: (T, B, dim), None, cache (the ids; None unless training)."""
+        y = self._be.embedding_forward(x, self._params["W"])
+        return y, None, x if training else None
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, dim) -> None (ids have no gradient), None, grads {W}."""
+        ids = cache
+        array_module(dy=dy, ids=ids)
+        check_array("dy", dy, (("T", ids.shape[0]), ("B", ids.shape[1]), ("dim", self.dim)),
+                    self.dtype, contiguous=False)
+        self.check_state(dstate, ids.shape[1], "dstate")
+        return None, None, {"W": self._be.embedding_backward(dy, ids, self.num_embeddings)}
+
+
+# ----------------------------------------------------------------------------
 # Sequential
 
 
@@ -437,8 +497,11 @@ class Sequential(Layer):
             raise ValueError("layers: expected at least one layer, got none")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer) or isinstance(layer, Sequential):
-                raise TypeError(f"layers[{i}]: expected an RNN, LSTM, GRU or Dense layer, "
-                                 f"got {type(layer).__name__}")
+                raise TypeError(f"layers[{i}]: expected an RNN, LSTM, GRU, Dense or "
+                                f"Embedding layer, got {type(layer).__name__}")
+            if i and layer.tokens:
+                raise ValueError(f"layers[{i}]: an Embedding takes integer ids, so it can "
+                                 f"only be the first layer")
         for i, (a, b) in enumerate(zip(layers, layers[1:], strict=False)):
             if a.out_features != b.in_features:
                 raise ValueError(f"layers[{i + 1}]: in_features={b.in_features} does not match "
@@ -462,6 +525,7 @@ class Sequential(Layer):
         self._be = self.layers[0]._be
         self.in_features = self.layers[0].in_features
         self.contiguous_input = self.layers[0].contiguous_input
+        self.tokens = self.layers[0].tokens
         self.out_features = self.layers[-1].out_features
         if seed is not None:
             self.reset_parameters(seed)
@@ -496,6 +560,11 @@ class Sequential(Layer):
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner},\n)"
+
+    def check_input(self, name: str, x: Any) -> Any:
+        """x as the first layer takes it: (T, B, in_features), or (T, B) ids after an
+        Embedding."""
+        return self.layers[0].check_input(name, x)
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:
         """A tuple with one state per layer (None for Dense), or None."""

@@ -37,7 +37,8 @@ CHECKPOINT_FORMAT = "rnnkern-checkpoint"
 VERSION = 1
 META_KEY = "__rnnkern__"
 GATE_ORDER = {"lstm": "i,f,g,o", "gru": "r,z,n"}
-LAYER_TYPES = {"RNN": L.RNN, "LSTM": L.LSTM, "GRU": L.GRU, "Dense": L.Dense}
+LAYER_TYPES = {"RNN": L.RNN, "LSTM": L.LSTM, "GRU": L.GRU, "Dense": L.Dense,
+               "Embedding": L.Embedding}
 
 
 def _fspath(path: Any) -> str:

@@ -42,7 +42,7 @@ import numpy as np
 from . import losses, serialize
 from ._threads import one_pool
 from ._validate import array_module, check_choice, check_finite, check_int
-from .generate import Call, backprop, check_inputs, check_model, run, stream
+from .generate import Call, Sampler, backprop, check_inputs, check_model, run, stream
 from .layers import Layer, move
 from .optim import NonFiniteError, Optimizer
 
@@ -57,6 +57,41 @@ def _value_and_grad(model: Layer, x: Any, target: Any, loss_fn: losses.LossFn, m
     value, dy = losses.apply(loss_fn, y, target, m)
     grads, _ = backprop(model, dy, tape)
     return value, grads, state
+
+
+def _no_token_feedback(model: Layer, feedback: int, name: str = "feedback") -> None:
+    """Training free-running feeds outputs back through their gradient; a model that
+    starts with Embedding would feed back ids drawn from its outputs, and a draw has no
+    gradient: refused (``evaluate(..., feedback=n, sampler=...)`` runs that loop)."""
+    if feedback and model.tokens:
+        raise ValueError(f"{name}: a model that starts with Embedding feeds back ids drawn "
+                         f"from its outputs, which have no gradient, so it trains "
+                         f"teacher-forced only (got {name}={feedback}); run the self-driven "
+                         f"phase with evaluate(..., feedback=n, sampler='greedy')")
+
+
+def _feed(model: Layer, feedback: int, sampler: Any) -> Sampler | None:
+    """What ``evaluate`` feeds back: outputs as they are (None), or a Sampler's ids."""
+    if sampler is None:
+        if feedback and model.tokens:
+            raise ValueError("sampler: a model that starts with Embedding needs 'greedy', "
+                             "'categorical' or a callable to feed its outputs back as ids "
+                             f"(feedback={feedback}), got None")
+        return None
+    if not feedback:
+        raise ValueError(f"sampler: only used for the fed-back steps, but feedback=0; "
+                         f"pass feedback=n or leave sampler=None (got {sampler!r})")
+    return Sampler(model, sampler, seed=0)
+
+
+def _scores(model: Layer, c: Call, loss_fn: losses.LossFn, m: Any, feedback: int,
+            feed: Sampler | None, metrics: tuple[str, ...]) -> dict[str, float]:
+    """{"loss": ..., metric: ...} of one streamed forward over validated arguments."""
+    y, _, _ = run(model, c.x, c.state, c.lengths, feedback, record=False, feed=feed)
+    out = {"loss": losses.apply(loss_fn, y, c.target, m)[0]}
+    for name in metrics:
+        out[name] = losses.METRICS[name](y, c.target, m)
+    return out
 
 
 def _resolved(model: Layer, c: Call, mask: Any) -> Any:
@@ -76,6 +111,7 @@ def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: A
     outputs, and the gradient flows back through that loop.
     """
     c = check_inputs(model, x, target, lengths, feedback, state)
+    _no_token_feedback(model, feedback)
     loss_fn = losses.get(loss)
     value, grads, _ = _value_and_grad(model, c.x, c.target, loss_fn, _resolved(model, c, mask),
                                       c.lengths, c.state, feedback)
@@ -84,9 +120,18 @@ def value_and_grad(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: A
 
 @one_pool
 def evaluate(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
-             lengths: Any = None, state: Any = None, feedback: int = 0) -> float:
+             lengths: Any = None, state: Any = None, feedback: int = 0, sampler: Any = None,
+             metrics: tuple[str, ...] = ()) -> float | dict[str, float]:
     """The loss without gradients; ``feedback=n``: the model drives itself for the last
     ``n`` steps of each row (the validation phase of free-running training).
+
+    sampler: how a fed-back output becomes the next input (see ``generate``): None as it
+    is; "greedy", "categorical" (temperature 1, from a generator seeded with 0: the
+    same result every call) or a callable ``(output (B, O), rng) -> next input``. A
+    model that starts with Embedding needs one with ``feedback``.
+    metrics: names from ``losses.METRICS`` ("accuracy": the mask-weighted share of
+    steps whose largest output is the target class). Returns the loss, or with
+    metrics a dict ``{"loss": ..., name: ...}``.
 
     Streams: the forward runs in pieces (``generate.STREAM_CHUNK`` steps) and keeps
     no caches, so memory is the outputs (T, B, O) plus one piece's work. NaN or inf
@@ -96,9 +141,10 @@ def evaluate(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = N
     check_finite("x", c.x)
     check_finite("target", c.target)
     loss_fn = losses.get(loss)
-    m = _resolved(model, c, mask)
-    y, _, _ = run(model, c.x, c.state, c.lengths, feedback, record=False)
-    return losses.apply(loss_fn, y, c.target, m)[0]
+    metrics = losses.check_metrics(metrics)
+    feed = _feed(model, feedback, sampler)
+    out = _scores(model, c, loss_fn, _resolved(model, c, mask), feedback, feed, metrics)
+    return out if metrics else out["loss"]
 
 
 @dataclass
@@ -314,7 +360,8 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
         shuffle: bool = True, seed: int = 0, progress: bool = True, loss: Any = "mse",
         val_feedback: int | None = None, tbptt: int | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
-        resume: bool = False, on_nonfinite: str = "raise") -> dict[str, list[float]]:
+        resume: bool = False, on_nonfinite: str = "raise",
+        metrics: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """Train ``model`` with ``opt`` for ``epochs`` passes of mini-batches along B.
 
     x: (T, B, I)   target: (T, B, O)   mask: (T, B) or (T, 1) or None   lengths: (B,)
@@ -326,6 +373,12 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     with the same thread count).
     progress: a tqdm bar over epochs showing the losses.
     tbptt, checkpoint, checkpoint_every, resume, on_nonfinite: see the module doc.
+    metrics: names from ``losses.METRICS``, measured on the validation set after every
+    epoch as ``history["val_<name>"]`` (and shown in the progress bar).
+    A model that starts with Embedding (x: (T, B) ids) trains teacher-forced:
+    ``feedback``/``val_feedback`` > 0 are refused, since the ids it would feed back are
+    drawn from its outputs and a draw has no gradient; ``evaluate(..., feedback=n,
+    sampler=...)`` measures the self-driven phase.
     ``epochs`` counts from the start of the run, so a resumed run trains the
     epochs that are left; a finished checkpoint returns its history at once.
 
@@ -343,6 +396,12 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     loss_fn = losses.get(loss)
     val_feedback = feedback if val_feedback is None else check_int("val_feedback",
                                                                    val_feedback, 0)
+    _no_token_feedback(model, feedback)
+    _no_token_feedback(model, val_feedback, "val_feedback")
+    metrics = losses.check_metrics(metrics)
+    if metrics and validation is None:
+        raise ValueError(f"metrics: measured on the validation set, but validation=None "
+                         f"(got metrics={metrics!r})")
     shuffle, progress = _check_bool("shuffle", shuffle), _check_bool("progress", progress)
     seed = check_int("seed", seed, 0)
     tbptt = _check_tbptt(tbptt, c, feedback)
@@ -366,6 +425,7 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     history: dict[str, list] = {"loss": []}
     if val is not None:
         history["val_loss"] = []
+        history.update({f"val_{name}": [] for name in metrics})
     if on_nonfinite == "skip":
         history["skipped"] = []
     pos = Position(history)
@@ -413,10 +473,11 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
             if "skipped" in history:
                 history["skipped"].append(pos.skipped)
             if val is not None:
-                history["val_loss"].append(evaluate(model, val.x, val.target, loss_fn,
-                                                    val.mask, val.lengths,
-                                                    feedback=val_feedback))
-                shown["val_loss"] = f"{history['val_loss'][-1]:.4g}"
+                scores = _scores(model, Call(val.x, val.target, val.lengths, None), loss_fn,
+                                 val.mask, val_feedback, None, metrics)
+                for name, value in scores.items():
+                    history[f"val_{name}"].append(value)
+                    shown[f"val_{name}"] = f"{value:.4g}"
             pos.end_epoch()
             bar.update(1)
             bar.set_postfix(shown)

@@ -59,3 +59,29 @@ def test_demo_command_runs_the_default_example(tmp_path, capsys):
 def test_every_example_is_listed():
     for name in EXAMPLES:
         assert callable(importlib.import_module(f"rnnkern.examples.{name}").main)
+
+
+def test_char_lm_quick(tmp_path):
+    res = run("char_lm", tmp_path)
+    curve = [bpc for _, _, bpc in res["rnnkern"]["curve"]]
+    assert res["rnnkern"]["steps"] == 60 and curve[-1] < curve[0]
+    assert res["vocab"] == 103 and 4.5 < res["unigram_bpc"] < 4.8
+    for text in res["samples"].values():
+        assert text.startswith("The return statement ") and len(text) > 40
+    assert png(res["plot"])
+
+
+def test_char_lm_quick_is_reproducible(tmp_path):
+    a, b = run("char_lm", tmp_path), run("char_lm", tmp_path)
+    assert a["rnnkern"]["train_bpc"] == b["rnnkern"]["train_bpc"]
+    assert a["samples"] == b["samples"]
+
+
+def test_speakers_quick(tmp_path):
+    pytest.importorskip("sktime", reason="the speakers example reads sktime's bundled "
+                                         "JapaneseVowels (pip install 'rnnkern[data]')")
+    res = run("speakers", tmp_path)
+    acc = res["runs"][0]["history"]["val_accuracy"]
+    assert len(acc) == 3 and acc[-1] > 0.5  # 9 speakers: chance is 11%
+    assert res["confusion"].sum() == 370
+    assert png(res["plot"])

@@ -326,3 +326,25 @@ def gru_backward(
     if steps is not None:
         steps["b_hn"] = dgh[:, :, 2 * H :].sum(axis=1)
     return _finish(dx, dh, grads, steps)
+
+
+# ----------------------------------------------------------------------------
+# embedding lookup
+
+
+def embedding_forward(ids: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """ids: (T, B) int, each in [0, V)   W: (V, D) -> y: (T, B, D), y[t, b] = W[ids[t, b]].
+
+    The ids are the layer's to validate (``layers.Embedding``): out-of-range ids would
+    index past ``W`` in the compiled backends.
+    """
+    return W[ids]
+
+
+def embedding_backward(dy: np.ndarray, ids: np.ndarray, num_embeddings: int) -> np.ndarray:
+    """dy: (T, B, D), ids: (T, B) -> dW: (V, D), the rows of dy summed per id (an id
+    seen k times receives the sum of its k rows)."""
+    D = dy.shape[2]
+    dW = np.zeros((num_embeddings, D), dy.dtype)
+    np.add.at(dW, ids.reshape(-1), dy.reshape(-1, D))
+    return dW

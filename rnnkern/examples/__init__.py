@@ -11,5 +11,7 @@ EXAMPLES = {
     "seq2seq": "next-step prediction of noisy sine waves, then closed-loop generation",
     "seq2one": "read the frequency of a variable-length noisy sine at its last step (GRU)",
     "gradient_accumulation": "per-step BPTT gradient contributions vs untied finite differences",
+    "char_lm": "a character-level LSTM model of Python's documentation, sampled (vs PyTorch)",
+    "speakers": "classify 9 speakers of JapaneseVowels at each row's last step (GRU; sktime)",
 }
 DEFAULT = "seeded_continuation"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .embedding import embedding_backward, embedding_forward
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -48,5 +49,6 @@ def is_available() -> bool:
         return False
 
 
-__all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
-           "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
+__all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward",
+           "gru_forward", "is_available", "lstm_backward", "lstm_forward", "rnn_backward",
+           "rnn_forward", "xp"]

@@ -33,9 +33,11 @@ from ._common import (
     reuse_freed_memory,
 )
 from ._simd import weight_grads
+from .embedding import embedding_backward, embedding_forward
 
-__all__ = ["VARIANTS", "gru_backward", "gru_forward", "is_available", "lstm_backward",
-           "lstm_forward", "rnn_backward", "rnn_forward", "xp"]
+__all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward",
+           "gru_forward", "is_available", "lstm_backward", "lstm_forward", "rnn_backward",
+           "rnn_forward", "xp"]
 
 Cache = dict[str, Any]
 
