@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rnnkern import backends, gradcheck
+from rnnkern.backends.numba_cpu import _common
 from rnnkern.gradcheck import FD_TOL, PARITY_TOL, make_problem, parity
 
 nb = pytest.importorskip("rnnkern.backends.numba_cpu")
@@ -598,12 +599,13 @@ def test_backward_validation():
     (16, 3, "v5", "v5"), (1, 3, "v10", "v10"), (1, 24, "v10", "v10"), (1, 32, "v10", "v10"),
     (2, 24, "v3", "v3"), (32, 64, "v4", "v3"), (1, 64, "v10", "v10"), (32, 65, "v9", "v8"),
     (30, 65, "v7", "v6"), (4, 65, "v7", "v8"), (1, 65, "v6", "v6"), (8, 1200, "v7", "v6")])
-def test_automatic_variant(B, H, two, one):
+def test_automatic_variant(B, H, two, one, monkeypatch):
     """By shape, on two Numba threads and on one: a lone row (B=1) up to H=64 runs v10;
-    row blocks (v2, v4, v7, v9) need two threads and two rows per thread; the input part
-    goes into the steps (v9, v8) only where W and R are small enough to stay in cache (not
-    at H=1200) and every row block is whole 4-row tiles (not B=30 in two blocks, nor B=4
-    in two blocks of 2)."""
+    row blocks (v2, v4, v7, v9) need two threads and two rows per thread (and a call long
+    enough, here any: see the next test); the input part goes into the steps (v9, v8) only
+    where W and R are small enough to stay in cache (not at H=1200) and every row block is
+    whole 4-row tiles (not B=30 in two blocks, nor B=4 in two blocks of 2)."""
+    monkeypatch.setattr(_common, "PARALLEL_MIN_CALL_MACS", 0)
     p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
     P = p.params
     before = numba.get_num_threads()
@@ -619,13 +621,28 @@ def test_automatic_variant(B, H, two, one):
         assert cache["variant"] == expected, threads
 
 
+def test_short_calls_run_serially():
+    """A parallel variant's call below ``PARALLEL_MIN_CALL_MACS`` multiply-adds runs its
+    serial twin (v4 -> v3, v9 -> v8) unless the variant is asked for by name."""
+    from rnnkern.backends.numba_cpu._common import PARALLEL_MIN_CALL_MACS
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: every call is serial")
+    for B, H, I, parallel, serial in ((16, 64, 12, "v4", "v3"), (32, 256, 64, "v9", "v8")):
+        per_step = B * 3 * H * (H + I)
+        short, long = PARALLEL_MIN_CALL_MACS // per_step, PARALLEL_MIN_CALL_MACS // per_step + 1
+        assert nb.choose(None, B, H, 3, I, 4, short).name == serial
+        assert nb.choose(None, B, H, 3, I, 4, long).name == parallel
+        assert nb.choose(parallel, B, H, 3, I, 4, short).name == parallel
+
+
 @pytest.mark.parametrize("H,fused,packed", [(24, True, False), (32, False, True),
                                              (48, False, True), (7, True, False)])
 def test_lone_row_backward_plan(H, fused, packed):
     """v10's backward runs on the packed product (v6's) where R.T is whole panels, else
     on the fused loop (v3's), asked for by name or chosen."""
     for variant in (None, "v10"):
-        plan = nb.choose(variant, 1, H, 4, 8, 4)
+        plan = nb.choose(variant, 1, H, 4, 8, 4, 1000)
         assert (plan.name, plan.fused, plan.packed, plan.chunks) == ("v10", fused, packed, 1)
 
 

@@ -203,7 +203,7 @@ def rnn_forward(
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     keep = check_training(training)
     code = ACTIVATION_CODES[check_activation(activation)]
-    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -232,7 +232,7 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     code = ACTIVATION_CODES[cache["activation"]]
     if _batch_backward(cache, plan, per_step):
@@ -270,7 +270,7 @@ def lstm_forward(
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
     keep = check_training(training)
-    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -304,7 +304,7 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
     dy, dhT, dcT = (_zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
                     _zeros_or(dcT, (d.B, d.H), d.dtype))
     if _batch_backward(cache, plan, per_step):
@@ -343,7 +343,7 @@ def gru_forward(
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
     keep = check_training(training)
-    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "v5":
@@ -374,7 +374,7 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize)
+    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(

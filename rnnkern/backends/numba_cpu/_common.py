@@ -110,6 +110,11 @@ BATCH_INNER_MAX_H = 8
 BATCH_INNER_MIN_B = 8
 #: rows x gate columns per step below which threads cost more than they save
 PARALLEL_MIN_WORK = 16384
+#: multiply-adds of a whole call, T * B * G*H * (H + I), below which a parallel variant
+#: runs serially: such a call is short enough that one wait for a descheduled thread on a
+#: busy machine costs more than a second thread saves (the speakers example's GRU, B16
+#: H64, ran 40x slower beside one busy process with its calls split, 6x without)
+PARALLEL_MIN_CALL_MACS = 1 << 24
 #: multiply-adds of a product over all steps (input projection, weight gradients) from
 #: which it is split into row blocks over the Numba threads where OpenBLAS runs one thread.
 #: Below it a product takes less time serially than a parallel region can cost on a busy
@@ -118,9 +123,10 @@ PARALLEL_MIN_WORK = 16384
 GEMM_PARALLEL_MIN_MACS = 1 << 23
 
 
-def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:
+def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int,
+           T: int) -> Plan:
     """The plan of ``variant``, or of the variant picked by shape when it is None
-    (B rows, H units, G gates, I inputs of ``itemsize`` bytes)."""
+    (B rows, H units, G gates, I inputs of ``itemsize`` bytes, T steps)."""
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                          f"got {variant!r}")
@@ -129,7 +135,8 @@ def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -
         return plan
     # asked only here: numba.get_num_threads() costs microseconds
     threads = numba.get_num_threads()
-    if threads < 2 or B < 2 or (variant is None and B < 2 * threads):
+    small = B < 2 * threads or T * B * G * H * (H + I) < PARALLEL_MIN_CALL_MACS
+    if threads < 2 or B < 2 or (variant is None and small):
         plan = plan._replace(name=SERIAL[plan.name], chunks=1)
     else:
         plan = plan._replace(chunks=min(B, threads))
