@@ -1,6 +1,6 @@
 """rnnkern: a from-scratch recurrence engine (RNN, LSTM, GRU) with hand-written BPTT."""
 
-from . import backends, data, masks
+from . import backends, callbacks, data, masks, schedules
 from .generate import generate
 from .layers import GRU, LSTM, RNN, Dense, Sequential
 from .optim import SGD, Adam
@@ -10,7 +10,7 @@ from .train import evaluate, fit, value_and_grad
 __version__ = "0.1.0"
 __all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Dense", "Sequential",
            "value_and_grad", "evaluate", "fit", "generate", "Adam", "SGD", "save", "load",
-           "masks", "data", "interop"]
+           "masks", "data", "callbacks", "schedules", "interop"]
 
 
 def __getattr__(name: str):

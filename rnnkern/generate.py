@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._validate import array_module, as_array, check_int, check_lengths
+from ._validate import array_module, as_array, check_int, check_lengths, layout_hint
 from .layers import Layer
 
 #: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
@@ -66,11 +66,24 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                  feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
     """Validate one call's arguments once, at entry (the inner loops trust them).
 
-    x: (T, B, in_features) of the model's dtype (a list is converted once)
+    x: (T, B, in_features) of the model's dtype (a list is converted once; a strided
+    view is copied once into a C-contiguous array)
     target: (T, B, out_features) or None   lengths: (B,) int or None
     feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
+    A shape error that batch-first (or features-first) data would explain says so.
     """
     check_model(model)
+    try:
+        return _check_inputs(model, x, target, lengths, feedback, state, x_name)
+    except ValueError as e:
+        hint = layout_hint(x, target, lengths, model.in_features, x_name)
+        if not hint:
+            raise
+        raise ValueError(f"{e}; {hint}") from None
+
+
+def _check_inputs(model: Layer, x: Any, target: Any, lengths: Any, feedback: int,
+                  state: Any, x_name: str) -> Call:
     x = as_array(x_name, x, (("T", None), ("B", None), ("in_features", model.in_features)),
                  model.dtype, model.contiguous_input)
     model.check_data(x_name, x)
@@ -116,7 +129,9 @@ def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
            chunk: int = STREAM_CHUNK) -> tuple[Any, Any]:
     """Forward without gradients (``training=False``: no caches) in pieces of ``chunk``
     steps, the state carried, so that the work arrays of one piece at most are alive (a
-    kernel's input projection holds every step of its call). Same results as one call.
+    kernel's input projection holds every step of its call). The same results as one
+    call, bit for bit except where a kernel's input projection is a BLAS product over
+    all steps of a call (docs/MEMORY.md, "One call against the same sequence in pieces").
 
     x: (T, B, I) -> y: (T, B, O) and the final state (rows past their length keep
     the state at their last step, their outputs are zero, as in one call).
@@ -227,7 +242,8 @@ def backprop(model: Layer, dy: Any, tape: Tape, dstate: Any = None) -> tuple[dic
 
 def generate(model: Layer, primer: Any, steps: int, state: Any = None,
              return_state: bool = False) -> Any:
-    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F).
+    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F), time-major
+    (batch-first data: ``data.from_batch_first``; a strided view is copied once).
 
     ``pred[0]`` is the output after the last primer step, ``pred[k]`` the output
     after ``pred[k-1]`` was fed in. Keeps no caches: memory is the primer's pass

@@ -37,6 +37,7 @@ from ._validate import (
     check_choice,
     check_int,
     check_lengths,
+    layout_hint,
 )
 
 State = Any
@@ -147,13 +148,22 @@ class Layer:
     def check_call(self, x: Any, state: State = None, lengths: Any = None,
                    name: str = "state") -> tuple[Any, State, Any]:
         """Validate one call's ``x: (T, B, in_features)`` (lists accepted), ``state``
-        (named ``name`` in messages) and ``lengths``; returns them checked."""
-        x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
-                     self.dtype, self.contiguous_input)
-        self.check_data("x", x)
-        T, B = x.shape[:2]
-        xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
-        lengths = check_lengths(lengths, T, B, xp)
+        (named ``name`` in messages) and ``lengths``; returns them checked. A shape error
+        that batch-first (or features-first) data would explain says so."""
+        x_in = x
+        try:
+            x = as_array("x", x, (("T", None), ("B", None), ("in_features", self.in_features)),
+                         self.dtype, self.contiguous_input)
+            self.check_data("x", x)
+            T, B = x.shape[:2]
+            xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple))
+                              else lengths)
+            lengths = check_lengths(lengths, T, B, xp)
+        except ValueError as e:
+            hint = layout_hint(x_in, None, lengths, self.in_features)
+            if not hint:
+                raise
+            raise ValueError(f"{e}; {hint}") from None
         return x, self.check_state(state, B, name), lengths
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:
@@ -181,8 +191,9 @@ class Layer:
 
     def __call__(self, x: Any, lengths: Any = None, state: State = None,
                  return_state: bool = False) -> Any:
-        """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state.
-        An inference pass (``forward`` with ``training=False``)."""
+        """y: (T, B, O) for x: (T, B, I), time-major (batch-first data:
+        ``data.from_batch_first``; a strided view is copied once); with ``return_state``
+        also the final state. An inference pass (``forward`` with ``training=False``)."""
         y, state_out, _ = self.forward(x, state, lengths, training=False)
         return (y, state_out) if return_state else y
 
