@@ -377,3 +377,10 @@ def layout_hint(x: Any, target: Any, lengths: Any, in_features: int, x_name: str
         return ("rnnkern is time-major, target: (T, B, O): for a batch-first target (B, T, O) "
                 "convert it with rk.data.from_batch_first(...)")
     return ""
+
+
+def with_layout_hint(e: ValueError, x: Any, target: Any, lengths: Any, in_features: int,
+                     x_name: str = "x") -> ValueError:
+    """``e`` with ``layout_hint``'s advice appended (``e`` itself when there is none)."""
+    hint = layout_hint(x, target, lengths, in_features, x_name)
+    return ValueError(f"{e}; {hint}") if hint else e

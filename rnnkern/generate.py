@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._validate import array_module, as_array, check_int, check_lengths, layout_hint
+from ._validate import array_module, as_array, check_int, check_lengths, with_layout_hint
 from .layers import Layer
 
 #: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
@@ -76,10 +76,7 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
     try:
         return _check_inputs(model, x, target, lengths, feedback, state, x_name)
     except ValueError as e:
-        hint = layout_hint(x, target, lengths, model.in_features, x_name)
-        if not hint:
-            raise
-        raise ValueError(f"{e}; {hint}") from None
+        raise with_layout_hint(e, x, target, lengths, model.in_features, x_name) from None
 
 
 def _check_inputs(model: Layer, x: Any, target: Any, lengths: Any, feedback: int,

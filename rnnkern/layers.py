@@ -37,7 +37,7 @@ from ._validate import (
     check_choice,
     check_int,
     check_lengths,
-    layout_hint,
+    with_layout_hint,
 )
 
 State = Any
@@ -160,10 +160,7 @@ class Layer:
                               else lengths)
             lengths = check_lengths(lengths, T, B, xp)
         except ValueError as e:
-            hint = layout_hint(x_in, None, lengths, self.in_features)
-            if not hint:
-                raise
-            raise ValueError(f"{e}; {hint}") from None
+            raise with_layout_hint(e, x_in, None, lengths, self.in_features) from None
         return x, self.check_state(state, B, name), lengths
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:

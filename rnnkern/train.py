@@ -452,10 +452,13 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed,
                 "feedback": feedback, "val_feedback": val_feedback, "tbptt": tbptt,
                 "on_nonfinite": on_nonfinite, "loss": loss if isinstance(loss, str) else None,
-                "shape": [T, B], "data_crc32": _crc(c.x, c.target, m, c.lengths),
-                "schedule": None if schedule is None else schedule.spec(),
-                "callbacks": [type(cb).__name__ for cb in cbs]} \
+                "shape": [T, B], "data_crc32": _crc(c.x, c.target, m, c.lengths)} \
         if checkpoint is not None else {}
+    if checkpoint is not None:  # only when used: checkpoints without them still resume
+        if schedule is not None:
+            settings["schedule"] = schedule.spec()
+        if cbs:
+            settings["callbacks"] = [type(cb).__name__ for cb in cbs]
     if resume and os.path.exists(checkpoint):
         pos = _resume(checkpoint, model, opt, rng, settings, cbs)
 
