@@ -302,16 +302,26 @@ def as_array(name: str, a: Any, dims: tuple[tuple[str, int | None], ...], dtype:
 
     Lists and tuples of numbers are accepted and converted once (to a NumPy array
     of ``dtype``); arrays must already have ``dtype``: a float64 array for a
-    float32 model is refused rather than silently cast.
+    float32 model is refused rather than silently cast. A strided view (a slice
+    along the batch axis, a transpose) of the right shape and dtype is copied once
+    into a C-contiguous array when ``contiguous`` (the kernels need that layout);
+    the caller checks at entry, so the copy is never made inside a loop.
     """
     if isinstance(a, (list, tuple)):
         a = from_list(name, a, dtype)
-    check_array(name, a, dims, None, contiguous)
+    check_array(name, a, dims, None, contiguous=False)
     if a.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the model's dtype), got "
                          f"{a.dtype}; convert with .astype('{np.dtype(dtype)}') or build the "
                          f"model with dtype='{a.dtype}'")
+    if contiguous and not a.flags.c_contiguous:
+        a = contiguous_copy(name, a)
     return a
+
+
+def contiguous_copy(name: str, a: Any) -> Any:
+    """A C-contiguous copy of the strided array ``a`` (the one copy ``as_array`` makes)."""
+    return array_module(**{name: a}).ascontiguousarray(a)
 
 
 def check_finite(name: str, a: Any) -> None:
@@ -356,3 +366,45 @@ def check_ids(name: str, a: Any, num_ids: int, dims: tuple[tuple[str, int | None
         raise ValueError(f"{name}: expected ids in [0, {num_ids}) ({num_ids} classes), "
                          f"got ids in [{lo}, {hi}]")
     return a
+
+
+def _shape(a: Any) -> tuple:
+    """``a``'s shape, or () for what has none (None, a ragged list)."""
+    try:
+        return tuple(np.shape(a)) if a is not None else ()
+    except ValueError:
+        return ()
+
+
+def layout_hint(x: Any, target: Any, lengths: Any, in_features: int, x_name: str = "x"
+                ) -> str:
+    """The advice to add to a shape error that a change of layout would fix, or "".
+
+    rnnkern is time-major, x: (T, B, F); data from PyTorch's ``batch_first`` or Keras is
+    (B, T, F), Flux's (F, T, B). Guessed from the shapes alone: ``lengths`` of x's first
+    size (not its second), a target with x's first two sizes swapped, or features first.
+    """
+    xs, ts, ls = _shape(x), _shape(target), _shape(lengths)
+    if len(xs) != 3 or xs[0] == xs[1]:
+        return ""
+    batch_first = (
+        (lengths is not None and ls == (xs[0],))
+        or (len(ts) == 3 and ts[:2] == (xs[1], xs[0]))
+        or (xs[2] != in_features and xs[0] == in_features))
+    if xs[2] == in_features and batch_first:
+        return (f"rnnkern is time-major, {x_name}: (T, B, F): for batch-first data (B, T, F) "
+                f"convert {x_name} and the target with rk.data.from_batch_first(...)")
+    if xs[2] != in_features and xs[0] == in_features:
+        return (f"rnnkern is time-major, {x_name}: (T, B, F): for features-first data "
+                f"(F, T, B), as Flux keeps it, convert with rk.data.from_flux(...)")
+    if len(ts) == 3 and ts[:2] == (xs[1], xs[0]):
+        return ("rnnkern is time-major, target: (T, B, O): for a batch-first target (B, T, O) "
+                "convert it with rk.data.from_batch_first(...)")
+    return ""
+
+
+def with_layout_hint(e: ValueError, x: Any, target: Any, lengths: Any, in_features: int,
+                     x_name: str = "x") -> ValueError:
+    """``e`` with ``layout_hint``'s advice appended (``e`` itself when there is none)."""
+    hint = layout_hint(x, target, lengths, in_features, x_name)
+    return ValueError(f"{e}; {hint}") if hint else e

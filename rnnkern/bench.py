@@ -51,7 +51,7 @@ class Shape(NamedTuple):
     H: int
 
     def label(self) -> str:
-        return f"B{self.B} T{self.T} I{self.I} H{self.H}"
+        return f"T{self.T} B{self.B} I{self.I} H{self.H}"  # the order --shapes takes
 
 
 #: the CPU shape set of issue 4, by name
@@ -319,6 +319,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     torch_ms = {(r["cell"], r["shape"], r["pass"]): r["median_ms"] for r in rows
                 if r["impl"] == "torch"}
@@ -338,6 +339,13 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
                 ax.bar(np.arange(len(vals)) + k * width, vals, width, label=impl)
             ax.axhline(1.0, color="k", lw=0.8)
             ax.set_yscale("log")
+            # plain numbers (1.1, not 1.1x10^0): ratios often span less than a decade, where
+            # the default labels the minor ticks in scientific notation; over more than
+            # one, the decades alone are labelled
+            plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+            lo, hi = ax.get_ylim()
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())
             ax.set_xticks(np.arange(len(shapes)) + width * (len(impls) - 1) / 2, shapes)
             ax.set_title(f"{cell} {ps}")
             ax.set_ylabel("torch time / rnnkern time")
@@ -380,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
     first = {c: first_call_ms(c) for c in CELLS} if "numba" in names else {}
     cells = CELLS if args.cell == "all" else (args.cell,)
     rows = []
+    # the table is printed as it fills, one shape at a time, and only once
+    print("\n".join(_table([]).split("\n")[:2]), flush=True)
     for shape in parse_shapes(args.shapes):
         for cell in cells:
             runners = {}
@@ -401,8 +411,6 @@ def run(args: argparse.Namespace) -> int:
             print(_table([r for r in rows if (r["cell"], r["shape"]) == (cell, shape.name)]
                          ).split("\n", 2)[-1], flush=True)
     meta = _meta(threads, torch_too, first)
-    print()
-    print(_table(rows))
     if first:
         print("\nfirst numba call in this process (cache load or compile), ms: "
               + ", ".join(f"{c} {v:.0f}" for c, v in first.items()))

@@ -5,7 +5,9 @@
 - ``from_flux`` / ``to_flux``: (F, T, B), the layout of Flux.jl's recurrent
   layers (features first, column-major thinking);
 - ``from_sequences`` / ``to_sequences``: a list of variable-length sequences,
-  each (T_b, F) or (T_b,), padded into (T, B, F) plus ``lengths: (B,)``.
+  each (T_b, F) or (T_b,), padded into (T, B, F) plus ``lengths: (B,)``;
+- ``last_step``: each row's output at its last true step, (B, F), the
+  sequence-to-one reading of an output (``y[-1]`` is zero for rows shorter than T).
 
 Every ``from_`` returns a new C-contiguous array (the layout the kernels need);
 the dtype is kept unless ``dtype`` is given.
@@ -105,3 +107,20 @@ def to_sequences(y: Any, lengths: Any = None) -> list[Any]:
     T, B = y.shape[:2]
     lengths = check_lengths(lengths, T, B, array_module(y=y))
     return [y[: T if lengths is None else int(lengths[b]), b].copy() for b in range(B)]
+
+
+def last_step(y: Any, lengths: Any = None) -> Any:
+    """y: (T, B, F) and lengths: (B,) or None -> (B, F), row b's output at its last true
+    step ``lengths[b] - 1`` (step T-1 for every row without ``lengths``), a copy.
+
+    Outputs past a row's end are zero, so ``y[-1]`` reads zeros for the rows shorter
+    than T; this is the value a sequence-to-one model predicts (and a ``(B, O)`` target
+    of ``fit``/``evaluate``/``value_and_grad`` is compared with).
+    """
+    _rank3("y", y, "(T, B, F)")
+    T, B = y.shape[:2]
+    xp = array_module(y=y, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
+    lengths = check_lengths(lengths, T, B, xp)
+    if lengths is None:
+        return y[T - 1].copy()
+    return y[xp.asarray(lengths) - 1, xp.arange(B)]

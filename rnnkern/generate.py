@@ -36,6 +36,7 @@ from ._validate import (
     check_int,
     check_lengths,
     from_list,
+    with_layout_hint,
 )
 from .layers import Layer, move
 
@@ -78,13 +79,23 @@ def check_inputs(model: Layer, x: Any, target: Any = None, lengths: Any = None,
                  feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
     """Validate one call's arguments once, at entry (the inner loops trust them).
 
-    x: (T, B, in_features) of the model's dtype (a list is converted once), or (T, B)
-    integer ids for a model that starts with ``Embedding``
+    x: (T, B, in_features) of the model's dtype (a list is converted once; a strided
+    view is copied once into a C-contiguous array), or (T, B) integer ids for a model
+    that starts with ``Embedding``
     target: (T, B, out_features), (T, B) integer class ids, or None
     lengths: (B,) int or None
     feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
+    A shape error that batch-first (or features-first) data would explain says so.
     """
     check_model(model)
+    try:
+        return _check_inputs(model, x, target, lengths, feedback, state, x_name)
+    except ValueError as e:
+        raise with_layout_hint(e, x, target, lengths, model.in_features, x_name) from None
+
+
+def _check_inputs(model: Layer, x: Any, target: Any, lengths: Any, feedback: int,
+                  state: Any, x_name: str) -> Call:
     x = model.check_input(x_name, x)
     T, B = x.shape[:2]
     if target is not None:
@@ -141,7 +152,9 @@ def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
            chunk: int = STREAM_CHUNK) -> tuple[Any, Any]:
     """Forward without gradients (``training=False``: no caches) in pieces of ``chunk``
     steps, the state carried, so that the work arrays of one piece at most are alive (a
-    kernel's input projection holds every step of its call). Same results as one call.
+    kernel's input projection holds every step of its call). The same results as one
+    call, bit for bit except where a kernel's input projection is a BLAS product over
+    all steps of a call (docs/MEMORY.md, "One call against the same sequence in pieces").
 
     x: (T, B, I) -> y: (T, B, O) and the final state (rows past their length keep
     the state at their last step, their outputs are zero, as in one call).
@@ -345,7 +358,8 @@ def generate(model: Layer, primer: Any, steps: int, state: Any = None,
              return_state: bool = False, sampler: Any = None, temperature: float = 1.0,
              top_k: int | None = None, seed: int | None = None,
              return_logits: bool = False) -> Any:
-    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F); for a
+    """Closed-loop continuation: primer (P, B, F) -> predictions (steps, B, F), time-major
+    (batch-first data: ``data.from_batch_first``; a strided view is copied once); for a
     model that starts with ``Embedding``, primer ids (P, B) -> ids (steps, B).
 
     ``pred[0]`` comes from the output after the last primer step, ``pred[k]`` from the

@@ -40,6 +40,7 @@ from ._validate import (
     check_ids,
     check_int,
     check_lengths,
+    with_layout_hint,
 )
 
 State = Any
@@ -152,11 +153,17 @@ class Layer:
     def check_call(self, x: Any, state: State = None, lengths: Any = None,
                    name: str = "state") -> tuple[Any, State, Any]:
         """Validate one call's ``x: (T, B, in_features)`` (lists accepted), ``state``
-        (named ``name`` in messages) and ``lengths``; returns them checked."""
-        x = self.check_input("x", x)
-        T, B = x.shape[:2]
-        xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple)) else lengths)
-        lengths = check_lengths(lengths, T, B, xp)
+        (named ``name`` in messages) and ``lengths``; returns them checked. A shape error
+        that batch-first (or features-first) data would explain says so."""
+        x_in = x
+        try:
+            x = self.check_input("x", x)
+            T, B = x.shape[:2]
+            xp = array_module(x=x, lengths=None if isinstance(lengths, (list, tuple))
+                              else lengths)
+            lengths = check_lengths(lengths, T, B, xp)
+        except ValueError as e:
+            raise with_layout_hint(e, x_in, None, lengths, self.in_features) from None
         return x, self.check_state(state, B, name), lengths
 
     def check_input(self, name: str, x: Any) -> Any:
@@ -194,8 +201,9 @@ class Layer:
     @one_pool
     def __call__(self, x: Any, lengths: Any = None, state: State = None,
                  return_state: bool = False) -> Any:
-        """y: (T, B, O) for x: (T, B, I); with ``return_state`` also the final state.
-        An inference pass (``forward`` with ``training=False``)."""
+        """y: (T, B, O) for x: (T, B, I), time-major (batch-first data:
+        ``data.from_batch_first``; a strided view is copied once); with ``return_state``
+        also the final state. An inference pass (``forward`` with ``training=False``)."""
         y, state_out, _ = self.forward(x, state, lengths, training=False)
         return (y, state_out) if return_state else y
 

@@ -260,6 +260,22 @@ class SGD(Optimizer):
         return {"t": self.t, "buf": self.buf}
 
 
+#: hyperparameters()["type"] -> the class, for rebuilding a saved optimiser
+OPTIMIZERS: dict[str, type[Optimizer]] = {"Adam": Adam, "SGD": SGD}
+
+
+def from_hyperparameters(params: dict[str, Any], hp: dict[str, Any]) -> Optimizer:
+    """A new optimiser over ``params`` with the settings ``hyperparameters()`` returned
+    (its state fresh: ``load_state_dict`` fills it)."""
+    if not isinstance(hp, dict) or hp.get("type") not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected hyperparameters of one of "
+                         f"{', '.join(OPTIMIZERS)}, got {hp!r}")
+    kwargs = {k: v for k, v in hp.items() if k != "type"}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return OPTIMIZERS[hp["type"]](params, **kwargs)
+
+
 class _Flat:
     """Where each parameter lies in flat (N,) buffers of one dtype, in the dict's order.
 

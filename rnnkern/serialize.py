@@ -8,10 +8,13 @@ ever unpickled):
   or "rnnkern-checkpoint"), ``version``, ``model`` (the layer specs that rebuild
   the model), ``gate_order``, ``dtype``, ``backend`` (where it was saved from;
   informational);
-- a checkpoint adds ``opt/<buffer>/<name>`` (the optimiser's moments), ``order``
-  (the current epoch's shuffled row order) and, in the JSON, ``fit``: the
-  optimiser's settings and step count, the shuffling generator's state, the
-  position (epoch, batch) and the history (see ``train.fit``).
+- ``save(..., optimizer=opt)`` adds ``opt/<buffer>/<name>`` (the optimiser's
+  buffers, e.g. Adam's moments ``m`` and ``v``) and, in the JSON, ``optimizer``:
+  ``{"hyperparameters": ..., "t": step count}``; files without it still load;
+- a checkpoint adds the same ``opt/`` arrays, ``order`` (the current epoch's
+  shuffled row order) and, in the JSON, ``fit``: the optimiser's settings and step
+  count, the shuffling generator's state, the position (epoch, batch), the history
+  and the state of the callbacks and schedule (see ``train.fit``).
 
 Arrays are stored exactly, so a loaded model has bit-identical parameters and
 outputs. Writing is atomic (``write_atomic``): a temporary file in the same
@@ -31,6 +34,7 @@ import numpy as np
 from . import layers as L
 from .generate import check_model
 from .layers import Layer, move
+from .optim import Optimizer, from_hyperparameters
 
 MODEL_FORMAT = "rnnkern-model"
 CHECKPOINT_FORMAT = "rnnkern-checkpoint"
@@ -90,10 +94,50 @@ def param_arrays(model: Layer) -> dict[str, np.ndarray]:
     return {f"param/{k}": move(v, np) for k, v in model.parameters().items()}
 
 
-def save(model: Layer, path: str | os.PathLike) -> None:
-    """Write ``model`` (a layer or Sequential) to ``path`` (.npz), atomically."""
+def optimizer_arrays(opt: Optimizer) -> dict[str, np.ndarray]:
+    """``opt/<buffer>/<name>`` -> host copy of every buffer of the optimiser."""
+    return {f"opt/{key}/{k}": move(v, np) for key, bufs in opt.state_dict().items()
+            if key != "t" for k, v in bufs.items()}
+
+
+def load_optimizer(opt: Optimizer, arrays: dict[str, Any], t: int) -> None:
+    """Fill ``opt``'s buffers from ``optimizer_arrays``' entries and set its step count."""
+    state: dict[str, Any] = {"t": t}
+    for key in opt.state_dict():
+        if key != "t":
+            prefix = f"opt/{key}/"
+            state[key] = {k.removeprefix(prefix): v for k, v in arrays.items()
+                          if k.startswith(prefix)}
+    opt.load_state_dict(state)
+
+
+def check_optimizer(opt: Any, model: Layer, name: str = "opt") -> Optimizer:
+    """``opt`` if it is an rnnkern optimiser updating exactly ``model.parameters()``."""
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"{name}: expected an rnnkern optimiser (Adam, SGD), "
+                        f"got {type(opt).__name__}")
+    live = model.parameters()
+    if set(opt.params) != set(live) or any(opt.params[k] is not v for k, v in live.items()):
+        raise ValueError(f"{name}: it updates other arrays than model.parameters() (made for "
+                         f"another model, or before model.to(...)); make it with "
+                         f"Adam(model.parameters())")
+    return opt
+
+
+def save(model: Layer, path: str | os.PathLike, optimizer: Optimizer | None = None) -> None:
+    """Write ``model`` (a layer or Sequential) to ``path`` (.npz), atomically.
+
+    optimizer: also its settings, step count and buffers (Adam's moments), so that
+    ``load(path, with_optimizer=True)`` continues training exactly where it stopped.
+    """
     check_model(model)
-    write_atomic(path, param_arrays(model), model_meta(model))
+    arrays, meta = param_arrays(model), model_meta(model)
+    if optimizer is not None:
+        check_optimizer(optimizer, model, "optimizer")
+        arrays.update(optimizer_arrays(optimizer))
+        meta["optimizer"] = {"hyperparameters": optimizer.hyperparameters(),
+                             "t": optimizer.t}
+    write_atomic(path, arrays, meta)
 
 
 def read(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[dict, dict[str, Any]]:
@@ -163,13 +207,20 @@ def _build(spec: Any, backend: str | None, dtype: Any, path: str) -> Layer:
         raise ValueError(f"{path}: unknown layer spec {spec!r} ({e})") from e
 
 
-def load(path: str | os.PathLike, backend: str | None = None) -> Layer:
+def load(path: str | os.PathLike, backend: str | None = None, with_optimizer: bool = False
+         ) -> Layer | tuple[Layer, Optimizer]:
     """Rebuild the model saved at ``path`` on ``backend`` (None: the default backend).
 
     ``path`` is a model file of ``save`` or a checkpoint of ``fit`` (its model).
+    with_optimizer: return ``(model, optimizer)``, the optimiser rebuilt over the
+    model's parameters with its saved settings, step count and buffers (a file saved
+    without ``optimizer=`` raises ValueError; a checkpoint has its optimiser).
     A file that is not one of those (corrupt, truncated, foreign, a newer format
     version, parameters that do not match the specs) raises ValueError.
     """
+    if not isinstance(with_optimizer, (bool, np.bool_)):
+        raise TypeError(f"with_optimizer: expected True or False, "
+                        f"got {type(with_optimizer).__name__}")
     meta, contents = read(path, (MODEL_FORMAT, CHECKPOINT_FORMAT))
     path = os.fspath(path)
     model = _build(meta.get("model"), backend, meta.get("dtype"), path)
@@ -179,4 +230,18 @@ def load(path: str | os.PathLike, backend: str | None = None) -> Layer:
         model.load_parameters(params)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: parameters do not match the saved model ({e})") from e
-    return model
+    if not with_optimizer:
+        return model
+    saved = meta.get("optimizer") if meta["format"] == MODEL_FORMAT else (
+        {"hyperparameters": meta["fit"].get("optimizer"), "t": meta["fit"].get("t")}
+        if isinstance(meta.get("fit"), dict) else None)
+    if saved is None:
+        raise ValueError(f"{path}: saved without an optimiser; save with "
+                         f"rk.save(model, path, optimizer=opt), or load with "
+                         f"with_optimizer=False")
+    try:
+        opt = from_hyperparameters(model.parameters(), saved["hyperparameters"])
+        load_optimizer(opt, contents, saved["t"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt optimiser state ({type(e).__name__}: {e})") from e
+    return model, opt

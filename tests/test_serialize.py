@@ -65,3 +65,67 @@ def test_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="parameters do not match"):
         rk.load(wrong)
     assert zipfile.is_zipfile(good)
+
+
+def _task(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((6, 10, 2))
+    return x, np.roll(x, -1, axis=0)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: rk.Adam(p, lr=3e-3, betas=(0.8, 0.99), eps=1e-7, clip_norm=1.0),
+    lambda p: rk.SGD(p, lr=0.05, momentum=0.9),
+    lambda p: rk.SGD(p, lr=0.05)], ids=["adam", "sgd-momentum", "sgd"])
+def test_save_with_optimizer_resumes_exactly(tmp_path, backend, make_opt):
+    """save(optimizer=) -> load(with_optimizer=True) restores the settings, the step count
+    and the buffers bit for bit, and training on from the file equals training on without
+    it."""
+    x, t = _task()
+
+    def model():
+        return rk.Sequential(rk.Dense(2, 4, "tanh"), rk.LSTM(4, 5), rk.Dense(5, 2),
+                             backend=backend, dtype="float64", seed=2)
+
+    m = model()
+    opt = make_opt(m.parameters())
+    rk.fit(m, opt, x, t, epochs=2, batch_size=4, seed=1, progress=False)
+    rk.save(m, tmp_path / "m.npz", optimizer=opt)
+    m2, opt2 = rk.load(tmp_path / "m.npz", backend=backend, with_optimizer=True)
+    assert type(opt2) is type(opt) and opt2.hyperparameters() == opt.hyperparameters()
+    assert opt2.t == opt.t == 6
+    for key, bufs in opt.state_dict().items():
+        if key != "t":
+            for k, v in bufs.items():
+                np.testing.assert_array_equal(opt2.state_dict()[key][k], v)
+    assert all(opt2.params[k] is v for k, v in m2.parameters().items())
+    h1 = rk.fit(m, opt, x, t, epochs=2, batch_size=4, seed=2, progress=False)
+    h2 = rk.fit(m2, opt2, x, t, epochs=2, batch_size=4, seed=2, progress=False)
+    assert h1 == h2
+    for k, v in m.parameters().items():
+        np.testing.assert_array_equal(m2.parameters()[k], v)
+
+
+def test_optimizer_files_and_errors(tmp_path):
+    x, t = _task()
+    m = rk.Sequential(rk.GRU(2, 3), rk.Dense(3, 2), backend="numpy", seed=0)
+    rk.save(m, tmp_path / "plain.npz")
+    assert isinstance(rk.load(tmp_path / "plain.npz"), rk.Sequential)  # as before
+    with pytest.raises(ValueError, match="saved without an optimiser.*optimizer=opt"):
+        rk.load(tmp_path / "plain.npz", with_optimizer=True)
+    with pytest.raises(TypeError, match="with_optimizer: expected True or False"):
+        rk.load(tmp_path / "plain.npz", with_optimizer="yes")
+    other = rk.Sequential(rk.GRU(2, 3), rk.Dense(3, 2), backend="numpy", seed=0)
+    with pytest.raises(ValueError, match="optimizer: it updates other arrays"):
+        rk.save(m, tmp_path / "m.npz", optimizer=rk.Adam(other.parameters()))
+    with pytest.raises(TypeError, match="optimizer: expected an rnnkern optimiser"):
+        rk.save(m, tmp_path / "m.npz", optimizer="adam")
+    # the optimiser of a fit checkpoint loads too
+    opt = rk.Adam(m.parameters())
+    rk.fit(m, opt, x.astype(np.float32), t.astype(np.float32), epochs=1, batch_size=5,
+           checkpoint=tmp_path / "ck.npz", progress=False)
+    m2, opt2 = rk.load(tmp_path / "ck.npz", with_optimizer=True)
+    assert opt2.t == opt.t == 2
+    np.testing.assert_array_equal(opt2.m["1.W"], opt.m["1.W"])
+    with np.load(tmp_path / "ck.npz") as z:
+        assert "opt/m/1.W" in z.files

@@ -208,6 +208,6 @@ def test_fit_argument_checks():
                validation=(np.ascontiguousarray(x[:, :3]), target[:, :3]), progress=False)
     with pytest.raises(ValueError, match="validation: x"):
         rk.fit(model, opt, x, target, epochs=1, batch_size=4,
-               validation=(x[:, :3], target[:, :3]), progress=False)
+               validation=(x[:, :3, :0], target[:, :3]), progress=False)
     with pytest.raises(TypeError, match="opt"):  # a wrong type is a TypeError
         rk.fit(model, "adam", x, target, epochs=1, batch_size=4, progress=False)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "and all of them with the gradient that survives the way back from the last step.")
 
     def draw(plt: Any) -> Any:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4))
         for ax, k in zip(axes, ("W", "R", "b"), strict=True):
             flat = per_step[k].reshape(T, -1)
             width = 0.8 / T
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ax.plot(pos, fd[k][t].ravel(), "k.", ms=3)
             ax.plot(np.arange(flat.shape[1]) + width, total[f"0.{k}"].ravel(), "r_", ms=10,
                     label="total (sum)")
-            ax.set(title=f"dL/d{k}: per-step contributions (dots: untied FD)",
-                   xlabel=f"{k} entry (flattened)")
+            # two lines: one would run past the narrow panel's edge
+            ax.set_title(f"dL/d{k}: per-step contributions\n(dots: untied FD)", fontsize=10)
+            ax.set(xlabel=f"{k} entry (flattened)")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         return fig

@@ -33,6 +33,7 @@ from ._batch import (
     zero_inactive,
 )
 from ._common import (
+    FASTMATH,
     JIT,
     add_rows_product,
     empty,
@@ -276,7 +277,15 @@ def lstm_forward_bi(x, h0, c0, W, R, b, lengths, keep):
     return y, final(xh[I:], B), final(cb, B), buf
 
 
-@njit(**JIT)
+#: the backward's pointwise pass, without reassociation: it has no reduction to vectorise,
+#: and with it LLVM regrouped the products of the o-gate's and the cell's gradients
+#: differently in the function compiled on its own than in its callers' copies of it
+#: (optimised again with them); a process that compiles runs the former, one that loads
+#: the kernels from Numba's cache the latter, so the two gave different gradients
+POINTWISE_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
+
+
+@njit(**POINTWISE_JIT)
 def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                    lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
