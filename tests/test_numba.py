@@ -339,8 +339,8 @@ def test_every_tile_against_numpy(dtype):
 
 
 def test_row_tiles():
-    """``_simd._row_tiles``: whole tiles cover all but at most 3 rows; without AVX-512
-    (tiles of 6 and 4) at most 1 from 6 rows on; with it (``PAIRED``) tiles of 4 only."""
+    """``_simd._row_tiles``: whole tiles cover all but at most 3 rows (at most 1 from 6 rows
+    on), on both register files (AVX-512 pairs the panels of each tile, ``PAIRED``)."""
     from rnnkern.backends.numba_cpu._simd import PAIRED, _row_tiles
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
@@ -348,10 +348,9 @@ def test_row_tiles():
     for rows in range(80):
         sixes, fours = _row_tiles(rows)
         left = rows - 6 * sixes - 4 * fours
-        most = 3 if PAIRED or rows < 6 else 1
-        assert sixes >= 0 and fours >= 0 and 0 <= left <= most, rows
-        assert (sixes == 0) if PAIRED else (sixes >= (rows - 8) // 6), rows
-    assert _row_tiles(32) == ((0, 8) if PAIRED else (4, 2))
+        assert sixes >= 0 and fours >= 0 and 0 <= left <= (3 if rows < 6 else 1), rows
+        assert sixes >= (rows - 8) // 6, rows
+    assert _row_tiles(32) == (4, 2)
 
 
 def test_products_on_avx2_tiles():
