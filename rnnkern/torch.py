@@ -14,7 +14,8 @@ Each layer and direction is one ``torch.autograd.Function`` whose forward and ba
 are rnnkern's kernels (``rnnkern.backends``): CPU tensors run on the Numba backend
 through ``.numpy()`` views, CUDA tensors on the CuPy backend through DLPack, both
 without a copy of the sequence where it is already time-major and contiguous. The
-kernels give first derivatives only: a double backward raises RuntimeError.
+kernels give first derivatives only: a backward with ``create_graph=True`` (a double
+backward) raises RuntimeError.
 
 Beyond ``torch.nn``: ``nonlinearity="identity"`` for ``RNN``, and ``forward(...,
 lengths=...)`` on padded input, with the meaning a PackedSequence's lengths have (rows
@@ -34,7 +35,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import backends
@@ -123,8 +123,13 @@ class _Recurrence(torch.autograd.Function):
         return (_tensor(y), *(_tensor(f) for f in finals))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor | None, *dfinal: torch.Tensor | None) -> tuple:
+        # create_graph=True runs this with grad mode on: its result would have no graph,
+        # and second derivatives through it would silently read as zero
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"rnnkern.torch.{ctx.cell.upper()}: double backward is not "
+                               "supported (the kernels give first derivatives only); call "
+                               "backward/autograd.grad without create_graph=True")
         ctx.saved_tensors  # noqa: B018 - raises if x was modified in place since the forward
         cell = ctx.cell
 
@@ -370,7 +375,7 @@ class _RNNBase(nn.Module):
             outs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
-                xd = _reverse(x, rev) if d else x.contiguous()
+                xd = (_reverse(x, rev) if d else x).contiguous()
                 h0, c0 = (None if s is None else s.contiguous() for s in states[k])
                 weights = self.all_weights[k] + [None, None] * (not self.bias)
                 out = _Recurrence.apply(self.cell, self._activation(), kernel_lens, xd, h0,
