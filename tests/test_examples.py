@@ -59,3 +59,27 @@ def test_demo_command_runs_the_default_example(tmp_path, capsys):
 def test_every_example_is_listed():
     for name in EXAMPLES:
         assert callable(importlib.import_module(f"rnnkern.examples.{name}").main)
+
+
+def test_torch_dropin_trains_the_same(tmp_path):
+    pytest.importorskip("torch")
+    res = run("torch_dropin", tmp_path)
+    ref, ours = res["history"]["torch.nn.GRU"], res["history"]["rnnkern.torch.GRU"]
+    assert ours[-1] < ours[0] and len(ours) == len(ref)
+    assert res["max_loss_difference"] < 1e-4  # the same curve, to float32 round-off
+    assert png(res["plot"])
+
+
+def test_torch_dropin_skips_without_torch(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert run("torch_dropin", tmp_path) == {"skipped": "torch is not installed"}
+    assert "PyTorch is not installed" in capsys.readouterr().out

@@ -11,5 +11,6 @@ EXAMPLES = {
     "seq2seq": "next-step prediction of noisy sine waves, then closed-loop generation",
     "seq2one": "read the frequency of a variable-length noisy sine at its last step (GRU)",
     "gradient_accumulation": "per-step BPTT gradient contributions vs untied finite differences",
+    "torch_dropin": "a PyTorch training loop with torch.nn.GRU swapped for rnnkern.torch.GRU",
 }
 DEFAULT = "seeded_continuation"
