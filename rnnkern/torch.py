@@ -28,9 +28,11 @@ Numba's (see the README's note on using torch and rnnkern in one process).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,6 +70,20 @@ def _tensor(a: Any) -> torch.Tensor:
     if type(a).__module__.split(".")[0] == "cupy":
         return torch.from_dlpack(a)
     return torch.from_numpy(a)
+
+
+@contextlib.contextmanager
+def _stream(device: torch.device) -> Iterator[None]:
+    """On CUDA: CuPy on the tensor's device and on torch's current stream there, so the
+    kernels are ordered with torch's work without a synchronisation. On CPU: nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    import cupy
+
+    with cupy.cuda.Device(device.index), \
+            cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+        yield
 
 
 def _backend(device: torch.device) -> Any:
@@ -113,10 +129,11 @@ class _Recurrence(torch.autograd.Function):
         if cell == "rnn":
             kw["activation"] = activation
         state = (_array(h0), _array(c0)) if cell == "lstm" else (_array(h0),)
-        y, final, cache = getattr(be, f"{cell}_forward")(_array(x), *state, W, R, b, *extra,
-                                                         **kw)
+        with _stream(x.device):
+            y, final, cache = getattr(be, f"{cell}_forward")(_array(x), *state, W, R, b,
+                                                             *extra, **kw)
         ctx.set_materialize_grads(False)  # an unused output's gradient reaches the kernel as None
-        ctx.cell, ctx.cache, ctx.be = cell, cache, be
+        ctx.cell, ctx.cache, ctx.be, ctx.device = cell, cache, be, x.device
         # the cache views x: saving it makes autograd refuse a backward after x changed in place
         ctx.save_for_backward(x)
         finals = final if cell == "lstm" else (final,)
@@ -137,7 +154,8 @@ class _Recurrence(torch.autograd.Function):
             return None if t is None else _array(t.contiguous())
 
         dstate = tuple(arr(d) for d in dfinal) if cell == "lstm" else arr(dfinal[0])
-        dx, dh0, grads = getattr(ctx.be, f"{cell}_backward")(arr(dy), dstate, ctx.cache)
+        with _stream(ctx.device):
+            dx, dh0, grads = getattr(ctx.be, f"{cell}_backward")(arr(dy), dstate, ctx.cache)
         dh, dc = dh0 if cell == "lstm" else (dh0, None)
         need = ctx.needs_input_grad
         db_ih = db_hh = None
