@@ -247,3 +247,20 @@ def test_lstm_hx_must_be_a_pair():
     m = rkt.LSTM(I, H)
     with pytest.raises(TypeError, match=r"\(h_0, c_0\)"):
         m(torch.randn(T, B, I), torch.zeros(1, B, H))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("t, b", [(1, 1), (1, 3), (5, 1)])
+def test_edge_sizes_and_carried_state(cell, t, b):
+    """T=1, B=1, and a sequence run in two chunks with the state carried between them."""
+    ref, ours = _pair(cell, num_layers=2, bidirectional=False)
+    x = torch.randn(2 * t, b, I, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for m in (ref, ours):
+        y1, s = m(x[:t])
+        y2, s = m(x[t:], s)
+        flat = _flat((torch.cat([y1, y2]), s))
+        grads = torch.autograd.grad(sum(o.square().sum() for o in flat), [x, *m.parameters()])
+        outs.append((*flat, *grads))
+    for a, c in zip(*outs):
+        assert torch.allclose(a, c, rtol=0, atol=1e-10)
