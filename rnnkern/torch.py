@@ -31,16 +31,30 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import backends
-from ._validate import GATES, RNN_ACTIVATIONS
+def _numba_pool_started() -> bool:
+    """Whether Numba's thread pool runs already (asked before torch is first imported)."""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+if "torch" not in sys.modules and _numba_pool_started():
+    warnings.warn("rnnkern.torch: torch is imported after Numba's thread pool started; "
+                  "torch's own RNN and GRU may then run ~10x slower in this process: "
+                  "import torch (or rnnkern.torch) before the first rnnkern call",
+                  RuntimeWarning, stacklevel=2)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence  # noqa: E402
+
+from . import backends  # noqa: E402
+from ._validate import GATES, RNN_ACTIVATIONS  # noqa: E402
 
 __all__ = ["GRU", "LSTM", "RNN"]
 

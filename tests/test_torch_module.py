@@ -264,3 +264,19 @@ def test_edge_sizes_and_carried_state(cell, t, b):
         outs.append((*flat, *grads))
     for a, c in zip(*outs):
         assert torch.allclose(a, c, rtol=0, atol=1e-10)
+
+
+def test_warns_when_torch_comes_after_numbas_pool():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, rnnkern as rk\n"
+            "rk.GRU(2, 3, backend='numba')(np.zeros((2, 2, 2), np.float32))\n"
+            "import rnnkern.torch\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    res = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "torch is imported after Numba's thread pool started" in res.stderr
