@@ -280,3 +280,25 @@ def test_warns_when_torch_comes_after_numbas_pool():
                          text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "torch is imported after Numba's thread pool started" in res.stderr
+
+
+def test_time_major_contiguous_input_reaches_the_kernel_without_a_copy(monkeypatch):
+    import types
+
+    import numpy as np
+
+    from rnnkern import backends
+
+    real = backends.get("numba")
+    seen = []
+
+    def gru_forward(x, *args, **kwargs):
+        seen.append(x)
+        return real.gru_forward(x, *args, **kwargs)
+
+    fake = types.SimpleNamespace(gru_forward=gru_forward, gru_backward=real.gru_backward)
+    monkeypatch.setattr(rkt.backends, "get", lambda name: fake)
+    x = torch.randn(T, B, I, requires_grad=True)
+    rkt.GRU(I, H)(x)[0].sum().backward()
+    assert np.shares_memory(seen[0], x.detach().numpy())
+    assert x.grad is not None and x.grad.shape == x.shape
