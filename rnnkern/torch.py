@@ -13,7 +13,9 @@ namesake (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{
 Each layer and direction is one ``torch.autograd.Function`` whose forward and backward
 are rnnkern's kernels (``rnnkern.backends``): CPU tensors run on the Numba backend
 through ``.numpy()`` views, CUDA tensors on the CuPy backend through DLPack, both
-without a copy of the sequence where it is already time-major and contiguous. The
+without a copy of the sequence where it is already time-major and contiguous (the CUDA
+path has not yet run on a GPU). The reverse direction reads each row backwards within its
+own length through one gather per call on the torch side, so autograd carries it. The
 kernels give first derivatives only: a backward with ``create_graph=True`` (a double
 backward) raises RuntimeError.
 
