@@ -405,13 +405,14 @@ class _RNNBase(nn.Module):
         rev = _reversal(lens, T, x.device) if self.bidirectional else None
         kernel_lens = None if lens is None else lens.to(x.device).contiguous()
         h_n, c_n = [], []
+        all_weights = self.all_weights
         for layer in range(self.num_layers):
             outs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
                 xd = (_reverse(x, rev) if d else x).contiguous()
                 h0, c0 = (None if s is None else s.contiguous() for s in states[k])
-                weights = self.all_weights[k] + [None, None] * (not self.bias)
+                weights = all_weights[k] + [None, None] * (not self.bias)
                 out = _Recurrence.apply(self.cell, self._activation(), kernel_lens, xd, h0,
                                         c0, *weights)
                 outs.append(_reverse(out[0], rev) if d else out[0])
@@ -421,9 +422,9 @@ class _RNNBase(nn.Module):
             x = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        hidden: Any = torch.stack(h_n)
+        hidden: Any = _stack(h_n)
         if self.cell == "lstm":
-            hidden = (hidden, torch.stack(c_n))
+            hidden = (hidden, _stack(c_n))
         if packed:
             return _pack_like(x, input), hidden
         if not batched:
@@ -433,6 +434,11 @@ class _RNNBase(nn.Module):
         elif self.batch_first:
             x = x.transpose(0, 1)
         return x, hidden
+
+
+def _stack(states: list[torch.Tensor]) -> torch.Tensor:
+    """(B, H) states -> (len, B, H); a lone state as a view, without a copy."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
 def _pack_like(y: torch.Tensor, like: PackedSequence) -> PackedSequence:
