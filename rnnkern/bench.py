@@ -68,10 +68,12 @@ SHAPES = {s.name: s for s in (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import bench_train
 
-    p.add_argument("what", nargs="?", choices=("kernels", "train"), default="kernels",
+    p.add_argument("what", nargs="?", choices=("kernels", "train", "torch"),
+                   default="kernels",
                    help="kernels: forward and forward+backward per cell and shape (default); "
                         "train: seconds per optimiser step of fit against a PyTorch loop "
-                        "(rnnkern.bench_train)")
+                        "(rnnkern.bench_train); torch: a PyTorch training step with "
+                        "rnnkern.torch's modules against torch.nn's (rnnkern.bench_torch)")
     p.add_argument("--backend", action="append",
                    help="backend(s) to time, repeatable or comma-separated (default: every "
                         "available CPU backend); 'cupy' runs the GPU benchmark instead")
@@ -361,6 +363,10 @@ def run(args: argparse.Namespace) -> int:
         from .bench_train import run as run_train
 
         return run_train(args)
+    if args.what == "torch":
+        from .bench_torch import run as run_torch
+
+        return run_torch(args)
     names = _split(args.backend)
     if "cupy" in names:
         from .bench_cuda import run_gpu

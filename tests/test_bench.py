@@ -63,3 +63,29 @@ def test_bench_train_rejects_bad_options(argv, match, capsys):
         cli.main(["bench", "train", "--no-torch", *argv])
     assert e.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_bench_torch_writes_json(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from rnnkern import bench_torch
+
+    monkeypatch.setattr(bench_torch, "SETTLE_S", 0.0)
+    out = tmp_path / "torch.json"
+    code = cli.main(["bench", "torch", "--cell", "gru", "--shapes", "3,2,2,4", "--repeat", "2",
+                     "--threads", "1", "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    (r,) = data["rows"]
+    assert (r["cell"], r["T"], r["B"], r["I"], r["H"]) == ("gru", 3, 2, 2, 4)
+    assert set(r["median_ms"]) == set(bench_torch.IMPLS)
+    assert all(v > 0 for v in r["median_ms"].values())
+    assert all(len(v) == 2 for v in r["samples_ms"].values())
+    assert "torch" in data["meta"]
+    assert capsys.readouterr().out.count("| gru | T3B2I2H4 |") == 1
+
+
+def test_bench_torch_refuses_no_torch(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "torch", "--no-torch"])
+    assert e.value.code == 2
+    assert "no-torch" in capsys.readouterr().err

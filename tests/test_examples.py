@@ -85,3 +85,27 @@ def test_speakers_quick(tmp_path):
     assert len(acc) == 3 and acc[-1] > 0.5  # 9 speakers: chance is 11%
     assert res["confusion"].sum() == 370
     assert png(res["plot"])
+
+
+def test_torch_dropin_trains_the_same(tmp_path):
+    pytest.importorskip("torch")
+    res = run("torch_dropin", tmp_path)
+    ref, ours = res["history"]["torch.nn.GRU"], res["history"]["rnnkern.torch.GRU"]
+    assert ours[-1] < ours[0] and len(ours) == len(ref)
+    assert res["max_loss_difference"] < 1e-4  # the same curve, to float32 round-off
+    assert png(res["plot"])
+
+
+def test_torch_dropin_skips_without_torch(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert run("torch_dropin", tmp_path) == {"skipped": "torch is not installed"}
+    assert "PyTorch is not installed" in capsys.readouterr().out

@@ -13,5 +13,6 @@ EXAMPLES = {
     "gradient_accumulation": "per-step BPTT gradient contributions vs untied finite differences",
     "char_lm": "a character-level LSTM model of Python's documentation, sampled (vs PyTorch)",
     "speakers": "classify 9 speakers of JapaneseVowels at each row's last step (GRU; sktime)",
+    "torch_dropin": "a PyTorch training loop with torch.nn.GRU swapped for rnnkern.torch.GRU",
 }
 DEFAULT = "seeded_continuation"
