@@ -4,14 +4,13 @@ On a fresh install (or an empty ``NUMBA_CACHE_DIR``) the first call of a kernel 
 it, which takes seconds to tens of seconds; later processes load it from Numba's cache in
 milliseconds. Without a word that wait looks like a hang. Numba announces every compile
 (after a cache miss only) as a ``numba:compile`` event; the listener here prints one line
-when the first of rnnkern's own functions starts compiling and one when that compile, with
-everything it pulled in, has ended.
+when the first of rnnkern's own functions starts compiling. (No line at the end: a run
+compiles in several bursts, its forward first and its backward at the first gradient.)
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 from numba.core import event
 
@@ -20,23 +19,16 @@ _PACKAGE = __name__.split(".")[0]
 
 class _Notice(event.Listener):
     def __init__(self) -> None:
-        self.depth = 0  # compiles running now, nested ones included
-        self.started: float | None = None  # when the announced compile began
-        self.done = False
+        self.said = False
 
     def on_start(self, ev: event.Event) -> None:
-        self.depth += 1
-        if self.started is None and not self.done and _ours(ev):
-            self.started = time.perf_counter()
-            print(f"{_PACKAGE}: compiling the Numba kernels this call needs (once: later "
-                  "runs load them from the cache) ...", file=sys.stderr, flush=True)
+        if not self.said and _ours(ev):
+            self.said = True
+            print(f"{_PACKAGE}: compiling the Numba kernels this run needs (once: later runs "
+                  "load them from the cache) ...", file=sys.stderr, flush=True)
 
     def on_end(self, ev: event.Event) -> None:
-        self.depth -= 1
-        if self.depth == 0 and self.started is not None:
-            print(f"{_PACKAGE}: compiled in {time.perf_counter() - self.started:.1f} s",
-                  file=sys.stderr, flush=True)
-            self.started, self.done = None, True
+        pass
 
 
 def _ours(ev: event.Event) -> bool:
