@@ -131,6 +131,20 @@ def set_threads(n: int, torch_too: bool) -> None:
                 break
 
 
+def start_threads(args: argparse.Namespace) -> tuple[int, bool]:
+    """(--threads or every core, whether torch is beside rnnkern), after ``set_threads``:
+    torch takes part unless --no-torch or not installed."""
+    torch_too = not args.no_torch
+    if torch_too:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            torch_too = False
+    threads = args.threads or os.cpu_count() or 1
+    set_threads(threads, torch_too)
+    return threads, torch_too
+
+
 # ----------------------------------------------------------------------------
 # runners: name -> {pass: zero-argument callable}
 
@@ -383,14 +397,7 @@ def run(args: argparse.Namespace) -> int:
         variants = list(VARIANTS)
     if args.repeat < 1:
         raise ValueError(f"repeat: expected a positive number of samples, got {args.repeat}")
-    torch_too = not args.no_torch
-    if torch_too:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            torch_too = False
-    threads = args.threads or os.cpu_count() or 1
-    set_threads(threads, torch_too)
+    threads, torch_too = start_threads(args)
     first = {c: first_call_ms(c) for c in CELLS} if "numba" in names else {}
     cells = CELLS if args.cell == "all" else (args.cell,)
     rows = []

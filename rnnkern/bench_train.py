@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._threads import held
-from .bench import SETTLE_S, _meta, set_threads
+from .bench import SETTLE_S, _meta, start_threads
 
 
 class Workload(NamedTuple):
@@ -205,14 +204,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"repeat: expected a positive number of samples, got {args.repeat}")
     if args.busy < 0:
         raise ValueError(f"busy: expected a number of processes >= 0, got {args.busy}")
-    torch_too = not args.no_torch
-    if torch_too:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            torch_too = False
-    threads = args.threads or os.cpu_count() or 1
-    set_threads(threads, torch_too)
+    threads, torch_too = start_threads(args)
     workloads = [WORKLOADS[n] for n in args.workloads or WORKLOADS]
     rows: list[dict] = []
     print("\n".join(table([]).split("\n")[:2]), flush=True)  # the rows follow as they come
