@@ -8,7 +8,7 @@ device synchronised inside the timed function. The torch comparison lives in
 Each test is one (shape, cell, variant, pass): set-up and a synchronised first run happen
 before timing, so an error (a CUDA fault is reported asynchronously) fails the test that
 caused it and the next test runs; a shape a variant cannot take (ValueError) is a skip.
-pytest-benchmark writes its JSON at the end of the session: to keep what finished when a
+pytest-benchmark writes its JSON once the whole pytest run ends: to keep what finished when a
 run may be killed, run one process per shape (``-k T256-B8``).
 """
 
