@@ -601,8 +601,9 @@ def test_backward_validation():
 
 @pytest.mark.parametrize("B,H,two,one", [
     (16, 3, "v5", "v5"), (1, 3, "v10", "v10"), (1, 24, "v10", "v10"), (1, 32, "v10", "v10"),
-    (2, 24, "v3", "v3"), (32, 64, "v4", "v3"), (1, 64, "v10", "v10"), (32, 65, "v9", "v8"),
-    (30, 65, "v7", "v6"), (4, 65, "v7", "v8"), (1, 65, "v6", "v6"), (8, 1200, "v7", "v6")])
+    (2, 24, "v3", "v3"), (32, 64, "v4", "v3"), (1, 64, "v10", "v10"), (64, 65, "v9", "v8"),
+    (32, 65, "v7", "v8"), (30, 65, "v7", "v6"), (4, 65, "v7", "v6"), (1, 65, "v6", "v6"),
+    (8, 1200, "v7", "v6")])
 def test_automatic_variant(B, H, two, one, monkeypatch):
     """By shape, on two Numba threads and on one: a lone row (B=1) up to H=64 runs v10;
     row blocks (v2, v4, v7, v9) need two threads and two rows per thread (and a call long
@@ -632,7 +633,7 @@ def test_short_calls_run_serially():
 
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: every call is serial")
-    for B, H, I, parallel, serial in ((16, 64, 12, "v4", "v3"), (32, 256, 64, "v9", "v8")):
+    for B, H, I, parallel, serial in ((16, 64, 12, "v4", "v3"), (64, 256, 64, "v9", "v8")):
         per_step = B * 3 * H * (H + I)
         short, long = PARALLEL_MIN_CALL_MACS // per_step, PARALLEL_MIN_CALL_MACS // per_step + 1
         assert nb.choose(None, B, H, 3, I, 4, short).name == serial

@@ -91,6 +91,10 @@ FUSED_PARALLEL_MAX_H = 64
 #: for GRU I512 H1024 (18 MiB), where W no longer stays in cache beside R (measured, two
 #: threads; serially LSTM B64 I256 H256 1.08x)
 STEPPED_MAX_BYTES = 10 << 20
+#: rows per row block from which the input part is made in each step: a step's few rows
+#: stream all of W for too little work (LSTM T64 B32 I256 H256 on two threads, 16 rows a
+#: block, forward 1.1x faster with one GEMM before the loop; even at 32 rows)
+STEPPED_MIN_ROWS = 32
 #: a lone row (B=1) with H up to this runs v10: at B1 T1000 I8 the LSTM forward 0.32
 #: against v6's 0.43 ms (H32), 0.62 against 0.69 (H64), 0.11 against v3's 0.18 (H3); GRU
 #: 0.32 against 0.41 (H32), 0.56 against 0.53 (H64); RNN 0.17 against 0.20 (H32), 0.13
@@ -140,7 +144,8 @@ def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int,
         plan = plan._replace(name=SERIAL[plan.name], chunks=1)
     else:
         plan = plan._replace(chunks=min(B, threads))
-    if variant is None and plan.stepped and B % (4 * plan.chunks):
+    if variant is None and plan.stepped and (B % (4 * plan.chunks)
+                                             or B // plan.chunks < STEPPED_MIN_ROWS):
         # rows past a multiple of 4 in a block run the input part one row at a time, each
         # streaming all of W: LSTM B6 H256 1.1-1.3x slower than one GEMM before the loop
         plan = plan._replace(name=UNSTEPPED[plan.name], stepped=False)
