@@ -8,6 +8,7 @@ determinism and their top-k and temperature behaviour; every bad input.
 
 import numpy as np
 import pytest
+from test_train import fd_worst
 
 import rnnkern as rk
 from rnnkern import backends
@@ -25,25 +26,6 @@ def token_model(cell, backend, seed=0, dtype="float64"):
 
 def ids(rng, shape=(T, B)):
     return rng.integers(0, V, shape)
-
-
-def fd_worst(model, x, target, kw, eps=1e-3, floor=1e-5):
-    """Worst relative error of value_and_grad against the fourth-order central stencil."""
-    _, grads = rk.value_and_grad(model, x, target, **kw)
-    worst = 0.0
-    for name, a in model.parameters().items():
-        assert grads[name].shape == a.shape
-        for idx in np.ndindex(a.shape):
-            keep = a[idx]
-            f = []
-            for step in (2, 1, -1, -2):
-                a[idx] = keep + step * eps
-                f.append(rk.evaluate(model, x, target, **kw))
-            a[idx] = keep
-            fd = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * eps)
-            worst = max(worst, abs(fd - grads[name][idx]) / max(abs(fd), abs(grads[name][idx]),
-                                                                floor))
-    return worst
 
 
 def probabilities(rng):
