@@ -15,7 +15,7 @@
 #
 # Needs CuPy and a CUDA GPU; torch with CUDA for the cuDNN rows of the benchmark;
 # compute-sanitizer for the last step; neither matplotlib nor tqdm (plot from the JSON
-# elsewhere: python -m rnnkern.bench_cuda plot chart.png OUT/*-bench-*.json).
+# elsewhere: python -m rnnkern.cli.bench_cuda plot chart.png OUT/*-bench-*.json).
 #
 # Writes, as each step ends: OUT/NN-NAME.txt (its stdout and stderr), OUT/steps.tsv (one
 # line per step: number, name, limit, exit status or "skipped", seconds), the benchmark's

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from rnnkern import backends
-from rnnkern.bench import CELLS, PASSES, SHAPES, backend_runner, set_threads, torch_runner
+from rnnkern.cli.bench import CELLS, PASSES, SHAPES, backend_runner, set_threads, torch_runner
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 IMPLS = [b for b in backends.available() if b != "cupy"] + (["torch"] if HAS_TORCH else [])

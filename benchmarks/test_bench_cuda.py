@@ -2,7 +2,7 @@
 
 Wall-clock timings of one forward, or forward + backward, per kernel variant, with the
 device synchronised inside the timed function. The torch comparison lives in
-``rnnkern bench --backend cupy`` (rnnkern/bench_cuda.py), which is what
+``rnnkern bench --backend cupy`` (rnnkern/cli/bench_cuda.py), which is what
 ``benchmarks/run_gpu.sh`` runs; this suite is for comparing variants by hand.
 
 Each test is one (shape, cell, variant, pass): set-up and a synchronised first run happen
@@ -31,7 +31,7 @@ def test_cupy(benchmark, cell, variant, pass_, shape):
     import cupy
     import numpy as np
 
-    from rnnkern.bench_cuda import Shape, cupy_runner
+    from rnnkern.cli.bench_cuda import Shape, cupy_runner
 
     def synced():
         fn()

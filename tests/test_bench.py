@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from rnnkern import bench, cli
+from rnnkern import cli
+from rnnkern.cli import bench
 
 
 def test_bench_writes_json(tmp_path, capsys):
@@ -38,7 +39,7 @@ def test_bench_rejects_bad_options(argv, match, capsys):
 
 
 def test_bench_train_writes_json(tmp_path, monkeypatch, capsys):
-    from rnnkern import bench_train
+    from rnnkern.cli import bench_train
 
     monkeypatch.setattr(bench_train, "STEPS_MIN_S", 0.01)
     monkeypatch.setattr(bench_train, "SETTLE_S", 0.0)
@@ -67,7 +68,7 @@ def test_bench_train_rejects_bad_options(argv, match, capsys):
 
 def test_bench_torch_writes_json(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    from rnnkern import bench_torch
+    from rnnkern.cli import bench_torch
 
     monkeypatch.setattr(bench_torch, "SETTLE_S", 0.0)
     out = tmp_path / "torch.json"

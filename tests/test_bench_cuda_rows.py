@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from rnnkern import bench_cuda
 from rnnkern.backends import cupy_cuda
-from rnnkern.bench_cuda import GPU_SHAPES, SHAPE_GROUPS, Shape, parse_shapes
+from rnnkern.cli import bench_cuda
+from rnnkern.cli.bench_cuda import GPU_SHAPES, SHAPE_GROUPS, Shape, parse_shapes
 
 
 class FakeCudaError(RuntimeError):

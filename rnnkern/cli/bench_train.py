@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._threads import held
+from .._threads import held
 from .bench import SETTLE_S, _meta, start_threads
 
 

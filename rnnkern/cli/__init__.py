@@ -13,10 +13,10 @@ import sys
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "gradcheck": ("rnnkern.gradcheck_cli",
+    "gradcheck": ("rnnkern.cli.gradcheck",
                   "run the gradient-check suite; non-zero exit on failure"),
-    "demo": ("rnnkern.demo", "train an example task, print its metrics, save a plot"),
-    "bench": ("rnnkern.bench", "time forward and forward+backward per backend, vs PyTorch"),
+    "demo": ("rnnkern.cli.demo", "train an example task, print its metrics, save a plot"),
+    "bench": ("rnnkern.cli.bench", "time forward and forward+backward per backend, vs PyTorch"),
 }
 
 

@@ -13,7 +13,7 @@ cannot be resident), both with median_ms None and the error in ``note``. One fai
 only its own rows: each row is printed as it is measured, and the JSON is rewritten after
 every shape, so a run killed part-way keeps every shape it finished.
 
-``python -m rnnkern.bench_cuda plot OUT.png RUN.json [RUN.json ...]`` draws the chart from
+``python -m rnnkern.cli.bench_cuda plot OUT.png RUN.json [RUN.json ...]`` draws the chart from
 JSON files (the GPU machine has no matplotlib).
 """
 
@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backends import cupy_cuda
-from .backends.cupy_cuda.variants import VARIANTS
+from ..backends import cupy_cuda
+from ..backends.cupy_cuda.variants import VARIANTS
+from ..gradcheck import PARAMS
 from .bench import CELLS, PASSES
-from .gradcheck import PARAMS
 
 WARMUP = 3
 
@@ -149,7 +149,7 @@ def cupy_runner(cell: str, shape: Shape, variant: str, lengths: Any,
     """pass -> a function running the CuPy backend once (forward, or forward + backward)."""
     import cupy
 
-    from .gradcheck import make_problem
+    from ..gradcheck import make_problem
 
     p = make_problem(cell, T=shape.T, B=shape.B, I=shape.I, H=shape.H, h0=False,
                      dstate=False, seed=int(rng.integers(1 << 30))).astype(np.float32)
@@ -270,7 +270,7 @@ def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, t
 
 def _device_info(torch_too: bool) -> dict[str, Any]:
     """Device, driver and library versions (selfcheck.device_info) and the run's settings."""
-    from .backends.cupy_cuda.selfcheck import device_info
+    from ..backends.cupy_cuda.selfcheck import device_info
 
     info = {**device_info(), "variants": dict(VARIANTS), "warmup": WARMUP}
     if torch_too:
@@ -383,7 +383,7 @@ def plot_files(out: str, paths: Iterable[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rnnkern.bench_cuda",
+    p = argparse.ArgumentParser(prog="python -m rnnkern.cli.bench_cuda",
                                 description="plot GPU benchmark JSON files")
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("plot", help="draw the chart of one or more JSON files")

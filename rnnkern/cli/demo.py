@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from .examples import DEFAULT, EXAMPLES
-from .examples._common import add_common
+from ..examples import DEFAULT, EXAMPLES
+from ..examples._common import add_common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import backends
-from .gradcheck import Row, run_suite
+from .. import backends
+from ..gradcheck import Row, run_suite
 
 _BOTH = {"yes": (True,), "no": (False,), "both": (False, True)}
 

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import backends
-from .gradcheck import PARAMS, make_problem
+from .. import backends
+from ..gradcheck import PARAMS, make_problem
 
 CELLS = ("rnn", "lstm", "gru")
 PASSES = ("forward", "forward+backward")
@@ -72,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="kernels",
                    help="kernels: forward and forward+backward per cell and shape (default); "
                         "train: seconds per optimiser step of fit against a PyTorch loop "
-                        "(rnnkern.bench_train); torch: a PyTorch training step with "
-                        "rnnkern.torch's modules against torch.nn's (rnnkern.bench_torch)")
+                        "(rnnkern.cli.bench_train); torch: a PyTorch training step with "
+                        "rnnkern.torch's modules against torch.nn's (rnnkern.cli.bench_torch)")
     p.add_argument("--backend", action="append",
                    help="backend(s) to time, repeatable or comma-separated (default: every "
                         "available CPU backend); 'cupy' runs the GPU benchmark instead")
@@ -283,7 +283,7 @@ def _split(values: list[str] | None) -> list[str]:
 def _meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, Any]:
     import numba
 
-    from .backends.numba_cpu._vec import VECTOR_BYTES
+    from ..backends.numba_cpu._vec import VECTOR_BYTES
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         backends.get(n)  # unknown or unavailable -> ValueError naming it
     variants = _split(args.variant)
     if "all" in variants:
-        from .backends.numba_cpu import VARIANTS
+        from ..backends.numba_cpu import VARIANTS
 
         variants = list(VARIANTS)
     if args.repeat < 1:
