@@ -18,6 +18,9 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 #: how messages name the gate axis of W, R and b
 GATE_LABELS = {1: "1*H", 3: "3*H", 4: "4*H"}
 RNN_ACTIVATIONS = ("tanh", "relu", "identity")
+#: RNN activation -> the integer code the compiled kernels branch on (the Numba kernels
+#: and the ``Activation`` enum of the CUDA kernels' common.cuh use the same numbers)
+ACTIVATION_CODES = {name: code for code, name in enumerate(RNN_ACTIVATIONS)}
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 

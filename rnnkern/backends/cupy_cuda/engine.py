@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._validate import GATES, Dims
+from ..._validate import ACTIVATION_CODES, GATES, Dims
 from . import loader
 from .variants import DeviceLimits, PersistentPlan, choose_variant
 
@@ -235,7 +235,7 @@ def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, 
     aux = cp.empty((T, B, H), d.dtype) if cell in AUX_KEY else None
     y = cp.empty((T, B, H), d.dtype)
     lens = None if lengths is None else cp.ascontiguousarray(lengths, dtype=np.int32)
-    act = loader.ACTIVATION_IDS[activation]
+    act = ACTIVATION_CODES[activation]
     i32 = np.int32
     if chosen == "v1":
         v1_forward_steps(cell, d, act, R, gx, cp.empty((B, GH), d.dtype), b_hn, h, c, gates, aux,
@@ -277,7 +277,7 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
     dgx = cp.empty((T, B, GH), d.dtype)
     # only the GRU candidate's recurrent part differs (r multiplies it); others share dgx
     dgh = cp.empty((T, B, GH), d.dtype) if cell == "gru" else dgx
-    act = loader.ACTIVATION_IDS[cache["activation"]]
+    act = ACTIVATION_CODES[cache["activation"]]
     lens = cache["lengths"]
     i32 = np.int32
     if chosen == "v1":

@@ -25,8 +25,6 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: rnnkern cell -> the enum constant in common.cuh that selects it in a template
 CELL_ENUMS = {"rnn": "rk::RNN", "lstm": "rk::LSTM", "gru": "rk::GRU"}
-#: RNN activation -> its number in common.cuh's ``Activation`` enum
-ACTIVATION_IDS = {"tanh": 0, "relu": 1, "identity": 2}
 #: threads per block of the v2 kernels (``V2_THREADS`` in persistent.cu)
 V2_THREADS = 256
 #: batch rows one block of the v1g kernels computes (``V1G_ROWS`` in fused.cu)

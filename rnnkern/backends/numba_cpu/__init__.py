@@ -19,7 +19,14 @@ import numba
 import numpy as np
 
 from ..._compiling import announce
-from ..._validate import Dims, check_activation, check_backward, check_forward, check_training
+from ..._validate import (
+    ACTIVATION_CODES,
+    Dims,
+    check_activation,
+    check_backward,
+    check_forward,
+    check_training,
+)
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
 from ._blas import blas_threads, threads_for
@@ -42,9 +49,6 @@ __all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward"
 Cache = dict[str, Any]
 
 xp = np  # the array module this backend computes with
-
-#: activation name -> the integer code the RNN kernels branch on
-ACTIVATION_CODES = {"tanh": 0, "relu": 1, "identity": 2}
 
 
 def is_available() -> bool:

@@ -8,7 +8,7 @@ namespace rk {
 
 // Cell ids: the loader's CELL_IDS (loader.py) must use the same numbers.
 enum CellId { RNN = 0, LSTM = 1, GRU = 2 };
-// RNN activations: the loader's ACTIVATION_IDS must use the same numbers.
+// RNN activations: rnnkern._validate.ACTIVATION_CODES must use the same numbers.
 enum Activation { ACT_TANH = 0, ACT_RELU = 1, ACT_IDENTITY = 2 };
 
 __device__ __forceinline__ float exp_(float v) { return expf(v); }
