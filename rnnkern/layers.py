@@ -42,6 +42,7 @@ from ._validate import (
     check_lengths,
     with_layout_hint,
 )
+from .backends.numpy_ref import active_mask
 
 State = Any
 Cache = Any
@@ -72,11 +73,6 @@ def move(a: Any, xp: Any) -> Any:
     if xp is np:
         return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
     return xp.asarray(a)
-
-
-def active_rows(lengths: Any, T: int, xp: Any) -> Any:
-    """active: (T, B, 1) bool, True where step t of row b lies inside its sequence."""
-    return (xp.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
 class Layer:
@@ -415,7 +411,7 @@ class Dense(Layer):
         """x: (T, B, in) -> y: (T, B, out), None, cache (None unless training)."""
         W, b = self._params["W"], self._params["b"]
         xp = array_module(x=x, W=W)
-        active = None if lengths is None else active_rows(lengths, x.shape[0], xp)
+        active = None if lengths is None else active_mask(lengths, x.shape[0], x.shape[1], xp)
         y = _act(self.activation, x @ W + b, xp)
         if active is not None:
             y = y * active

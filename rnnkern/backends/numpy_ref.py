@@ -62,11 +62,14 @@ ACTIVATION_GRADS = {
 }
 
 
-def active_mask(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
-    """active: (T, B, 1) bool, True where step t of row b is inside the sequence."""
+def active_mask(lengths: Any, T: int, B: int, xp: Any = np) -> Any:
+    """active: (T, B, 1) bool, True where step t of row b is inside the sequence.
+
+    lengths: (B,) ints or None (every step active); ``xp`` the array module of lengths.
+    """
     if lengths is None:
-        return np.ones((T, B, 1), dtype=bool)
-    return (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+        return xp.ones((T, B, 1), dtype=bool)
+    return (xp.arange(T)[:, None] < xp.asarray(lengths)[None, :])[:, :, None]
 
 
 def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
