@@ -12,7 +12,7 @@ FAST_BACKENDS = [b for b in AVAILABLE if b != "numpy"]
 
 @pytest.fixture(params=AVAILABLE)
 def backend(request):
-    """Every backend available on this machine, the NumPy oracle included."""
+    """Every backend available here, the NumPy oracle included."""
     return request.param
 
 

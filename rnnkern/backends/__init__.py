@@ -29,7 +29,7 @@ def _load(name: str) -> ModuleType | None:
 
 
 def available() -> list[str]:
-    """Names of the backends usable on this machine, in registry order."""
+    """Names of the backends usable here, in registry order."""
     out = []
     for name in REGISTRY:
         mod = _load(name)
@@ -48,7 +48,7 @@ def get(name: str | None = None) -> ModuleType:
     mod = _load(name)
     if mod is None or not mod.is_available():
         raise ValueError(
-            f"backend: {name!r} is not available on this machine "
+            f"backend: {name!r} is not available here "
             f"(available: {', '.join(available())})")
     return mod
 
