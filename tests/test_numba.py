@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 
 from rnnkern import backends, gradcheck
-from rnnkern.backends.numba_cpu import _common
+from rnnkern.backends.numba_cpu import plan as numba_plan
 from rnnkern.gradcheck import FD_TOL, PARITY_TOL, make_problem, parity
 
 nb = pytest.importorskip("rnnkern.backends.numba_cpu")
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh"),
          ("gru", "tanh")]
-VARIANTS = [None, *nb.VARIANTS]
+#: (variant, threads): chosen by shape, every schedule serially, the rows schedules in
+#: two row blocks
+RUNS = [(None, None), *((v, 1) for v in nb.VARIANTS), *((v, 2) for v in numba_plan.ROWS)]
+RUN_IDS = [f"{v}/{t}" for v, t in RUNS]
 #: (T, B, I, H, lengths, h0 and dstate): T=1, B=1, odd H, variable lengths, no state
 SHAPES = [(1, 1, 2, 7, False, True), (5, 3, 4, 13, True, True), (6, 4, 3, 5, True, False),
           (3, 2, 1, 3, False, False)]
@@ -39,20 +42,20 @@ def test_default_backend_is_numba():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant,threads", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("cell,activation", CELLS)
-def test_parity_every_variant(cell, activation, variant, dtype):
+def test_parity_every_variant(cell, activation, variant, threads, dtype):
     for seed, (T, B, I, H, lengths, state) in enumerate(SHAPES):
         p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
                          h0=state, dstate=state, seed=seed)
-        p.options = {"variant": variant}
+        p.options = {"variant": variant, "threads": threads}
         _check(p, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant,threads", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("cell,activation", CELLS)
-def test_inference_every_variant(cell, activation, variant, dtype):
+def test_inference_every_variant(cell, activation, variant, threads, dtype):
     """``training=False`` keeps one step's arrays (``_common.kept``): the outputs and final
     state of a training pass bit for bit, with every variant, on the shapes above and on
     ones where the packed tiles, the stepped input part and two row blocks all run."""
@@ -61,9 +64,9 @@ def test_inference_every_variant(cell, activation, variant, dtype):
     for seed, (T, B, I, H, lengths, state) in enumerate(shapes):
         p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
                          h0=state, seed=seed).astype(dtype)
-        p.options = {"variant": variant}
+        p.options = {"variant": variant, "threads": threads}
         y, s, cache = gradcheck.forward(nb, p)
-        p.options = {"variant": variant, "training": False}
+        p.options = {"variant": variant, "threads": threads, "training": False}
         y_inf, s_inf, cache_inf = gradcheck.forward(nb, p)
         assert cache_inf is None and cache is not None
         for a, b in zip((y, *s), (y_inf, *s_inf), strict=True):
@@ -77,7 +80,8 @@ def test_parity_per_step(cell, activation, dtype):
     _check(p, dtype, per_step=True)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v3", "v6", "v8", "v10"])
+@pytest.mark.parametrize("variant", ["rows-fused", "rows-packed", "rows-packed-stepped",
+                                     "lone-row"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_parity_wide_and_saturating(cell, variant):
     """Hidden sizes past a vector width and pre-activations far into the tails of
@@ -119,14 +123,16 @@ def test_products_over_all_steps_in_row_blocks(chunks):
         np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "v4", "v6", "v7", "v8", "v9"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("variant", numba_plan.ROWS)
 @pytest.mark.parametrize("cell,activation", CELLS)
-def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypatch):
+def test_parity_with_products_in_row_blocks(cell, activation, variant, threads, monkeypatch):
     """The whole forward and backward with every product over all steps split over the
-    Numba threads (the size threshold lowered to zero)."""
+    Numba threads (the size threshold lowered to zero), the time loop serial and in two
+    row blocks."""
     monkeypatch.setattr(nb, "GEMM_PARALLEL_MIN_MACS", 0)
     p = make_problem(cell, T=5, B=3, I=4, H=9, activation=activation, lengths=True, seed=4)
-    p.options = {"variant": variant}
+    p.options = {"variant": variant, "threads": threads}
     _check(p, np.float32)
     _check(p, np.float64)
 
@@ -134,7 +140,7 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, monkeypat
 @pytest.mark.parametrize("in_step", [True, False])
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
-    """v10 with each step making its input part (x[t] @ W from Q, small I) and with it
+    """lone-row with each step making its input part (x[t] @ W from Q, small I) and with it
     made for all steps before the loop (``_units.input_units``): float32 and float64
     against the oracle and inference against training bit for bit, on one row and on
     several (one at a time), H in one block, past whole blocks and past whole vectors,
@@ -144,12 +150,12 @@ def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
                                                   (3, 3, 5, 20, True), (1, 1, 1, 1, False)]):
         p = make_problem(cell, T=T, B=B, I=I, H=H, activation=activation, lengths=lengths,
                          h0=True, dstate=True, seed=seed)
-        p.options = {"variant": "v10"}
+        p.options = {"variant": "lone-row"}
         _check(p, np.float32)
         _check(p, np.float64)
         q = p.astype(np.float32)
         y, s, _ = gradcheck.forward(nb, q)
-        q.options = {"variant": "v10", "training": False}
+        q.options = {"variant": "lone-row", "training": False}
         y_inf, s_inf, _ = gradcheck.forward(nb, q)
         for a, b in zip((y, *s), (y_inf, *s_inf), strict=True):
             assert np.array_equal(a, b), (cell, T, B, I, H)
@@ -181,7 +187,7 @@ from rnnkern.gradcheck import make_problem
 
 nb = backends.get("numba")
 for cell in ("rnn", "lstm", "gru"):
-    for I in (2, 40):  # v10's input part in the steps, and before the loop
+    for I in (2, 40):  # lone-row's input part in the steps, and before the loop
         p = make_problem(cell, T=3, B=1, I=I, H=32).astype(np.float32)
         P = p.params
         state = (None, None) if cell == "lstm" else (None,)
@@ -193,10 +199,11 @@ print("ok")
 
 
 def test_lone_row_kernel_from_cache(tmp_path):
-    """Three processes on one fresh Numba cache: v6, then v10 compiled beside v6's cached
-    functions, then v10 loaded from the cache at its first call. The third crashed when a
-    v10 kernel called a parallel function (``_units.input_units``)."""
-    _processes_on_one_cache(tmp_path, CACHE_ORDER, ("v6", "v10", "v10"))
+    """Three processes on one fresh Numba cache: rows-packed, then lone-row compiled beside
+    rows-packed's cached functions, then lone-row loaded from the cache at its first call.
+    The third crashed when a lone-row kernel called a parallel function
+    (``_units.input_units``)."""
+    _processes_on_one_cache(tmp_path, CACHE_ORDER, ("rows-packed", "lone-row", "lone-row"))
 
 
 CACHE_CALLEES = """
@@ -225,7 +232,7 @@ def test_kernel_from_cache_starts_threads(tmp_path):
     """A serial function compiled beside parallel callees that came from Numba's cache is
     cached without starting Numba's thread pool when it loads (Numba 0.68): in a process
     whose pool had not started, its first call segfaulted. The backend starts the pool at
-    its first call, whatever the plan (``_common._shape_plan``), so that a kernel of that
+    its first call, whatever the plan (``plan._shape_plan``), so that a kernel of that
     kind loads safely after it: ``pack`` (parallel) cached by one process, ``pack_if``
     (serial, calling it) compiled by a second, loaded by a third after a backend call."""
     _processes_on_one_cache(tmp_path, CACHE_CALLEES, ("pack", "pack_if", "backend first"))
@@ -376,28 +383,29 @@ def test_products_on_avx2_tiles():
     assert run.returncode == 0, run.stdout[-3000:]
 
 
-@pytest.mark.parametrize("variant", ["v6", "v7", "v8", "v9"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("variant", ["rows-packed", "rows-packed-stepped"])
 @pytest.mark.parametrize("cell,activation", CELLS)
-def test_parity_packed_product_in_whole_tiles(cell, activation, variant):
-    """The packed variants with row blocks of 4 rows and more and gate columns past the
-    last whole panel (B=11, H=37), variable lengths and carried state (v8, v9: the input
+def test_parity_packed_product_in_whole_tiles(cell, activation, variant, threads):
+    """The packed schedules with row blocks of 4 rows and more and gate columns past the
+    last whole panel (B=11, H=37), variable lengths and carried state (stepped: the input
     part on the same tiles)."""
     p = make_problem(cell, T=4, B=11, I=6, H=37, activation=activation, lengths=True,
                      h0=True, dstate=True, seed=9)
-    p.options = {"variant": variant}
+    p.options = {"variant": variant, "threads": threads}
     _check(p, np.float32)
     _check(p, np.float64)
 
 
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_batch_inner_cache_read_by_every_backward(cell, activation):
-    """v5 keeps its cache in one buffer, each step's rows transposed and padded: its own
-    backward reads it there; a per-step backward, or another variant's, turns it into rows
+    """batch-inner keeps its cache in one buffer, each step's rows transposed and padded: its
+    own backward reads it there; a per-step backward, or another schedule's, turns it into rows
     first. Each agrees with the oracle, with rows padded past whole vectors (B=11),
     variable lengths, carried state and pre-activations deep in the tails."""
     p = make_problem(cell, T=5, B=11, I=3, H=4, activation=activation, lengths=True,
                      h0=True, dstate=True, scale=4.0, seed=12)
-    p.options = {"variant": "v5"}
+    p.options = {"variant": "batch-inner"}
     for dtype in (np.float32, np.float64):
         _check(p, dtype)
         _check(p, dtype, per_step=True)
@@ -409,12 +417,12 @@ def test_batch_inner_cache_read_by_every_backward(cell, activation):
     dstate = ((q.out_grads["dhT"], q.out_grads["dcT"]) if cell == "lstm"
               else q.out_grads["dhT"])
     results = []
-    for variant in ("v5", "v3", "v1"):
+    for variant in ("batch-inner", "rows-fused", "rows-packed"):
         _, _, cache = fwd(q.inputs["x"], *state, *(q.params[k] for k in names),
-                          lengths=q.lengths, variant="v5", **kw)
+                          lengths=q.lengths, variant="batch-inner", **kw)
         assert "buf" in cache
         results.append(bwd(q.out_grads["dy"], dstate, cache, variant=variant))
-        assert ("buf" in cache) == (variant == "v5")
+        assert ("buf" in cache) == (variant == "batch-inner")
     for other in results[1:]:
         np.testing.assert_allclose(other[0], results[0][0], rtol=1e-12, atol=1e-12)
         for k in names:
@@ -422,7 +430,7 @@ def test_batch_inner_cache_read_by_every_backward(cell, activation):
 
 
 def test_batch_inner_padding_lanes_stay_zero():
-    """v5 pads the batch to whole vectors; the padding lanes of the state must stay zero.
+    """batch-inner pads the batch to whole vectors; the padding lanes of the state must stay zero.
     A ReLU RNN whose real rows stay at 0 (relu(2h - 1)) would otherwise double its padding
     lanes every step (relu(2h + 1)), inf within 140 float32 steps, and inf * 0 = NaN in dR."""
     from rnnkern.backends import numpy_ref
@@ -430,8 +438,9 @@ def test_batch_inner_padding_lanes_stay_zero():
     T, B = 140, 3
     x = np.full((T, B, 1), -2.0, np.float32)
     W, R, b = np.ones((1, 1), np.float32), np.full((1, 1), 2.0, np.float32), np.ones(1, np.float32)
-    y, hT, cache = nb.rnn_forward(x, None, W, R, b, activation="relu", variant="v5")
-    dx, dh0, grads = nb.rnn_backward(np.ones_like(y), None, cache, variant="v5")
+    y, hT, cache = nb.rnn_forward(x, None, W, R, b, activation="relu",
+                                 variant="batch-inner")
+    dx, dh0, grads = nb.rnn_backward(np.ones_like(y), None, cache, variant="batch-inner")
     ref = numpy_ref.rnn_forward(x, None, W, R, b, activation="relu")
     ref_dx, ref_dh0, ref_grads = numpy_ref.rnn_backward(np.ones_like(y), None, ref[2])
     np.testing.assert_array_equal(y, ref[0])
@@ -474,7 +483,7 @@ def test_vector_activations_match_scalar(dtype):
 def test_store_first_lanes(dtype):
     """``_vec.vstore_first``: the first n lanes of a vector at a flat index, nothing for
     n <= 0, every lane from n = lanes; nothing else of the array written, also where the
-    vector reaches past the array's end (v10 stores a unit block's last units that way)."""
+    vector reaches past the array's end (lone-row stores a unit block's last units that way)."""
     from numba import njit
 
     from rnnkern.backends.numba_cpu._vec import lanes, vload, vstore_first
@@ -570,7 +579,7 @@ def test_forward_validation(no_kernels, case, match):
     elif case == "lengths":
         kwargs["lengths"] = np.array([0, 3])
     elif case == "variant":
-        kwargs["variant"] = "v99"
+        kwargs["variant"] = "v3"  # the old numbered ids are gone
     elif case == "h0 shape":
         with pytest.raises(ValueError, match=match):
             nb.lstm_forward(x, np.zeros((3, 4), np.float32), None, W, R, b)
@@ -596,21 +605,27 @@ def test_backward_validation():
 
 
 # ----------------------------------------------------------------------------
-# variant choice and BLAS threads
+# schedule choice, threads and BLAS threads
+
+FUSED, PACKED, STEPPED = "rows-fused", "rows-packed", "rows-packed-stepped"
 
 
 @pytest.mark.parametrize("B,H,two,one", [
-    (16, 3, "v5", "v5"), (1, 3, "v10", "v10"), (1, 24, "v10", "v10"), (1, 32, "v10", "v10"),
-    (2, 24, "v3", "v3"), (32, 64, "v4", "v3"), (1, 64, "v10", "v10"), (64, 65, "v9", "v8"),
-    (32, 65, "v7", "v8"), (30, 65, "v7", "v6"), (4, 65, "v7", "v6"), (1, 65, "v6", "v6"),
-    (8, 1200, "v7", "v6")])
+    (16, 3, ("batch-inner", 1), ("batch-inner", 1)), (1, 3, ("lone-row", 1), ("lone-row", 1)),
+    (1, 24, ("lone-row", 1), ("lone-row", 1)), (1, 32, ("lone-row", 1), ("lone-row", 1)),
+    (2, 24, (FUSED, 1), (FUSED, 1)), (32, 64, (FUSED, 2), (FUSED, 1)),
+    (1, 64, ("lone-row", 1), ("lone-row", 1)), (64, 65, (STEPPED, 2), (STEPPED, 1)),
+    (32, 65, (PACKED, 2), (STEPPED, 1)), (30, 65, (PACKED, 2), (PACKED, 1)),
+    (4, 65, (PACKED, 2), (PACKED, 1)), (1, 65, (PACKED, 1), (PACKED, 1)),
+    (8, 1200, (PACKED, 2), (PACKED, 1))])
 def test_automatic_variant(B, H, two, one, monkeypatch):
-    """By shape, on two Numba threads and on one: a lone row (B=1) up to H=64 runs v10;
-    row blocks (v2, v4, v7, v9) need two threads and two rows per thread (and a call long
-    enough, here any: see the next test); the input part goes into the steps (v9, v8) only
+    """By shape, on two Numba threads and on one, (schedule, row blocks): a lone row (B=1)
+    up to H=64 runs lone-row; row blocks need two threads and two rows per thread (and a
+    call long enough, here any: see the next test); the input part goes into the steps only
     where W and R are small enough to stay in cache (not at H=1200) and every row block is
-    whole 4-row tiles (not B=30 in two blocks, nor B=4 in two blocks of 2)."""
-    monkeypatch.setattr(_common, "PARALLEL_MIN_CALL_MACS", 0)
+    whole 4-row tiles of at least STEPPED_MIN_ROWS rows (not B=30 in two blocks, nor B=4 in
+    two blocks of 2, nor B=32 in two blocks of 16)."""
+    monkeypatch.setattr(numba_plan, "PARALLEL_MIN_CALL_MACS", 0)
     p = make_problem("gru", T=2, B=B, I=2, H=H).astype(np.float32)
     P = p.params
     before = numba.get_num_threads()
@@ -623,36 +638,75 @@ def test_automatic_variant(B, H, two, one, monkeypatch):
                                          P["b_hn"])
         finally:
             numba.set_num_threads(before)
-        assert cache["variant"] == expected, threads
+        assert (cache["variant"], cache["threads"]) == expected, threads
+
+
+@pytest.mark.parametrize("B,H,G,I,itemsize,expected", [
+    (8, 8, 4, 8, 4, ("batch-inner", 1)), (7, 8, 4, 8, 4, (FUSED, 1)),
+    (8, 9, 4, 8, 4, (FUSED, 1)), (2, 8, 4, 8, 4, (FUSED, 1)),
+    # B * G*H against PARALLEL_MIN_WORK at H <= FUSED_MAX_H
+    (171, 32, 3, 8, 4, (FUSED, 2)), (170, 32, 3, 8, 4, (FUSED, 1)),
+    (2, 32, 1, 8, 4, (FUSED, 1)), (2, 33, 1, 8, 4, (FUSED, 1)), (4, 33, 1, 8, 4, (FUSED, 2)),
+    # (I + H) * G*H * itemsize against STEPPED_MAX_BYTES
+    (64, 900, 3, 2, 4, (STEPPED, 2)), (64, 1024, 3, 2, 4, (PACKED, 2)),
+    (64, 640, 3, 2, 8, (STEPPED, 2)), (64, 700, 3, 2, 8, (PACKED, 2)),
+    (64, 65, 4, 2, 4, (STEPPED, 2)), (72, 65, 4, 2, 4, (STEPPED, 2)),
+    (68, 65, 4, 2, 4, (PACKED, 2)), (60, 65, 4, 2, 4, (PACKED, 2))])
+def test_choice_at_the_thresholds(B, H, G, I, itemsize, expected, monkeypatch):
+    """Cases either side of each threshold on two threads, for a long call: the same
+    schedules and row blocks as the numbered variants they replace were chosen."""
+    monkeypatch.setattr(numba_plan, "numba", type("N", (), {"get_num_threads": lambda: 2}))
+    plan = numba_plan.choose(None, None, B, H, G, I, itemsize, 10**6)
+    assert (plan.name, plan.chunks) == expected
 
 
 def test_short_calls_run_serially():
-    """A parallel variant's call below ``PARALLEL_MIN_CALL_MACS`` multiply-adds runs its
-    serial twin (v4 -> v3, v9 -> v8) unless the variant is asked for by name."""
-    from rnnkern.backends.numba_cpu._common import PARALLEL_MIN_CALL_MACS
+    """A call chosen by shape below ``PARALLEL_MIN_CALL_MACS`` multiply-adds runs in one
+    row block, unless the schedule or the threads are asked for."""
+    from rnnkern.backends.numba_cpu.plan import PARALLEL_MIN_CALL_MACS
 
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: every call is serial")
-    for B, H, I, parallel, serial in ((16, 64, 12, "v4", "v3"), (64, 256, 64, "v9", "v8")):
+    for B, H, I, name in ((16, 64, 12, FUSED), (64, 256, 64, STEPPED)):
         per_step = B * 3 * H * (H + I)
         short, long = PARALLEL_MIN_CALL_MACS // per_step, PARALLEL_MIN_CALL_MACS // per_step + 1
-        assert nb.choose(None, B, H, 3, I, 4, short).name == serial
-        assert nb.choose(None, B, H, 3, I, 4, long).name == parallel
-        assert nb.choose(parallel, B, H, 3, I, 4, short).name == parallel
+        assert nb.choose(None, None, B, H, 3, I, 4, short)[:2] == (name, 1)
+        assert nb.choose(None, None, B, H, 3, I, 4, long)[:2] == (name, 2)
+        assert nb.choose(name, None, B, H, 3, I, 4, short)[:2] == (name, 2)
+        assert nb.choose(None, 2, B, H, 3, I, 4, short)[:2] == (name, 2)
+
+
+def test_threads_setting():
+    """threads: 1 runs serially, n runs n row blocks capped at B, whatever Numba's thread
+    count; batch-inner and lone-row always run one; a bad value is refused by name."""
+    for threads, B, chunks in ((1, 64, 1), (3, 64, 3), (7, 5, 5), (2, 1, 1)):
+        assert nb.choose("rows-packed", threads, B, 128, 4, 8, 4, 10).chunks == chunks
+        assert nb.choose(None, threads, B, 128, 4, 8, 4, 10).chunks == chunks
+    assert nb.choose("batch-inner", 4, 16, 4, 4, 8, 4, 10).chunks == 1
+    assert nb.choose("lone-row", 4, 1, 32, 4, 8, 4, 10).chunks == 1
+    x, W, R, b = _lstm_args()
+    for bad in (0, -1, 1.0, "2", True):
+        with pytest.raises(ValueError, match="threads: expected None or an int >= 1"):
+            nb.lstm_forward(x, None, None, W, R, b, threads=bad)
+    with pytest.raises(ValueError, match="variant: expected None or one of 'rows-fused'"):
+        nb.lstm_forward(x, None, None, W, R, b, variant="rows")
+    p = make_problem("lstm", T=3, B=5, I=2, H=70, lengths=True, seed=1)
+    p.options = {"variant": "rows-packed-stepped", "threads": 3}
+    _check(p, np.float64)
 
 
 @pytest.mark.parametrize("H,fused,packed", [(24, True, False), (32, False, True),
                                              (48, False, True), (7, True, False)])
 def test_lone_row_backward_plan(H, fused, packed):
-    """v10's backward runs on the packed product (v6's) where R.T is whole panels, else
-    on the fused loop (v3's), asked for by name or chosen."""
-    for variant in (None, "v10"):
-        plan = nb.choose(variant, 1, H, 4, 8, 4, 1000)
-        assert (plan.name, plan.fused, plan.packed, plan.chunks) == ("v10", fused, packed, 1)
+    """lone-row's backward runs on the packed product (rows-packed's) where R.T is whole
+    panels, else on the fused loop (rows-fused's), asked for by name or chosen."""
+    for variant in (None, "lone-row"):
+        plan = nb.choose(variant, None, 1, H, 4, 8, 4, 1000)
+        assert tuple(plan) == ("lone-row", 1, fused, packed, False)
 
 
 def test_blas_thread_count_restored():
-    """A call whose per-step products run on one OpenBLAS thread puts the count back."""
+    """A call whose products over all steps run on one OpenBLAS thread puts the count back."""
     from rnnkern.backends.numba_cpu import _blas
 
     if _blas._COUNT is None:
@@ -662,10 +716,9 @@ def test_blas_thread_count_restored():
     try:
         set_(2)
         p = make_problem("lstm", T=3, B=16, I=8, H=40).astype(np.float32)
-        assert _blas.threads_for(16 * 40 * 160) == 1  # this shape runs single-threaded
         P = p.params
         _, _, cache = nb.lstm_forward(p.inputs["x"], None, None, P["W"], P["R"], P["b"],
-                                      variant="v1")
+                                      variant="rows-fused", threads=1)
         nb.lstm_backward(p.out_grads["dy"], None, cache)
         assert get() == 2
     finally:
@@ -798,9 +851,9 @@ def test_cold_and_warm_cache_give_the_same_bits(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant,threads", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("cell,activation", CELLS)
-def test_nan_input_propagates_every_variant(cell, activation, variant, dtype):
+def test_nan_input_propagates_every_variant(cell, activation, variant, threads, dtype):
     """A NaN in x reaches that row's every later output and its final state, and no other
     row, as in the oracle and torch: the float32 tanh's clamp and relu must not turn it
     into a finite value (a diverged model that looks healthy)."""
@@ -810,7 +863,7 @@ def test_nan_input_propagates_every_variant(cell, activation, variant, dtype):
         p = p.astype(dtype)
         t0, n0 = T // 2, B // 2
         p.inputs["x"][t0, n0, 0] = np.nan
-        p.options = {"variant": variant}
+        p.options = {"variant": variant, "threads": threads}
         y, state, _ = gradcheck.forward(nb, p)
         others = np.arange(B) != n0
         assert np.isnan(y[t0:, n0]).all(), (cell, activation, variant, T, B, I, H)

@@ -3,12 +3,15 @@
 Mirrors ``numpy_ref`` function by function: every public function validates its
 arguments with ``rnnkern._validate`` first, then hands C-contiguous arrays to a
 compiled kernel of ``rnn``, ``lstm`` or ``gru``. Each takes ``variant=None``
-(chosen by shape) or one of ``VARIANTS``' names. Caches are dicts of named arrays,
-as in the reference: post-activation gates and the states entering every step. The v5
-forward leaves them in one buffer ("buf"), each step's batch rows transposed and padded,
-(T, K, Bp), the layout it computes in (``_batch``); v5's backward reads them there, any
-other backward turns them into the named (T, B, K) arrays first, so that a forward alone
-(inference, generation) never pays for the transposes.
+(chosen by shape) or one of ``VARIANTS``' schedule names, and ``threads=None`` (chosen
+by shape and ``numba.get_num_threads()``) or the row blocks of a rows schedule (1:
+serial), see ``plan``. Caches are dicts of named arrays, as in the reference:
+post-activation gates and the states entering every step, with the schedule ("variant")
+and row blocks ("threads") the forward ran. The batch-inner forward leaves them in one
+buffer ("buf"), each step's batch rows transposed and padded, (T, K, Bp), the layout it
+computes in (``_batch``); its backward reads them there, any other backward turns them
+into the named (T, B, K) arrays first, so that a forward alone (inference, generation)
+never pays for the transposes.
 """
 
 from __future__ import annotations
@@ -29,18 +32,11 @@ from ..._validate import (
 )
 from ..numpy_ref import param_grads
 from . import gru, lstm, rnn
-from ._blas import blas_threads, threads_for
-from ._common import (
-    GEMM_PARALLEL_MIN_MACS,
-    SMALL_MACS,
-    UNITS_IN_STEP_MAX_I,
-    VARIANTS,
-    Plan,
-    choose,
-    reuse_freed_memory,
-)
+from ._blas import blas_threads
+from ._common import SMALL_MACS, reuse_freed_memory
 from ._simd import weight_grads
 from .embedding import embedding_backward, embedding_forward
+from .plan import GEMM_PARALLEL_MIN_MACS, UNITS_IN_STEP_MAX_I, VARIANTS, Plan, choose
 
 __all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward",
            "gru_forward", "is_available", "lstm_backward", "lstm_forward", "rnn_backward",
@@ -97,23 +93,21 @@ def _blas_threads(d: Dims, plan: Plan, G: int) -> int:
         return 1  # each Numba thread makes its own single-threaded BLAS calls
     if d.H <= 8 and plan.fused and d.T * d.B * d.I < SMALL_MACS // 32:
         return 0  # the common tiny case, answered before the arithmetic below
-    if not (plan.fused or plan.packed):
-        return threads_for(d.B * d.H * G * d.H)
-    # the other kernels call BLAS only for the products over all steps, and only big ones
+    # the kernels call BLAS only for the products over all steps, and only big ones
     return 1 if d.T * d.B * max(d.I, d.H) * G * d.H >= SMALL_MACS else 0
 
 
-def _gemm_chunks(threads: int, macs: int) -> int | None:
+def _gemm_chunks(blas: int, macs: int, threads: int | None) -> int | None:
     """Row blocks of a product over all steps (``macs`` multiply-adds) that runs at the
-    time loop's BLAS thread count ``threads``: one per Numba thread where OpenBLAS is held
-    to one thread (``threads == 1``) and the product is big enough, else None (serial,
-    see ``_par``). OpenBLAS's own
+    time loop's BLAS thread count ``blas``: one per thread (``threads``, or Numba's count
+    where None) where OpenBLAS is held to one thread (``blas == 1``) and the product is big
+    enough, else None (serial, see ``_par``). OpenBLAS's own
     workers spin after a threaded call and slow down whatever runs next on a busy machine,
     so they are used only where the per-step products are big enough for them too; Numba's
     threads, already running the kernels, take the big products over all steps instead."""
-    if threads != 1 or macs < GEMM_PARALLEL_MIN_MACS:
+    if blas != 1 or macs < GEMM_PARALLEL_MIN_MACS:
         return None
-    return _par(numba.get_num_threads())
+    return _par(threads or numba.get_num_threads())
 
 
 def _par(chunks: int) -> int | None:
@@ -123,20 +117,21 @@ def _par(chunks: int) -> int | None:
     return chunks if chunks > 1 else None
 
 
-def _projection_chunks(threads: int, d: Dims, G: int) -> int | None:
-    return _gemm_chunks(threads, d.T * d.B * d.I * G * d.H)
+def _projection_chunks(blas: int, d: Dims, G: int, threads: int | None) -> int | None:
+    return _gemm_chunks(blas, d.T * d.B * d.I * G * d.H, threads)
 
 
 def _in_step(d: Dims) -> bool:
-    """Whether v10's steps make their own input part (see ``_units.pack_units``)."""
+    """Whether lone-row's steps make their own input part (see ``_units.pack_units``)."""
     return d.I <= UNITS_IN_STEP_MAX_I
 
 
-def _weight_grads(threads: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray) -> tuple:
+def _weight_grads(blas: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray,
+                  threads: int | None) -> tuple:
     """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once."""
     d: Dims = cache["dims"]
-    chunks = _gemm_chunks(threads, d.T * d.B * (2 * d.I + d.H) * dgx.shape[2])
-    return _call(threads, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks)
+    chunks = _gemm_chunks(blas, d.T * d.B * (2 * d.I + d.H) * dgx.shape[2], threads)
+    return _call(blas, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks)
 
 
 def _cache(keep: bool, **arrays: Any) -> Cache | None:
@@ -144,10 +139,10 @@ def _cache(keep: bool, **arrays: Any) -> Cache | None:
     return arrays if keep else None
 
 
-def _call(threads: int, kernel: Any, *args: Any) -> Any:
-    if threads == 0:
+def _call(blas: int, kernel: Any, *args: Any) -> Any:
+    if blas == 0:
         return kernel(*args)
-    with blas_threads(threads):
+    with blas_threads(blas):
         return kernel(*args)
 
 
@@ -155,13 +150,13 @@ _CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
 
 
 def _batch_backward(cache: Cache, plan: Plan, per_step: bool) -> bool:
-    """Whether the backward runs v5's own kernel, on the cache as the v5 forward left it
-    (the per-step contributions come from the (T, B, .) gate gradients of the others)."""
-    return plan.name == "v5" and "buf" in cache and not per_step
+    """Whether the backward runs batch-inner's own kernel, on the cache as its forward left
+    it (the per-step contributions come from the (T, B, .) gate gradients of the others)."""
+    return plan.name == "batch-inner" and "buf" in cache and not per_step
 
 
 def _rows_layout(cache: Cache) -> None:
-    """A v5 cache's buffer as the (T, B, K) arrays the other backward kernels read, once
+    """A batch-inner cache's buffer as the (T, B, K) arrays the other backward kernels read, once
     (the buffer goes only after the arrays are in: another thread's backward on the same
     cache finds one or the other)."""
     buf = cache.get("buf")
@@ -197,6 +192,7 @@ def rnn_forward(
     lengths: np.ndarray | None = None,
     training: bool = True,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """Elman RNN over a whole sequence; see ``numpy_ref.rnn_forward``.
 
@@ -207,27 +203,28 @@ def rnn_forward(
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     keep = check_training(training)
     code = ACTIVATION_CODES[check_activation(activation)]
-    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
-    if plan.name == "v5":
+    if plan.name == "batch-inner":
         y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens, keep)
         return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W,
-                             R=R, buf=buf, lengths=lens, variant="v5")
-    if plan.name == "v10":
+                             R=R, buf=buf, lengths=lens, variant=plan.name, threads=1)
+    if plan.name == "lone-row":
         y, h, a, hT = rnn.rnn_forward_units(x, h0, W, R, b, code, lens, _in_step(d), keep)
     else:
-        threads = _blas_threads(d, plan, 1)
-        y, h, a, hT = _call(threads, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
+        blas = _blas_threads(d, plan, 1)
+        y, h, a, hT = _call(blas, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
                             plan.packed or None, _par(plan.chunks), plan.stepped or None,
-                            _projection_chunks(threads, d, 1), keep)
+                            _projection_chunks(blas, d, 1, threads), keep)
     return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W, R=R,
-                         h=h, a=a, lengths=lens, variant=plan.name)
+                         h=h, a=a, lengths=lens, variant=plan.name, threads=plan.chunks)
 
 
 def rnn_backward(
     dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple:
     """BPTT for ``rnn_forward``.
 
@@ -236,7 +233,7 @@ def rnn_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 1, d.I, d.dtype.itemsize, d.T)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     code = ACTIVATION_CODES[cache["activation"]]
     if _batch_backward(cache, plan, per_step):
@@ -244,11 +241,11 @@ def rnn_backward(
                                                   cache["buf"], code, cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
-    threads = _blas_threads(d, plan, 1)
+    blas = _blas_threads(d, plan, 1)
     dh0, da = _call(
-        threads, rnn.rnn_backward, dy, dhT, cache["R"], cache["a"], code, cache["lengths"],
+        blas, rnn.rnn_backward, dy, dhT, cache["R"], cache["a"], code, cache["lengths"],
         plan.fused, plan.packed or None, _par(plan.chunks))
-    dx, dW, dR, db = _weight_grads(threads, cache, da, da)
+    dx, dW, dR, db = _weight_grads(blas, cache, da, da, threads)
     return _finish(dx, dh0, {"W": dW, "R": dR, "b": db}, cache, da, da, per_step)
 
 
@@ -266,6 +263,7 @@ def lstm_forward(
     lengths: np.ndarray | None = None,
     training: bool = True,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache | None]:
     """LSTM over a whole sequence; see ``numpy_ref.lstm_forward``.
 
@@ -274,23 +272,24 @@ def lstm_forward(
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)
     keep = check_training(training)
-    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
-    if plan.name == "v5":
+    if plan.name == "batch-inner":
         y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens, keep)
         return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, buf=buf,
-                                   lengths=lens, variant="v5")
-    if plan.name == "v10":
+                                   lengths=lens, variant=plan.name, threads=1)
+    if plan.name == "lone-row":
         y, h, c, gates, tanh_c, hT, cT = lstm.lstm_forward_units(
             x, h0, c0, W, R, b, lens, _in_step(d), keep)
     else:
-        threads = _blas_threads(d, plan, 4)
+        blas = _blas_threads(d, plan, 4)
         y, h, c, gates, tanh_c, hT, cT = _call(
-            threads, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed or None,
-            _par(plan.chunks), plan.stepped or None, _projection_chunks(threads, d, 4), keep)
+            blas, lstm.lstm_forward, x, h0, c0, W, R, b, lens, plan.fused, plan.packed or None,
+            _par(plan.chunks), plan.stepped or None, _projection_chunks(blas, d, 4, threads), keep)
     return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, h=h, c=c,
-                               gates=gates, tanh_c=tanh_c, lengths=lens, variant=plan.name)
+                               gates=gates, tanh_c=tanh_c, lengths=lens, variant=plan.name,
+                               threads=plan.chunks)
 
 
 def lstm_backward(
@@ -299,6 +298,7 @@ def lstm_backward(
     cache: Cache,
     per_step: bool = False,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple:
     """BPTT for ``lstm_forward``.
 
@@ -308,7 +308,7 @@ def lstm_backward(
     d: Dims = cache["dims"]
     dhT, dcT = (None, None) if dstate is None else dstate
     check_backward(d, dy=dy, dhT=dhT, dcT=dcT)
-    plan = choose(variant, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 4, d.I, d.dtype.itemsize, d.T)
     dy, dhT, dcT = (_zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
                     _zeros_or(dcT, (d.B, d.H), d.dtype))
     if _batch_backward(cache, plan, per_step):
@@ -316,11 +316,11 @@ def lstm_backward(
             dy, dhT, dcT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
-    threads = _blas_threads(d, plan, 4)
+    blas = _blas_threads(d, plan, 4)
     dh0, dc0, dgates = _call(
-        threads, lstm.lstm_backward, dy, dhT, dcT, cache["R"], cache["c"], cache["gates"],
+        blas, lstm.lstm_backward, dy, dhT, dcT, cache["R"], cache["c"], cache["gates"],
         cache["tanh_c"], cache["lengths"], plan.fused, plan.packed or None, _par(plan.chunks))
-    dx, dW, dR, db = _weight_grads(threads, cache, dgates, dgates)
+    dx, dW, dR, db = _weight_grads(blas, cache, dgates, dgates, threads)
     return _finish(dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}, cache, dgates, dgates,
                    per_step)
 
@@ -339,6 +339,7 @@ def gru_forward(
     lengths: np.ndarray | None = None,
     training: bool = True,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Cache | None]:
     """GRU over a whole sequence; see ``numpy_ref.gru_forward``.
 
@@ -347,29 +348,31 @@ def gru_forward(
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)
     keep = check_training(training)
-    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
-    if plan.name == "v5":
+    if plan.name == "batch-inner":
         y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens, keep)
         return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, buf=buf,
-                             lengths=lens, variant="v5")
-    if plan.name == "v10":
+                             lengths=lens, variant=plan.name, threads=1)
+    if plan.name == "lone-row":
         y, h, gates, hn, hT = gru.gru_forward_units(x, h0, W, R, b, b_hn, lens, _in_step(d),
                                                     keep)
     else:
-        threads = _blas_threads(d, plan, 3)
-        y, h, gates, hn, hT = _call(threads, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
+        blas = _blas_threads(d, plan, 3)
+        y, h, gates, hn, hT = _call(blas, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
                                     plan.fused, plan.packed or None, _par(plan.chunks),
-                                    plan.stepped or None, _projection_chunks(threads, d, 3),
+                                    plan.stepped or None, _projection_chunks(blas, d, 3, threads),
                                     keep)
     return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, h=h, gates=gates,
-                         hn=hn, lengths=lens, variant=plan.name)
+                         hn=hn, lengths=lens, variant=plan.name,
+                         threads=plan.chunks)
 
 
 def gru_backward(
     dy: np.ndarray | None, dhT: np.ndarray | None, cache: Cache, per_step: bool = False,
     variant: str | None = None,
+    threads: int | None = None,
 ) -> tuple:
     """BPTT for ``gru_forward``.
 
@@ -378,17 +381,17 @@ def gru_backward(
     """
     d: Dims = cache["dims"]
     check_backward(d, dy=dy, dhT=dhT)
-    plan = choose(variant, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
+    plan = choose(variant, threads, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     if _batch_backward(cache, plan, per_step):
         dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(
             dy, dhT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     _rows_layout(cache)
-    threads = _blas_threads(d, plan, 3)
+    blas = _blas_threads(d, plan, 3)
     dh0, db_hn, dgx, dgh = _call(
-        threads, gru.gru_backward, dy, dhT, cache["R"], cache["h"], cache["gates"], cache["hn"],
+        blas, gru.gru_backward, dy, dhT, cache["R"], cache["h"], cache["gates"], cache["hn"],
         cache["lengths"], plan.fused, plan.packed or None, _par(plan.chunks))
-    dx, dW, dR, db = _weight_grads(threads, cache, dgx, dgh)
+    dx, dW, dR, db = _weight_grads(blas, cache, dgx, dgh, threads)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)

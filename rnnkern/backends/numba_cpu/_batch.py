@@ -1,4 +1,4 @@
-"""Pieces of the batch-innermost (v5) forward and backward kernels: every step's work laid out as
+"""Pieces of the batch-inner forward and backward kernels: every step's work laid out as
 (unit, batch row), so that it vectorises over the batch when H is tiny (a row of H=3
 units is shorter than one vector).
 
@@ -148,7 +148,7 @@ def final(s, B):
 @njit(**JIT)
 def carve(buf, o, n, K, Bp):
     """buf[o : o + n*K*Bp] as an (n, K, Bp) array, and the offset past it: the arrays of a
-    v5 cache live in one buffer (each array a kernel returns costs ~0.3 us to hand to
+    batch-inner cache live in one buffer (each array a kernel returns costs ~0.3 us to hand to
     Python, a tenth of a forward at B16 T10 H3)."""
     e = o + n * K * Bp
     return buf[o:e].reshape((n, K, Bp)), e

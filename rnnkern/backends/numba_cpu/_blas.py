@@ -2,21 +2,21 @@
 
 Numba's ``np.dot`` calls SciPy's BLAS (``scipy.linalg.cython_blas``), which is SciPy's own
 OpenBLAS build. By default OpenBLAS splits every GEMM above ~2.6e5 multiply-adds over all
-cores, and its worker threads spin after each call. Inside a time loop that issues one
-mid-sized GEMM per step, those threads spin against the kernel's own pointwise pass and,
-on a machine whose cores are busy with anything else, the call can take 10-40x longer
-(measured: an LSTM call at T=9 B=16 H=32 I=32, 8 ms instead of 0.2 ms).
+cores, and its worker threads spin after each call, against the kernel's own loops and,
+on a machine whose cores are busy with anything else, against the other processes (a
+kernel call could take 10-40x longer).
 
-So each kernel call decides its BLAS thread count from its shape (``threads_for``): one
-thread unless the per-step product is large enough for threads to pay, in which case
-OpenBLAS keeps its own setting. ``blas_threads`` applies the choice for the duration of
-the call and restores the previous count when it ends, also on an exception. The count
-it changes is that of SciPy's OpenBLAS, which is process-wide in the pthreads build SciPy
-ships (``openblas_set_num_threads_local`` is per-thread only in OpenMP builds): another
-Python thread calling SciPy's BLAS *during* a kernel call runs single-threaded too.
-NumPy's separate OpenBLAS and the environment (``OPENBLAS_NUM_THREADS``) are untouched,
-and kernels that make no BLAS call (the fused ones at small sizes) change nothing.
-Where the functions are missing (a BLAS other than OpenBLAS), nothing is changed.
+The kernels call BLAS only for the products over all steps (the input projection, the
+weight gradients), and each call holds OpenBLAS to one thread around them where they are
+big enough to be split into row blocks over Numba's threads instead (``numba_cpu``'s
+``_blas_threads``). ``blas_threads`` applies that for the duration of the call and
+restores the previous count when it ends, also on an exception. The count it changes is
+that of SciPy's OpenBLAS, which is process-wide in the pthreads build SciPy ships
+(``openblas_set_num_threads_local`` is per-thread only in OpenMP builds): another Python
+thread calling SciPy's BLAS *during* a kernel call runs single-threaded too. NumPy's
+separate OpenBLAS and the environment (``OPENBLAS_NUM_THREADS``) are untouched, and
+kernels that make no BLAS call change nothing. Where the functions are missing (a BLAS
+other than OpenBLAS), nothing is changed.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-
-#: multiply-adds of the per-step product from which OpenBLAS's threads pay on 2 cores
-#: (measured: 64x256 @ 256x1024, 1.7e7, runs 1.3x faster on 2 threads; 32x64 @ 64x256,
-#: 5.2e5, 1.4x slower)
-THREADED_MIN_MACS = 1 << 22
 
 
 def scipy_openblas() -> list[Any]:
@@ -56,11 +51,6 @@ def _thread_count_functions() -> tuple[Callable[[], int], Callable[[int], None]]
 
 
 _COUNT = _thread_count_functions()
-
-
-def threads_for(step_macs: int) -> int:
-    """0 (keep OpenBLAS's own setting) for a large per-step product, else 1."""
-    return 0 if step_macs >= THREADED_MIN_MACS else 1
 
 
 @contextmanager

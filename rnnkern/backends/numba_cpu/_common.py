@@ -1,5 +1,5 @@
 """Pieces every Numba cell kernel shares: fast activations, the recurrent product
-of one batch row, the weight-gradient GEMMs and the table of kernel variants.
+of one batch row, the weight-gradient GEMMs.
 
 Activations: float64 calls libm (``math.tanh``/``math.exp``), which keeps parity
 with the float64 oracle at round-off level. float32 uses a branch-free rational
@@ -11,13 +11,10 @@ keep the pointwise pass scalar. ``sigmoid(v) = (1 + tanh(v / 2)) / 2``.
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import os
 import sys
-from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
@@ -30,163 +27,6 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: options of every kernel: error_model="numpy" drops the ZeroDivisionError check that
 #: would otherwise keep every loop containing a division from vectorising
 JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
-
-#: variant -> one-line description (``choose`` picks one by shape when none is asked for)
-VARIANTS = {
-    "v1": "BLAS GEMM for x@W before the loop, per-step BLAS h@R, one fused pointwise "
-          "pass, one thread",
-    "v2": "as v1, the batch split into row blocks, one per Numba thread, each running "
-          "every step of its rows (single-threaded BLAS)",
-    "v3": "fully fused: the recurrent product in the kernel's own loop (no BLAS per step), "
-          "one thread",
-    "v4": "as v3, the batch split into row blocks, one per Numba thread",
-    "v5": "forward and backward with the batch as the innermost axis, on explicit "
-          "vectors over rows padded to whole vectors, the cache kept in that layout (for "
-          "tiny H, where a row of H units is shorter than a vector)",
-    "v6": "as v1, the per-step product on a register-blocked SIMD micro-kernel over R "
-          "packed once per call (``_simd``) instead of BLAS",
-    "v7": "as v6, the batch split into row blocks, one per Numba thread",
-    "v8": "as v6, each step's input part x[t] @ W on the micro-kernel too, over a packed W, "
-          "instead of one GEMM before the loop (a step's gates stay in cache)",
-    "v9": "as v8, the batch split into row blocks, one per Numba thread",
-    "v10": "forward one row at a time (for a lone row, B = 1), each step's "
-           "pre-activations in registers a block of units at a time over W and R packed by "
-           "unit blocks (``_units``), the activations and state update on those registers; "
-           "the backward as v6 where H is a multiple of PACKED_LONE_ROW_H, else as v3",
-}
-
-
-class Plan(NamedTuple):
-    """How a kernel call runs: the variant, and what it means for the kernels."""
-
-    name: str
-    fused: bool  # the per-step product in the kernel's own loop, row by row
-    packed: bool  # the per-step product on ``_simd``'s micro-kernel over a packed R
-    chunks: int  # row blocks, one per Numba thread in parallel when > 1
-    stepped: bool  # the input part x[t] @ W made in each step (packed), not before the loop
-
-
-#: (fused, packed, parallel, stepped) of each variant (v5: v3's, for a backward on rows,
-#: see ``numba_cpu._rows_layout``)
-VARIANT_FLAGS = {"v1": (False, False, False, False), "v2": (False, False, True, False),
-                 "v3": (True, False, False, False), "v4": (True, False, True, False),
-                 "v5": (True, False, False, False), "v6": (False, True, False, False),
-                 "v7": (False, True, True, False), "v8": (False, True, False, True),
-                 "v9": (False, True, True, True), "v10": (False, True, False, False)}
-#: the serial variant a parallel one falls back to when there is one thread or one row
-SERIAL = {"v2": "v1", "v4": "v3", "v7": "v6", "v9": "v8"}
-#: the variant a stepped one falls back to where its blocks' rows are not whole tiles
-UNSTEPPED = {"v8": "v6", "v9": "v7"}
-
-#: hidden sizes up to this run fully fused: a BLAS call per step costs more than the product
-FUSED_MAX_H = 32
-#: hidden sizes up to this run fully fused with row blocks per thread (v4) wherever there
-#: are two rows per thread: at B32 H64 1.1-1.4x faster than a BLAS call per step (v1), for
-#: every cell (measured; serially, v3 and v1 are about even there)
-FUSED_PARALLEL_MAX_H = 64
-#: W and R of at most this many bytes together, (I + H) * G*H * itemsize, have the input
-#: part made in each step (v9/v8 for v7/v6), where each row block is whole 4-row tiles:
-#: forward 1.04-1.11x faster at B64 T100 with I, H of 256/256, 125/320 and 512/512, RNN
-#: I512 H1024 (6 MiB) and GRU I256 H768 (9 MiB); even for LSTM I256 H768 (12 MiB), 0.98
-#: for GRU I512 H1024 (18 MiB), where W no longer stays in cache beside R (measured, two
-#: threads; serially LSTM B64 I256 H256 1.08x)
-STEPPED_MAX_BYTES = 10 << 20
-#: rows per row block from which the input part is made in each step: a step's few rows
-#: stream all of W for too little work (LSTM T64 B32 I256 H256 on two threads, 16 rows a
-#: block, forward 1.1x faster with one GEMM before the loop; even at 32 rows)
-STEPPED_MIN_ROWS = 32
-#: a lone row (B=1) with H up to this runs v10: at B1 T1000 I8 the LSTM forward 0.32
-#: against v6's 0.43 ms (H32), 0.62 against 0.69 (H64), 0.11 against v3's 0.18 (H3); GRU
-#: 0.32 against 0.41 (H32), 0.56 against 0.53 (H64); RNN 0.17 against 0.20 (H32), 0.13
-#: against 0.16 (H64); at H128 all three even (measured, one core, float32)
-UNITS_MAX_H = 64
-#: a lone row's backward with H a multiple of this (R.T then split into whole panels of
-#: the packed product, no columns left over) runs on the packed product (v6's), else on
-#: the fused loop (v3's): with columns left over (H=24) it ran 2x slower; at B1 T1000 H32
-#: the LSTM forward on the packed product took 0.54 against 0.66 ms, GRU 0.45 against 0.52
-#: (measured, before v10)
-PACKED_LONE_ROW_H = 16
-#: inputs up to this many have v10's steps make their own input part, more have it made
-#: for all steps before the loop (``_units.pack_units``)
-UNITS_IN_STEP_MAX_I = 16
-#: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run the v5 forward
-BATCH_INNER_MAX_H = 8
-BATCH_INNER_MIN_B = 8
-#: rows x gate columns per step below which threads cost more than they save
-PARALLEL_MIN_WORK = 16384
-#: multiply-adds of a whole call, T * B * G*H * (H + I), below which a parallel variant
-#: runs serially: such a call is short enough that one wait for a descheduled thread on a
-#: busy machine costs more than a second thread saves (the speakers example's GRU, B16
-#: H64, ran 40x slower beside one busy process with its calls split, 6x without)
-PARALLEL_MIN_CALL_MACS = 1 << 24
-#: multiply-adds of a product over all steps (input projection, weight gradients) from
-#: which it is split into row blocks over the Numba threads where OpenBLAS runs one thread.
-#: Below it a product takes less time serially than a parallel region can cost on a busy
-#: machine, where it waits for a descheduled thread (the seed workload of ``rnnkern bench
-#: train`` ran 10-20x slower a step beside other busy processes with its products split)
-GEMM_PARALLEL_MIN_MACS = 1 << 23
-
-
-def choose(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int,
-           T: int) -> Plan:
-    """The plan of ``variant``, or of the variant picked by shape when it is None
-    (B rows, H units, G gates, I inputs of ``itemsize`` bytes, T steps)."""
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
-                         f"got {variant!r}")
-    plan = _shape_plan(variant, B, H, G, I, itemsize)
-    if plan.chunks:
-        return plan
-    # asked only here: numba.get_num_threads() costs microseconds
-    threads = numba.get_num_threads()
-    small = B < 2 * threads or T * B * G * H * (H + I) < PARALLEL_MIN_CALL_MACS
-    if threads < 2 or B < 2 or (variant is None and small):
-        plan = plan._replace(name=SERIAL[plan.name], chunks=1)
-    else:
-        plan = plan._replace(chunks=min(B, threads))
-    if variant is None and plan.stepped and (B % (4 * plan.chunks)
-                                             or B // plan.chunks < STEPPED_MIN_ROWS):
-        # rows past a multiple of 4 in a block run the input part one row at a time, each
-        # streaming all of W: LSTM B6 H256 1.1-1.3x slower than one GEMM before the loop
-        plan = plan._replace(name=UNSTEPPED[plan.name], stepped=False)
-    return plan
-
-
-@functools.lru_cache(maxsize=1024)
-def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int, itemsize: int) -> Plan:
-    """``choose`` less the thread count: chunks=0 for a parallel variant (remembered per
-    shape: the decision took ~0.3 us of a ~7 us call at the smallest shapes).
-
-    It also starts Numba's thread pool, so that the pool runs before the process's first
-    kernel call, whatever the plan. Why: Numba starts it when it loads a ``parallel=True``
-    function from the cache, but a serial kernel compiled beside parallel callees that had
-    themselves come from the cache is cached without that step (Numba 0.68 keeps a cached
-    library's start-up functions out of the libraries that link it); loaded in a later
-    process whose pool had not started, such a kernel segfaulted at its first call
-    (``tests/test_numba.py::test_kernel_from_cache_starts_threads``). Once per process
-    and shape, here, rather than in ``choose``: it costs microseconds.
-    """
-    numba.get_num_threads()
-    if variant is not None:
-        name = variant
-    elif B == 1 and H <= UNITS_MAX_H:
-        name = "v10"
-    elif H <= BATCH_INNER_MAX_H and B >= BATCH_INNER_MIN_B:
-        name = "v5"
-    elif H <= FUSED_MAX_H:
-        name = "v4" if B * G * H >= PARALLEL_MIN_WORK else "v3"
-    elif H <= FUSED_PARALLEL_MAX_H:
-        name = "v4"
-    elif (I + H) * G * H * itemsize <= STEPPED_MAX_BYTES:
-        name = "v9"
-    else:
-        name = "v7"
-    fused, packed, parallel, stepped = VARIANT_FLAGS[name]
-    if name == "v10":
-        packed = H % PACKED_LONE_ROW_H == 0
-        fused = not packed
-    return Plan(name, fused, packed, 0 if parallel else 1, stepped)
-
 
 # ----------------------------------------------------------------------------
 # activations, specialised per dtype at compile time

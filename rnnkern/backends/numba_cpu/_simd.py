@@ -11,8 +11,9 @@ AVX-512 Xeon (measured, float32). Each call first copies the rows of its tiles s
 them in one stream (``_pack_rows``, BLIS's packing of A), R's panels from L3 beside them.
 
 The same tiles make the input part ``x @ W`` over a packed W: for all steps at once
-before the loop (v6, v7; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200), or
-step by step inside it (v8, v9, ``input_part``), so that a step's gates never leave cache.
+before the loop (rows-packed; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200),
+or step by step inside it (rows-packed-stepped, ``input_part``), so that a step's gates
+never leave cache.
 K runs in blocks of ``KB``: a pair of panels over one block stays in L2 while every row
 tile uses it (at K = 1024..4096, 91-99 -> 104-110 GFLOP/s on one core), and a pair's blocks
 run one after another, so that the partial sums they pass on are still in cache.

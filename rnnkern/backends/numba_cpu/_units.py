@@ -1,7 +1,7 @@
-"""A lone row's step with its pre-activations in registers, unit block by unit block (v10).
+"""A lone row's step with its pre-activations in registers, unit block by unit block (lone-row).
 
 Why: with one row (B = 1, the streaming shapes) a step is a product of a single row of
-H by R and a few short pointwise passes, and every v6 step sent the gate pre-activations
+H by R and a few short pointwise passes, and every rows-packed step sent the gate pre-activations
 through memory between them: the product wrote them, the activations read them back,
 the cell update read them a third time. At B1 T1000 I8 H32 the LSTM forward spent 0.18
 us a step in the product (512 vector multiply-adds, ~0.1 us at this core's rate), 0.08 in
@@ -12,7 +12,7 @@ vector accumulators over W and R packed once per call by unit blocks (``pack_uni
 x[t] @ W in the step from W's rows in the pack where I is small, else from one
 projection of all steps before the loop (``input_units``), then h @ R. The cell's
 activations and state update work on those registers: nothing of a step goes through
-memory but the new state. The same forward took 0.32 against v6's 0.43 ms (LSTM B1 T1000
+memory but the new state. The same forward took 0.32 against rows-packed's 0.43 ms (LSTM B1 T1000
 I8 H32; benchmarks/README.md has the rest).
 
 The accumulators are 8 vectors, the most AVX2's 16 registers hold beside a broadcast and
@@ -190,8 +190,8 @@ def input_units(x, Wu):
     Serially, as one row's input part is small, and because a kernel that calls a
     parallel function (``pack``, ``_simd.input_projection``'s row blocks) and is compiled
     where that function came from Numba's cache could not be loaded from the cache itself
-    in a process whose thread pool had not started: it crashed (reproduced with the v10
-    LSTM: one process ran v6, the next compiled v10, the third segfaulted at its first
+    in a process whose thread pool had not started: it crashed (reproduced with the lone-row
+    LSTM: one process ran rows-packed, the next compiled lone-row, the third segfaulted at its first
     call; ``test_numba.test_lone_row_kernel_from_cache``)."""
     T, B, I = x.shape
     N, NG = T * B, Wu.shape[1]
@@ -205,7 +205,7 @@ def input_units(x, Wu):
 
 @njit(**JIT)
 def prepare_units(x, W, R, bias, wslot, rslot, in_step):
-    """A v10 forward's set-up: ``pack_units`` (same arguments) and ``input_units``.
+    """A lone-row forward's set-up: ``pack_units`` (same arguments) and ``input_units``.
 
     x: (T, B, I)   Returns Q, bq, gx (``unit_block``'s arguments), U: blocks, BU: units
     per block, Hp = U * BU: H rounded up to whole blocks.

@@ -4,7 +4,7 @@ Numba has no SIMD types of its own. LLVM vectorises plain loops, but at the size
 kernels run it often does badly: it keeps a tile of a product in registers only when the
 accumulators are values, not array elements it cannot prove unaliased, and a loop of 48
 elements runs a vector body of 32 and a scalar remainder of 16 (the pointwise pass of the
-v5 LSTM spent half its time there). So ``Vec`` is an LLVM vector of ``VECTOR_BYTES``
+batch-inner LSTM spent half its time there). So ``Vec`` is an LLVM vector of ``VECTOR_BYTES``
 (32: 8 float32 or 4 float64; 64 where the CPU has AVX-512) that Numba code holds in
 local variables:
 
@@ -119,7 +119,7 @@ def vstore_first(typingctx, a, i, v, n):
     """a.flat[i : i + n] = v's first n lanes (none where n <= 0, all from lanes; n is taken
     as a 32-bit int): one masked store (``llvm.masked.store``), which neither reads nor
     writes the lanes past n, so the vector may reach past the array's end. Why not a loop
-    over the n elements: in v10's step (``_units.store_vector``) such a loop, even never
+    over the n elements: in lone-row's step (``_units.store_vector``) such a loop, even never
     run, took the LSTM training forward at B1 T1000 H32 from 0.26-0.44 to 0.64-1.12 ms."""
     if not (_c_array(a, writes=True) and isinstance(i, types.Integer)
             and v == _vec_of(a.dtype) and isinstance(n, types.Integer)):

@@ -53,7 +53,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b
     gates: (T, B, 3H) holds x @ W on entry (unless stepped), the post-activation (r, z, n)
     on exit
     rec: (B, 3H) h[t] @ R, made here row by row when fused   h: (T+1, B, H)
-    P: R packed for ``_simd.product`` (None: BLAS)
+    P: R packed for ``_simd.product``
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     hn: (T, B, H) receives h[t] @ R_n + b_hn, the part that r gates   y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, hn and a stepped gates of 1.
@@ -104,7 +104,7 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, rec, work, R, P, 
 def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, gemm_chunks,
                 keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    fused, packed, chunks, stepped: the schedule's plan (``plan.Plan``; packed and stepped
     True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
@@ -141,7 +141,7 @@ _R_SLOTS = np.array([0, 1, -1, 2])
 
 @njit(**JIT)
 def gru_forward_units(x, h0, W, R, b, b_hn, lengths, in_step, keep):
-    """v10: ``gru_forward`` one row at a time, each step's pre-activations in registers a
+    """lone-row: ``gru_forward`` one row at a time, each step's pre-activations in registers a
     block of units at a time (``_units``; slot 2 of R and slot 3 of W are zeros, a quarter
     of the multiply-adds, for one code path with the other cells), then that block's
     activations and update on them. Same arguments (less the plan's) and returns; without
@@ -200,7 +200,7 @@ CACHE_NAMES = ("h", "gates", "hn")
 
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
-    """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
+    """The arrays of a batch-inner cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
     gates: (T, 3H, Bp) post-activation (r, z, n), hn: (T, H, Bp) h @ R_n + b_hn."""
     h, o = carve(buf, 0, T + 1, H, Bp)
     gates, o = carve(buf, o, T, 3 * H, Bp)
@@ -210,14 +210,14 @@ def _bi_cache(buf, T, H, Bp):
 
 @njit(**JIT)
 def cache_rows(buf, T, B, H):
-    """A v5 cache as ``gru_forward``'s h: (T+1, B, H), gates: (T, B, 3H), hn: (T, B, H)."""
+    """A batch-inner cache as ``gru_forward``'s h: (T+1, B, H), gates: (T, B, 3H), hn: (T, B, H)."""
     h, gates, hn = _bi_cache(buf, T, H, padded(B, buf))
     return rows(h, B), rows(gates, B), rows(hn, B)
 
 
 @njit(**JIT)
 def gru_forward_bi(x, h0, W, R, b, b_hn, lengths, keep):
-    """v5: ``gru_forward`` with the batch as the innermost axis of every step's work
+    """batch-inner: ``gru_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
     one buffer (``_bi_cache``, see ``lstm_forward_bi``)."""
@@ -269,7 +269,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P
     dgx: (T, B, 3H) gradient of x @ W + b   dgh: (T, B, 3H) gradient of h @ R
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (None: BLAS)
+    P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -337,7 +337,7 @@ def gru_backward(dy, dhT, R, h, gates, hn, lengths, fused, packed, chunks):
 
 @njit(**JIT)
 def gru_backward_bi(dy, dhT, x, W, R, buf, lengths):
-    """v5 backward, on ``gru_forward_bi``'s cache buffer, batch innermost as there.
+    """batch-inner backward, on ``gru_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, 3H)   R: (H, 3H)
     Returns dx: (T, B, I), dh0: (B, H), dW: (I, 3H), dR: (H, 3H), db: (3H,), db_hn: (H,).

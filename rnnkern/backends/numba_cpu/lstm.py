@@ -4,7 +4,7 @@ Gate order (i, f, g, o):  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t).
 Each kernel allocates everything before its time loop; a step is the recurrent
 product (one GEMM, or the fused per-row loop) and one pass over a block of batch rows.
 Batch rows never exchange data, forward or backward, so each block (the whole batch,
-or one per Numba thread, see ``_common.VARIANTS``) runs every step in one call of
+or one per Numba thread, see ``plan.VARIANTS``) runs every step in one call of
 ``_forward_rows``/``_backward_rows``, with no synchronisation between steps (a call
 per step, with its dozen array arguments, cost ~0.1 us of a 0.5 us step at B1 H32).
 """
@@ -56,7 +56,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, 
     x: (T, B, I)   W: (I, 4H)   PW: W packed when stepped (see ``_simd.input_part``)
     gates: (T, B, 4H) holds x @ W on entry (unless stepped), the post-activation
     (i, f, g, o) on exit
-    P: R packed for ``_simd.product`` (None: BLAS)
+    P: R packed for ``_simd.product``
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     h, c: (T+1, B, H)   tanh_c, y: (T, B, H)   lengths: (B,)
     Without a cache (``_common.kept``) h, c are rings of 2, tanh_c and a stepped gates of 1.
@@ -114,7 +114,7 @@ def _forward_parallel(chunks, fused, stepped, x, W, PW, gates, work, R, P, b, h,
 def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, gemm_chunks,
                  keep):
     """x: (T, B, I)   h0, c0: (B, H)   W: (I, 4H)   R: (H, 4H)   b: (4H,)   lengths: (B,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    fused, packed, chunks, stepped: the schedule's plan (``plan.Plan``; packed and stepped
     True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
@@ -148,7 +148,7 @@ _SLOTS = np.arange(4)
 
 @njit(**JIT)
 def lstm_forward_units(x, h0, c0, W, R, b, lengths, in_step, keep):
-    """v10: ``lstm_forward`` one row at a time, each step's pre-activations in registers
+    """lone-row: ``lstm_forward`` one row at a time, each step's pre-activations in registers
     a block of units at a time (``_units``), then that block's activations and cell update
     on them. Same arguments (less the plan's) and returns; without keep the cache's
     arrays are empty, nothing of a step kept but the states.
@@ -212,7 +212,7 @@ CACHE_NAMES = ("h", "c", "gates", "tanh_c")
 
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
-    """The arrays of a v5 cache in its one buffer: h, c: (T+1, H, Bp) (h[t], c[t] enter
+    """The arrays of a batch-inner cache in its one buffer: h, c: (T+1, H, Bp) (h[t], c[t] enter
     step t), gates: (T, 4H, Bp) post-activation, tanh_c: (T, H, Bp)."""
     h, o = carve(buf, 0, T + 1, H, Bp)
     c, o = carve(buf, o, T + 1, H, Bp)
@@ -223,14 +223,14 @@ def _bi_cache(buf, T, H, Bp):
 
 @njit(**JIT)
 def cache_rows(buf, T, B, H):
-    """A v5 cache as ``lstm_forward``'s h, c: (T+1, B, H), gates: (T, B, 4H), tanh_c."""
+    """A batch-inner cache as ``lstm_forward``'s h, c: (T+1, B, H), gates: (T, B, 4H), tanh_c."""
     h, c, gates, tanh_c = _bi_cache(buf, T, H, padded(B, buf))
     return rows(h, B), rows(c, B), rows(gates, B), rows(tanh_c, B)
 
 
 @njit(**JIT)
 def lstm_forward_bi(x, h0, c0, W, R, b, lengths, keep):
-    """v5: ``lstm_forward`` with the batch as the innermost axis of every step's work
+    """batch-inner: ``lstm_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT, cT: (B, H) and the cache
     in one buffer (``_bi_cache``), each step's rows transposed and padded to
@@ -295,7 +295,7 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R,
     recurrent part dgates[t, n] @ R.T.   dgates: (T, B, 4H) pre-activation gradients
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (None: BLAS)
+    P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
     one = gates.dtype.type(1)
@@ -369,7 +369,7 @@ def lstm_backward(dy, dhT, dcT, R, c, gates, tanh_c, lengths, fused, packed, chu
 
 @njit(**JIT)
 def lstm_backward_bi(dy, dhT, dcT, x, W, R, buf, lengths):
-    """v5 backward, on ``lstm_forward_bi``'s cache buffer, batch innermost as there.
+    """batch-inner backward, on ``lstm_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT, dcT: (B, H)   x: (T, B, I)   W: (I, 4H)   R: (H, 4H)
     Returns dx: (T, B, I), dh0, dc0: (B, H), dW: (I, 4H), dR: (H, 4H), db: (4H,).

@@ -48,7 +48,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
     x: (T, B, I)   W: (I, H)   PW: W packed when stepped (see ``_simd.input_part``)
     a: (T, B, H) holds x @ W on entry (unless stepped) and the post-activation on exit
     h: (T+1, B, H)
-    P: R packed for ``_simd.product`` (None: BLAS)
+    P: R packed for ``_simd.product``
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     y: (T, B, H)
     Without a cache (``_common.kept``) h is a ring of 2, a stepped a one of 1.
@@ -98,7 +98,7 @@ def _forward_parallel(chunks, fused, stepped, code, x, W, PW, a, work, R, P, b, 
 def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, gemm_chunks,
                 keep):
     """x: (T, B, I)   h0: (B, H)   W: (I, H)   R: (H, H)   b: (H,)   lengths: (B,)
-    fused, packed, chunks, stepped: the variant's plan (``_common.Plan``; packed and stepped
+    fused, packed, chunks, stepped: the schedule's plan (``plan.Plan``; packed and stepped
     True or None, chunks None for one: see ``numba_cpu._par``); gemm_chunks: row
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
@@ -140,7 +140,7 @@ def _activation(v, code):
 
 @njit(**JIT)
 def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
-    """v10: ``rnn_forward`` one row at a time, each step's pre-activations in registers a
+    """lone-row: ``rnn_forward`` one row at a time, each step's pre-activations in registers a
     block of units at a time (``_units``: one slot of 8 vectors), then their activation.
     Same arguments (less the plan's) and returns; without keep the cache's arrays are
     empty.
@@ -188,7 +188,7 @@ CACHE_NAMES = ("h", "a")
 
 @njit(**JIT)
 def _bi_cache(buf, T, H, Bp):
-    """The arrays of a v5 cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
+    """The arrays of a batch-inner cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
     a: (T, H, Bp) post-activation."""
     h, o = carve(buf, 0, T + 1, H, Bp)
     a, o = carve(buf, o, T, H, Bp)
@@ -197,14 +197,14 @@ def _bi_cache(buf, T, H, Bp):
 
 @njit(**JIT)
 def cache_rows(buf, T, B, H):
-    """A v5 cache as ``rnn_forward``'s h: (T+1, B, H), a: (T, B, H)."""
+    """A batch-inner cache as ``rnn_forward``'s h: (T+1, B, H), a: (T, B, H)."""
     h, a = _bi_cache(buf, T, H, padded(B, buf))
     return rows(h, B), rows(a, B)
 
 
 @njit(**JIT)
 def rnn_forward_bi(x, h0, W, R, b, code, lengths, keep):
-    """v5: ``rnn_forward`` with the batch as the innermost axis of every step's work
+    """batch-inner: ``rnn_forward`` with the batch as the innermost axis of every step's work
     (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
     fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
     one buffer (``_bi_cache``, see ``lstm_forward_bi``)."""
@@ -246,7 +246,7 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     inactive row, plus da[t, n] @ R.T.   da: (T, B, H)
     work: ``_simd.product_work`` of the product
     RT: (G*H, H) R.T as a C-contiguous copy when fused
-    P: R.T packed for ``_simd.product`` (None: BLAS)
+    P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
     zero, one = a.dtype.type(0), a.dtype.type(1)
@@ -307,7 +307,7 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
 
 @njit(**JIT)
 def rnn_backward_bi(dy, dhT, x, W, R, buf, code, lengths):
-    """v5 backward, on ``rnn_forward_bi``'s cache buffer, batch innermost as there.
+    """batch-inner backward, on ``rnn_forward_bi``'s cache buffer, batch innermost as there.
 
     dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, H)   R: (H, H)
     Returns dx: (T, B, I), dh0: (B, H), dW: (I, H), dR: (H, H), db: (H,).
