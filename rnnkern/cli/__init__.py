@@ -1,4 +1,4 @@
-"""The ``rnnkern`` command: ``gradcheck``, ``bench`` and ``demo``.
+"""The ``rnnkern`` command: ``gradcheck``, ``bench`` (kernels, ``train``, ``torch``) and ``demo``.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only wires them up. Bad arguments get argparse's

@@ -54,7 +54,7 @@ class Shape(NamedTuple):
         return f"T{self.T} B{self.B} I{self.I} H{self.H}"  # the order --shapes takes
 
 
-#: the CPU shape set of issue 4, by name
+#: the CPU benchmark shapes, by name
 SHAPES = {s.name: s for s in (
     Shape("seed", 10, 16, 1, 3),
     Shape("stream", 1000, 1, 8, 32),

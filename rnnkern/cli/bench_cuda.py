@@ -347,7 +347,7 @@ def run_gpu(args: argparse.Namespace) -> int:
     Returns 0 when every row is "ok" or "unsupported", 1 when any "failed".
     """
     if not cupy_cuda.is_available():
-        raise ValueError("backend: 'cupy' is not available on this machine (no CUDA GPU "
+        raise ValueError("backend: 'cupy' is not available here (no CUDA GPU "
                          "answers or CuPy is not installed)")
     cells, shapes = _cells(getattr(args, "cell", None)), parse_shapes(args.shapes)
     variants = _variants(getattr(args, "variant", None))
