@@ -2,14 +2,14 @@
 
 from . import backends, callbacks, data, losses, masks, schedules
 from .generate import generate
-from .layers import GRU, LSTM, RNN, Dense, Embedding, Sequential
+from .layers import GRU, LSTM, RNN, Bidirectional, Dense, Dropout, Embedding, Sequential
 from .optim import SGD, Adam
 from .serialize import load, save
 from .train import evaluate, fit, value_and_grad
 
 __version__ = "0.1.0"
-__all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Dense", "Embedding",
-           "Sequential",
+__all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Bidirectional", "Dense",
+           "Dropout", "Embedding", "Sequential",
            "value_and_grad", "evaluate", "fit", "generate", "Adam", "SGD", "save", "load",
            "masks", "losses", "data", "callbacks", "schedules", "interop"]
 

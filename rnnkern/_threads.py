@@ -61,7 +61,7 @@ def on_numba(model: Any) -> bool:
 
 def _widest(model: Any) -> int:
     """The largest in x out of the model's layers: a bound on its products' MACs per row."""
-    own = getattr(model, "in_features", 0) * getattr(model, "out_features", 0)
+    own = (getattr(model, "in_features", 0) or 0) * (getattr(model, "out_features", 0) or 0)
     return max([own, *(_widest(layer) for layer in getattr(model, "layers", ()))])
 
 

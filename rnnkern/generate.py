@@ -104,6 +104,10 @@ def _check_inputs(model: Layer, x: Any, target: Any, lengths: Any, feedback: int
                       lengths=None if isinstance(lengths, (list, tuple)) else lengths)
     lengths = check_lengths(lengths, T, B, xp)
     feedback = check_int("feedback", feedback, 0)
+    if feedback and not model.causal:
+        raise ValueError(f"feedback: the model reads its inputs backwards too "
+                         f"(a bidirectional layer), so it cannot drive itself step by step; "
+                         f"got feedback={feedback}, expected 0")
     if feedback:
         shortest = T if lengths is None else int(lengths.min())
         if feedback >= shortest:
@@ -160,7 +164,7 @@ def stream(model: Layer, x: Any, state: Any = None, lengths: Any = None,
     the state at their last step, their outputs are zero, as in one call).
     """
     T, B = x.shape[:2]
-    if T <= chunk:
+    if T <= chunk or not model.causal:  # a layer reading backwards needs every step at once
         y, state, _ = model._forward(x, state, lengths, False)
         return y, state
     xp = array_module(x=x)
@@ -378,6 +382,10 @@ def generate(model: Layer, primer: Any, steps: int, state: Any = None,
     state to start the primer from (None: zeros). ``steps=0`` returns empty arrays.
     """
     primer, _, _, state = check_inputs(model, primer, state=state, x_name="primer")
+    if not model.causal:
+        raise ValueError("model: generate feeds each output back as the next input, but the "
+                         "model reads its inputs backwards too (a bidirectional layer), "
+                         "which needs the whole sequence first")
     steps = check_int("steps", steps, 0)
     if model.out_features != model.in_features:
         raise ValueError(f"model: generate feeds outputs back as inputs, so out_features="

@@ -22,6 +22,9 @@ init with a = sqrt(5) amounts to.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,7 +45,7 @@ from ._validate import (
     check_lengths,
     with_layout_hint,
 )
-from .backends.numpy_ref import active_mask
+from .backends.numpy_ref import active_mask, reversal_index, reverse_steps
 
 State = Any
 Cache = Any
@@ -85,6 +88,9 @@ class Layer:
     contiguous_input = True
     #: whether x holds integer ids (T, B) rather than features (T, B, in_features)
     tokens = False
+    #: whether each output depends only on the steps up to it (False for a layer that
+    #: reads backwards too: it cannot run in pieces, drive itself or generate)
+    causal = True
 
     def __init__(self, backend: str | None, dtype: Any) -> None:
         self.dtype = check_dtype(dtype)
@@ -230,130 +236,380 @@ def _load_into(live: dict[str, Any], params: dict[str, Any], xp: Any) -> None:
 # recurrent cells
 
 
+def check_probability(name: str, p: Any) -> float:
+    """``p`` as a float in [0, 1) (a dropout probability)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a probability in [0, 1), got {type(p).__name__}")
+    if not 0 <= p < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p}")
+    return float(p)
+
+
+def _check_flag(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def _own_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A layer's own generator for dropout masks: a child of ``seed``'s generator (which
+    it does not advance, so the weights drawn after it stay the same)."""
+    if isinstance(seed, np.random.Generator):
+        return seed.spawn(1)[0]
+    return np.random.default_rng(seed)
+
+
+_TRAINING_GENERATOR: contextvars.ContextVar[np.random.Generator | None] = \
+    contextvars.ContextVar("rnnkern_training_generator", default=None)
+
+
+@contextlib.contextmanager
+def drawing_from(rng: np.random.Generator) -> Iterator[None]:
+    """Inside the block every dropout mask is drawn from ``rng`` (``fit`` passes the
+    generator it shuffles with, so one seed fixes the whole run and a checkpoint of that
+    generator resumes it exactly)."""
+    token = _TRAINING_GENERATOR.set(rng)
+    try:
+        yield
+    finally:
+        _TRAINING_GENERATOR.reset(token)
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, dtype: np.dtype, xp: Any,
+                 own: np.random.Generator) -> Any:
+    """Inverted dropout's mask: 0 with probability ``p``, else 1 / (1 - p), of ``shape``;
+    drawn on the host (the same mask on every backend) from the generator of
+    ``drawing_from`` or else ``own``."""
+    rng = _TRAINING_GENERATOR.get() or own
+    keep = rng.random(shape, dtype=dtype) >= p
+    return move(keep * dtype.type(1 / (1 - p)), xp)
+
+
+#: each cell's parameters, in the order of the kernels' signatures
+CELL_PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
+
+
 class _Cell(Layer):
-    """A recurrent layer over one of the backend's cells."""
+    """A recurrent layer over one of the backend's cells: one layer in one direction, or
+    PyTorch's stack of ``num_layers`` layers, each in one or both directions.
+
+    A stack's parameters are named as PyTorch names them, ``<name>_l<layer>`` and
+    ``<name>_l<layer>_reverse`` (``W_l0``, ``R_l1_reverse``, ...); its state has
+    PyTorch's layout: h: (num_layers * directions, B, H) (LSTM: (h, c), both so),
+    entry ``layer * directions + direction``. The reverse direction reads each row
+    backwards within its own length; layer l > 0 reads the previous layer's outputs,
+    both directions concatenated, after dropout (training only).
+    """
 
     cell: str
+    activation = "tanh"
+    #: how a two-way layer's directions combine: "concat" (T, B, 2H) or "sum" (T, B, H)
+    merge = "concat"
 
     def __init__(self, in_features: int, hidden: int, backend: str | None, dtype: Any,
-                 seed: int | None) -> None:
+                 seed: int | None, num_layers: int = 1, dropout: float = 0.0,
+                 bidirectional: bool = False) -> None:
         super().__init__(backend, dtype)
         self.in_features = check_int("in_features", in_features, 1)
-        self.hidden = self.out_features = check_int("hidden", hidden, 1)
+        self.hidden = check_int("hidden", hidden, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.dropout = check_probability("dropout", dropout)
+        self.bidirectional = _check_flag("bidirectional", bidirectional)
+        if self.dropout and self.num_layers == 1:
+            warnings.warn(f"dropout={self.dropout} acts between stacked layers, so with "
+                          f"num_layers=1 it does nothing (as in torch.nn)", stacklevel=3)
+        self.directions = 2 if self.bidirectional else 1
+        self.out_features = self.hidden * (self.directions if self.merge == "concat" else 1)
+        self.causal = not self.bidirectional
         self.reset_parameters(seed)
 
+    @property
+    def _single(self) -> bool:
+        """One layer, one direction: parameters ``W, R, b`` and state (B, H)."""
+        return self.num_layers == 1 and self.directions == 1
+
+    def _suffix(self, layer: int, direction: int) -> str:
+        if self._single:
+            return ""
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def _units(self) -> Iterator[tuple[int, int, str]]:
+        """(layer, direction, parameter-name suffix), in the state's order."""
+        for layer in range(self.num_layers):
+            for d in range(self.directions):
+                yield layer, d, self._suffix(layer, d)
+
+    def _unit(self, suffix: str) -> dict[str, Any]:
+        """One layer-direction's parameters under the kernels' names (W, R, b, b_hn)."""
+        return {k: self._params[k + suffix] for k in CELL_PARAMS[self.cell]}
+
     def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        # in PyTorch's order: every layer-direction draws W, R, then both biases
         k = 1.0 / np.sqrt(self.hidden)
-        GH = GATES[self.cell] * self.hidden
-        out = {"W": rng.uniform(-k, k, (self.in_features, GH)),
-               "R": rng.uniform(-k, k, (self.hidden, GH))}
-        b_ih, b_hh = rng.uniform(-k, k, GH), rng.uniform(-k, k, GH)
-        if self.cell == "gru":  # PyTorch's bias_hh for n sits inside r * (...): keep it apart
-            out["b"] = b_ih + np.concatenate([b_hh[: 2 * self.hidden],
-                                              np.zeros(self.hidden)])
-            out["b_hn"] = b_hh[2 * self.hidden :]
-        else:
-            out["b"] = b_ih + b_hh
+        H = self.hidden
+        GH = GATES[self.cell] * H
+        out = {}
+        for layer, _, sfx in self._units():
+            inputs = self.in_features if layer == 0 else H * self.directions
+            out["W" + sfx] = rng.uniform(-k, k, (inputs, GH))
+            out["R" + sfx] = rng.uniform(-k, k, (H, GH))
+            b_ih, b_hh = rng.uniform(-k, k, GH), rng.uniform(-k, k, GH)
+            if self.cell == "gru":  # PyTorch's bias_hh for n sits inside r * (...): apart
+                out["b" + sfx] = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
+                out["b_hn" + sfx] = b_hh[2 * H :]
+            else:
+                out["b" + sfx] = b_ih + b_hh
         return out
 
-    def spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "in_features": self.in_features,
-                "hidden": self.hidden}
+    def reset_parameters(self, seed: int | np.random.Generator | None = None) -> None:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._dropout_rng = _own_generator(rng)
+        super().reset_parameters(rng)
 
-    def _check_h(self, name: str, h: Any, B: int) -> Any:
-        return as_array(name, h, (("B", B), ("H", self.hidden)), self.dtype)
+    def spec(self) -> dict[str, Any]:
+        out = {"type": type(self).__name__, "in_features": self.in_features,
+               "hidden": self.hidden}
+        for name, default in (("num_layers", 1), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:  # files of single layers stay as they were
+                out[name] = getattr(self, name)
+        return out
+
+    # -- state ----------------------------------------------------------------
+    def _check_h(self, name: str, h: Any, B: int, stacked: bool = False) -> Any:
+        dims = (("B", B), ("H", self.hidden))
+        if stacked:
+            dims = (("num_layers * directions", self.num_layers * self.directions),) + dims
+        return as_array(name, h, dims, self.dtype)
+
+    def _check_unit_state(self, state: Any, B: int, name: str, stacked: bool = False) -> Any:
+        """h: (B, H) (RNN, GRU) or (h, c), each (B, H) (LSTM); stacked: (L * D, B, H) each."""
+        if self.cell != "lstm":
+            return self._check_h(name, state, B, stacked)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            lead = f"num_layers * directions={self.num_layers * self.directions}, " \
+                if stacked else ""
+            raise TypeError(f"{name}: expected (h, c), two arrays of shape ({lead}B={B}, "
+                            f"H={self.hidden}), or None, got {type(state).__name__}")
+        return (self._check_h(f"{name}[0]", state[0], B, stacked),
+                self._check_h(f"{name}[1]", state[1], B, stacked))
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:
-        """h: (B, H) (RNN, GRU) or None."""
-        return None if state is None else self._check_h(name, state, B)
+        """None, or one layer-direction's state (see ``_check_unit_state``), stacked
+        along a first axis of num_layers * directions for a stack."""
+        if state is None:
+            return None
+        return self._check_unit_state(state, B, name, stacked=not self._single)
+
+    def _split_state(self, state: State) -> list:
+        """The stack's state -> one state per layer-direction (None: zeros)."""
+        n = self.num_layers * self.directions
+        if state is None:
+            return [None] * n
+        if self._single:
+            return [state]
+        if isinstance(state, tuple):  # (h, c)
+            return [(state[0][k], state[1][k]) for k in range(n)]
+        return [state[k] for k in range(n)]
+
+    def _join_state(self, states: list, xp: Any) -> State:
+        if self._single:
+            return states[0]
+        if isinstance(states[0], tuple):
+            return (xp.stack([s[0] for s in states]), xp.stack([s[1] for s in states]))
+        return xp.stack(states)
+
+    # -- computing ------------------------------------------------------------
+    def _run(self, p: dict[str, Any], x: Any, state: Any, lengths: Any,
+             training: bool) -> tuple:
+        """One layer-direction's kernels: x: (T, B, I), its state (h0, or (h0, c0)) or
+        None, p: the kernels' parameters -> y: (T, B, H), final state, cache."""
+        be = self._be
+        if self.cell == "lstm":
+            h0, c0 = (None, None) if state is None else state
+            return be.lstm_forward(x, h0, c0, p["W"], p["R"], p["b"], lengths=lengths,
+                                   training=training)
+        if self.cell == "gru":
+            return be.gru_forward(x, state, p["W"], p["R"], p["b"], p["b_hn"],
+                                  lengths=lengths, training=training)
+        return be.rnn_forward(x, state, p["W"], p["R"], p["b"], activation=self.activation,
+                              lengths=lengths, training=training)
+
+    def _back(self, dy: Any, dstate: Any, cache: Cache) -> tuple:
+        """The backward of ``_run``: dy: (T, B, H) or None, the final state's gradient or
+        None -> dx: (T, B, I), the initial state's gradient, grads under the kernels'
+        names."""
+        if self.cell == "lstm" and dstate is not None and \
+                (not isinstance(dstate, (tuple, list)) or len(dstate) != 2):
+            raise TypeError(f"dstate: expected (dhT, dcT), two (B, H) arrays or None, "
+                            f"got {type(dstate).__name__}")
+        return getattr(self._be, f"{self.cell}_backward")(dy, dstate, cache)
+
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
+        """x: (T, B, I), state or None -> y: (T, B, out_features), state, cache."""
+        if self._single:
+            return self._run(self._params, x, state, lengths, training)
+        xp = array_module(x=x)
+        T, B = x.shape[:2]
+        order = reversal_index(lengths, T, B, xp) if self.directions == 2 else None
+        initial, finals, caches, masks = self._split_state(state), [], [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for layer_, d, sfx in self._units():
+                if layer_ != layer:
+                    continue
+                xd = reverse_steps(x, order, xp) if d else x
+                y, s, c = self._run(self._unit(sfx), xd, initial[len(finals)], lengths,
+                                    training)
+                outs.append(reverse_steps(y, order, xp) if d else y)
+                finals.append(s)
+                caches.append(c)
+            x = outs[0] if len(outs) == 1 else \
+                xp.concatenate(outs, axis=2) if self.merge == "concat" else outs[0] + outs[1]
+            mask = None
+            if training and self.dropout and layer < self.num_layers - 1:
+                mask = dropout_mask(x.shape, self.dropout, self.dtype, xp, self._dropout_rng)
+                x = x * mask
+            masks.append(mask)
+        cache = (B, order, caches, masks) if training else None
+        return x, self._join_state(finals, xp), cache
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, out_features) or None, dstate: as the state or None -> dx: (T, B, I),
+        dstate0 (as the state), grads by parameter name."""
+        if self._single:
+            return self._back(dy, dstate, cache)
+        B, order, caches, masks = cache
+        xp = array_module(dy=dy)
+        dfinal = self._split_state(self.check_state(dstate, B, "dstate"))
+        dinitial, grads = [None] * len(dfinal), {}
+        H, D = self.hidden, self.directions
+        for layer in reversed(range(self.num_layers)):
+            if dy is not None and masks[layer] is not None:
+                dy = dy * masks[layer]
+            dx = None
+            for d in range(D):
+                k = layer * D + d
+                dyd = dy
+                if dy is not None and D == 2 and self.merge == "concat":
+                    dyd = dy[:, :, d * H : (d + 1) * H]
+                if dyd is not None:
+                    dyd = reverse_steps(dyd, order, xp) if d else xp.ascontiguousarray(dyd)
+                dxd, dinitial[k], g = self._back(dyd, dfinal[k], caches[k])
+                if d:
+                    dxd = reverse_steps(dxd, order, xp)
+                dx = dxd if dx is None else dx + dxd
+                sfx = self._suffix(layer, d)
+                grads.update({name + sfx: v for name, v in g.items()})
+            dy = dx
+        return dy, self._join_state(dinitial, xp), grads
 
 
 class RNN(_Cell):
     """Elman RNN: h_t = act(x_t @ W + h_{t-1} @ R + b); act: "tanh" | "relu" | "identity".
 
     Parameters: W: (I, H), R: (H, H), b: (H,). State: h: (B, H).
+    ``num_layers``, ``dropout``, ``bidirectional``: the stack ``torch.nn.RNN`` builds
+    (parameter names and state layout in ``_Cell``).
     """
 
     cell = "rnn"
 
     def __init__(self, in_features: int, hidden: int, activation: str = "tanh", *,
+                 num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False,
                  backend: str | None = None, dtype: Any = "float32",
                  seed: int | None = None) -> None:
         self.activation = check_activation(activation)
-        super().__init__(in_features, hidden, backend, dtype, seed)
+        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
+                         bidirectional)
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "activation": self.activation}
-
-    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
-        """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
-        p = self._params
-        return self._be.rnn_forward(x, state, p["W"], p["R"], p["b"],
-                                    activation=self.activation, lengths=lengths,
-                                    training=training)
-
-    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
-        """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads {W, R, b}."""
-        return self._be.rnn_backward(dy, dstate, cache)
 
 
 class LSTM(_Cell):
     """LSTM, gate order (i, f, g, o) as PyTorch.
 
     Parameters: W: (I, 4H), R: (H, 4H), b: (4H,). State: (h, c), each (B, H).
+    ``num_layers``, ``dropout``, ``bidirectional``: the stack ``torch.nn.LSTM`` builds
+    (parameter names and state layout in ``_Cell``).
     """
 
     cell = "lstm"
 
-    def __init__(self, in_features: int, hidden: int, *, backend: str | None = None,
-                 dtype: Any = "float32", seed: int | None = None) -> None:
-        super().__init__(in_features, hidden, backend, dtype, seed)
-
-    def check_state(self, state: State, B: int, name: str = "state") -> State:
-        """(h, c), each (B, H), or None."""
-        if state is None:
-            return None
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"{name}: expected (h, c), two arrays of shape (B={B}, "
-                            f"H={self.hidden}), or None, got {type(state).__name__}")
-        return (self._check_h(f"{name}[0]", state[0], B), self._check_h(f"{name}[1]", state[1], B))
-
-    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
-        """x: (T, B, I), state: (h0, c0) or None -> y: (T, B, H), (hT, cT), cache."""
-        h0, c0 = (None, None) if state is None else state
-        p = self._params
-        return self._be.lstm_forward(x, h0, c0, p["W"], p["R"], p["b"], lengths=lengths,
-                                     training=training)
-
-    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
-        """dy: (T, B, H) or None, dstate: (dhT, dcT) or None -> dx, (dh0, dc0), grads."""
-        if dstate is not None and (not isinstance(dstate, (tuple, list)) or len(dstate) != 2):
-            raise TypeError(f"dstate: expected (dhT, dcT), two (B, H) arrays or None, "
-                            f"got {type(dstate).__name__}")
-        return self._be.lstm_backward(dy, dstate, cache)
+    def __init__(self, in_features: int, hidden: int, *, num_layers: int = 1,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
+        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
+                         bidirectional)
 
 
 class GRU(_Cell):
     """GRU, gate order (r, z, n), PyTorch's formulation.
 
     Parameters: W: (I, 3H), R: (H, 3H), b: (3H,), b_hn: (H,). State: h: (B, H).
+    ``num_layers``, ``dropout``, ``bidirectional``: the stack ``torch.nn.GRU`` builds
+    (parameter names and state layout in ``_Cell``).
     """
 
     cell = "gru"
 
-    def __init__(self, in_features: int, hidden: int, *, backend: str | None = None,
-                 dtype: Any = "float32", seed: int | None = None) -> None:
-        super().__init__(in_features, hidden, backend, dtype, seed)
+    def __init__(self, in_features: int, hidden: int, *, num_layers: int = 1,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
+        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
+                         bidirectional)
 
-    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
-        """x: (T, B, I), state: h0 (B, H) or None -> y: (T, B, H), hT: (B, H), cache."""
-        p = self._params
-        return self._be.gru_forward(x, state, p["W"], p["R"], p["b"], p["b_hn"],
-                                    lengths=lengths, training=training)
 
-    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
-        """dy: (T, B, H) or None, dstate: dhT (B, H) or None -> dx, dh0, grads."""
-        return self._be.gru_backward(dy, dstate, cache)
+class Bidirectional(_Cell):
+    """A cell read in both directions, as Keras' ``Bidirectional``: the forward direction
+    is ``cell``'s weights (copied), the reverse a fresh draw (from ``seed``) that reads
+    each row backwards within its own length, padding left at the end.
+
+    merge: "concat" -> y: (T, B, 2H), [forward, backward] along features; "sum" -> (T, B, H).
+    Parameters: the cell's under the names ``<name>_l0`` and ``<name>_l0_reverse``.
+    State: (forward state, reverse state), each as the cell's; the reverse direction
+    starts from its entry at step lengths[b] - 1 and ends at step 0.
+    """
+
+    def __init__(self, cell: _Cell, merge: str = "concat", *, seed: int | None = None) -> None:
+        if not isinstance(cell, _Cell) or isinstance(cell, Bidirectional):
+            raise TypeError(f"cell: expected an RNN, LSTM or GRU layer, "
+                            f"got {type(cell).__name__}")
+        if not cell._single:
+            raise ValueError(f"cell: expected one layer in one direction, got num_layers="
+                             f"{cell.num_layers}, bidirectional={cell.bidirectional}; a "
+                             f"stack reads both directions with bidirectional=True")
+        self.merge = check_choice("merge", merge, ("concat", "sum"))
+        self.cell, self.activation = cell.cell, cell.activation
+        self._inner = type(cell)
+        super().__init__(cell.in_features, cell.hidden, cell.backend, cell.dtype, seed,
+                         bidirectional=True)
+        for k, v in cell.parameters().items():
+            self._params[k + "_l0"][...] = v
+
+    def check_state(self, state: State, B: int, name: str = "state") -> State:
+        """(forward state, reverse state), each as one cell's, or None."""
+        if state is None:
+            return None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{name}: expected (forward state, reverse state), got "
+                            f"{type(state).__name__}")
+        return tuple(self._check_unit_state(s, B, f"{name}[{d}]") for d, s in enumerate(state))
+
+    def _split_state(self, state: State) -> list:
+        return [None, None] if state is None else list(state)
+
+    def _join_state(self, states: list, xp: Any) -> State:
+        return tuple(states)
+
+    def spec(self) -> dict[str, Any]:
+        cell = {"type": self._inner.__name__, "in_features": self.in_features,
+                "hidden": self.hidden}
+        if self.cell == "rnn":
+            cell["activation"] = self.activation
+        return {"type": "Bidirectional", "cell": cell, "merge": self.merge}
 
 
 # ----------------------------------------------------------------------------
@@ -484,6 +740,56 @@ class Embedding(Layer):
 
 
 # ----------------------------------------------------------------------------
+# Dropout
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training each feature of each step is zeroed with probability
+    ``p`` and the rest scaled by 1 / (1 - p); an inference pass (``model(x)``,
+    ``evaluate``, ``generate``) passes x through.
+
+    Masks are drawn from the generator ``fit`` shuffles with (else the layer's own,
+    from ``seed``) and kept in the cache, so the backward is exact for the mask drawn.
+    Takes any number of features: x: (T, B, F) -> y: (T, B, F) (in a Sequential, F is
+    the previous layer's ``out_features``). No parameters, no state.
+    """
+
+    contiguous_input = False
+
+    def __init__(self, p: float, *, backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
+        super().__init__(backend, dtype)
+        self.p = check_probability("p", p)
+        self.in_features = self.out_features = None  # type: ignore[assignment]
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int | np.random.Generator | None = None) -> None:
+        """A fresh mask generator from ``seed`` (no parameters to draw)."""
+        self._rng = _own_generator(seed)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Dropout", "p": self.p}
+
+    def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
+        """x: (T, B, F) -> y: (T, B, F), None, cache (the mask, or None without one)."""
+        if not training:
+            return x, None, None
+        if not self.p:
+            return x, None, (x.shape, None)
+        mask = dropout_mask(x.shape, self.p, self.dtype, array_module(x=x), self._rng)
+        return x * mask, None, (x.shape, mask)
+
+    def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
+        """dy: (T, B, F) -> dx: dy times the mask, None, no grads."""
+        shape, mask = cache
+        if dy is None:
+            return None, None, {}
+        check_array("dy", dy, tuple(zip(("T", "B", "F"), shape, strict=True)), self.dtype,
+                    contiguous=False)
+        return (dy if mask is None else dy * mask), None, {}
+
+
+# ----------------------------------------------------------------------------
 # Sequential
 
 
@@ -501,15 +807,17 @@ class Sequential(Layer):
             raise ValueError("layers: expected at least one layer, got none")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer) or isinstance(layer, Sequential):
-                raise TypeError(f"layers[{i}]: expected an RNN, LSTM, GRU, Dense or "
-                                f"Embedding layer, got {type(layer).__name__}")
+                raise TypeError(f"layers[{i}]: expected an RNN, LSTM, GRU, Bidirectional, "
+                                f"Dense, Dropout or Embedding layer, got {type(layer).__name__}")
             if i and layer.tokens:
                 raise ValueError(f"layers[{i}]: an Embedding takes integer ids, so it can "
                                  f"only be the first layer")
-        for i, (a, b) in enumerate(zip(layers, layers[1:], strict=False)):
-            if a.out_features != b.in_features:
-                raise ValueError(f"layers[{i + 1}]: in_features={b.in_features} does not match "
-                                 f"the previous layer's out_features={a.out_features}")
+        features = None  # what flows between layers (Dropout takes any number of features)
+        for i, layer in enumerate(layers):
+            if None not in (features, layer.in_features) and features != layer.in_features:
+                raise ValueError(f"layers[{i}]: in_features={layer.in_features} does not match "
+                                 f"the previous layer's out_features={features}")
+            features = features if layer.out_features is None else layer.out_features
         self.layers = list(layers)
         if dtype is not None:
             dt = check_dtype(dtype)
@@ -527,10 +835,12 @@ class Sequential(Layer):
                                  f"Sequential or build every layer with the same {name}")
         self.dtype, self.backend = self.layers[0].dtype, self.layers[0].backend
         self._be = self.layers[0]._be
-        self.in_features = self.layers[0].in_features
+        self.in_features = next((la.in_features for la in self.layers
+                                 if la.in_features is not None), None)
         self.contiguous_input = self.layers[0].contiguous_input
         self.tokens = self.layers[0].tokens
-        self.out_features = self.layers[-1].out_features
+        self.out_features = features
+        self.causal = all(layer.causal for layer in self.layers)
         if seed is not None:
             self.reset_parameters(seed)
 
@@ -568,6 +878,8 @@ class Sequential(Layer):
     def check_input(self, name: str, x: Any) -> Any:
         """x as the first layer takes it: (T, B, in_features), or (T, B) ids after an
         Embedding."""
+        if self.layers[0].in_features is None:  # a Dropout first: the next layer's width
+            return Layer.check_input(self, name, x)
         return self.layers[0].check_input(name, x)
 
     def check_state(self, state: State, B: int, name: str = "state") -> State:

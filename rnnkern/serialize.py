@@ -42,7 +42,7 @@ VERSION = 1
 META_KEY = "__rnnkern__"
 GATE_ORDER = {"lstm": "i,f,g,o", "gru": "r,z,n"}
 LAYER_TYPES = {"RNN": L.RNN, "LSTM": L.LSTM, "GRU": L.GRU, "Dense": L.Dense,
-               "Embedding": L.Embedding}
+               "Embedding": L.Embedding, "Dropout": L.Dropout}
 
 
 def _fspath(path: Any) -> str:
@@ -200,6 +200,8 @@ def _build(spec: Any, backend: str | None, dtype: Any, path: str) -> Layer:
         if kind == "Sequential":
             inner = [_build(s, backend, dtype, path) for s in args.pop("layers")]
             return L.Sequential(*inner)
+        if kind == "Bidirectional":
+            return L.Bidirectional(_build(args.pop("cell"), backend, dtype, path), **args)
         return LAYER_TYPES[kind](**args, backend=backend, dtype=dtype)
     except (KeyError, TypeError, ValueError) as e:
         if str(e).startswith("backend:"):

@@ -46,7 +46,7 @@ from ._threads import one_pool
 from ._validate import array_module, as_array, check_choice, check_finite, check_int
 from .callbacks import Callback, check_callbacks
 from .generate import Call, Sampler, backprop, check_inputs, check_model, run, stream
-from .layers import Layer, move
+from .layers import Layer, drawing_from, move
 from .optim import NonFiniteError, Optimizer
 from .schedules import Schedule, check_schedule
 
@@ -404,11 +404,15 @@ def _check_bool(name: str, v: Any) -> bool:
     return bool(v)
 
 
-def _check_tbptt(tbptt: Any, c: Call, feedback: int) -> int | None:
+def _check_tbptt(tbptt: Any, model: Layer, c: Call, feedback: int) -> int | None:
     if tbptt is None:
         return None
     tbptt = check_int("tbptt", tbptt, 1)
     T = c.x.shape[0]
+    if tbptt < T and not model.causal:
+        raise ValueError(f"tbptt: the model reads its inputs backwards too (a bidirectional "
+                         f"layer), so it cannot train in chunks of steps; got tbptt={tbptt} "
+                         f"< T={T}, expected None")
     if feedback and tbptt < T:
         last = (T - 1) // tbptt * tbptt  # start of the last chunk
         if c.lengths is not None or T - feedback - 1 < last:
@@ -485,7 +489,7 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
                          f"(got metrics={metrics!r})")
     shuffle, progress = _check_bool("shuffle", shuffle), _check_bool("progress", progress)
     seed = check_int("seed", seed, 0)
-    tbptt = _check_tbptt(tbptt, c, feedback)
+    tbptt = _check_tbptt(tbptt, model, c, feedback)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
     resume = _check_bool("resume", resume)
     on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
@@ -549,8 +553,9 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
             while pos.batch < n_batches:
                 idx = pos.order[pos.batch * batch_size : (pos.batch + 1) * batch_size]
                 try:
-                    value = train_batch(model, opt, data.take(idx), loss_fn, feedback, tbptt,
-                                        per_step)
+                    with drawing_from(rng):  # dropout masks: one seed fixes the whole run
+                        value = train_batch(model, opt, data.take(idx), loss_fn, feedback,
+                                            tbptt, per_step)
                 except NonFiniteError as e:
                     if on_nonfinite == "raise":
                         raise NonFiniteError(

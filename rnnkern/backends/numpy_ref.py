@@ -72,6 +72,25 @@ def active_mask(lengths: Any, T: int, B: int, xp: Any = np) -> Any:
     return (xp.arange(T)[:, None] < xp.asarray(lengths)[None, :])[:, :, None]
 
 
+def reversal_index(lengths: Any, T: int, B: int, xp: Any = np) -> Any:
+    """(T, B) step index that reverses each row within its own length, or None (every
+    row has all T steps: a flip). Step t < lengths[b] maps to lengths[b] - 1 - t,
+    padding maps to itself, so padding stays at the end; the map is its own inverse."""
+    if lengths is None:
+        return None
+    t = xp.arange(T)[:, None]
+    n = xp.asarray(lengths)[None, :]
+    return xp.where(t < n, n - 1 - t, t)
+
+
+def reverse_steps(a: Any, index: Any, xp: Any = np) -> Any:
+    """a: (T, B, F) -> a C-contiguous copy with each row's steps reversed by ``index``
+    (``reversal_index``; None: all T steps), in one gather."""
+    if index is None:
+        return xp.ascontiguousarray(a[::-1])
+    return a[index, xp.arange(a.shape[1])[None, :]]
+
+
 def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.zeros(shape, dtype) if a is None else a
 
