@@ -303,8 +303,8 @@ def test_interop_bad_input():
 
     with pytest.raises(TypeError, match="module: expected torch.nn.RNN"):
         from_torch(torch.nn.Conv1d(1, 1, 1))
-    with pytest.raises(TypeError, match="layer: expected an RNN, LSTM, GRU or Dense"):
-        to_torch(model())
+    with pytest.raises(TypeError, match="layer: expected an rnnkern layer"):
+        to_torch(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="module: expected float32 or float64"):
         from_torch(torch.nn.LSTM(2, 3).to(torch.float16))
 
