@@ -442,13 +442,14 @@ class ModelReport:
 
     errors: worst relative error of the analytic gradient against finite differences
     shapes: the parameter's shape   methods: "elementwise" or "directions" (random ones)
-    tol: the bound every error must stay under   loss: the loss at the parameters
-    backend: where the float64 copy ran
+    directions: how many per "directions" tensor   tol: the bound every error must stay
+    under   loss: the loss at the parameters   backend: where the float64 copy ran
     """
 
     errors: dict[str, float]
     shapes: dict[str, tuple[int, ...]]
     methods: dict[str, str]
+    directions: int
     tol: float
     loss: float
     backend: str
@@ -465,8 +466,10 @@ class ModelReport:
 
     def table(self) -> str:
         """One row per parameter: name, shape, method, worst error, pass/FAIL."""
-        body = [(k, "x".join(map(str, self.shapes[k])) or "()", self.methods[k], f"{e:.2e}",
-                 "pass" if e <= self.tol else "FAIL") for k, e in self.errors.items()]
+        how = {"elementwise": "elementwise", "directions": f"{self.directions} directions"}
+        body = [(k, "x".join(map(str, self.shapes[k])) or "()", how[self.methods[k]],
+                 f"{e:.2e}", "pass" if e <= self.tol else "FAIL")
+                for k, e in self.errors.items()]
         return format_table(("parameter", "shape", "method", "worst rel err", "result"), body)
 
     def __str__(self) -> str:
@@ -557,9 +560,9 @@ def check_model(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any 
                 num[idx] = _central(f, a, idx, eps)
             errors[name] = rel_error(g, num)
             continue
-        methods[name] = f"{directions} directions"
+        methods[name] = "directions"
         errors[name] = max(_along_directions(f, a, g, rng, directions, eps))
-    return ModelReport(errors, shapes, methods, tol, value, copy.backend)
+    return ModelReport(errors, shapes, methods, directions, tol, value, copy.backend)
 
 
 def _along_directions(f: Callable[[], tuple[float, Any]], a: np.ndarray, g: np.ndarray,
