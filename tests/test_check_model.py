@@ -182,6 +182,7 @@ def test_cli_cross_entropy(tmp_path, capsys):
     ("no-model-file", "--model: no such file"),
     ("no-data-file", "--data: no such file"),
     ("missing-key", "missing target; unknown targets"),
+    ("single-array", "is a single array; expected an .npz"),
     ("only-model", "expected both"),
     ("two-backends", "the one backend to load the model on"),
 ])
@@ -189,9 +190,11 @@ def test_cli_refuses_bad_files(saved, tmp_path, capsys, which, message):
     m, d = saved
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 1, 2), np.float32),
              targets=np.zeros((2, 1, 2), np.float32))
+    np.save(tmp_path / "one.npy", np.zeros((2, 1, 2), np.float32))
     argv = {"no-model-file": ["--model", str(tmp_path / "none.npz"), "--data", d],
             "no-data-file": ["--model", m, "--data", str(tmp_path / "none.npz")],
             "missing-key": ["--model", m, "--data", str(tmp_path / "bad.npz")],
+            "single-array": ["--model", m, "--data", str(tmp_path / "one.npy")],
             "only-model": ["--model", m],
             "two-backends": ["--model", m, "--data", d, "--backend", "numpy",
                              "--backend", "numpy"]}[which]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--data", metavar="D.NPZ",
                        help="with --model: .npz with x, target and optional mask, lengths")
     model.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse")
-    model.add_argument("--feedback", type=int, default=0,
+    model.add_argument("--feedback", type=int, default=0, metavar="N",
                        help="free-running: the last N inputs are the model's own outputs")
 
 
@@ -69,19 +70,25 @@ def _read_data(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(f"--data: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"--data: {path} is not a readable .npz file ({e})") from e
     required, optional = DATA_KEYS
+    wanted = (f"the arrays {', '.join(required)} and optionally {', '.join(optional)} "
+              f"(np.savez(path, x=..., target=...))")
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"--data: {path} is a single array; expected an .npz of {wanted}")
+    with z:
+        data = {k: z[k] for k in z.files}
     missing = [k for k in required if k not in data]
     extra = sorted(set(data) - set(required) - set(optional))
-    if missing or extra:
-        raise ValueError(f"--data: {path} must hold the arrays {', '.join(required)} and "
-                         f"optionally {', '.join(optional)}; "
-                         + (f"missing {', '.join(missing)}" if missing else "")
-                         + ("; " if missing and extra else "")
-                         + (f"unknown {', '.join(extra)}" if extra else ""))
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if extra:
+        problems.append(f"unknown {', '.join(extra)}")
+    if problems:
+        raise ValueError(f"--data: {path} must hold {wanted}; {'; '.join(problems)}")
     return data
 
 
