@@ -321,3 +321,16 @@ def test_hidden_grads_argument_errors(model, layer, message):
     x = np.zeros((3, 1, 2), np.float32)
     with pytest.raises(ValueError, match=message):
         gc.hidden_grads(model, x, np.zeros((3, 1, 2), np.float32), layer=layer)
+
+
+@pytest.mark.parametrize("backend", [b for b in rk.backends.available() if b != "cupy"])
+def test_hidden_grads_agree_across_host_backends(backend):
+    rng = np.random.default_rng(11)
+    x, target, lengths = rand(rng, 6, 3, 2), rand(rng, 6, 3, 2), np.array([6, 2, 4])
+
+    def grads(name):
+        model = rk.Sequential(rk.LSTM(2, 4), rk.Dense(4, 2), backend=name, dtype="float64",
+                              seed=0)
+        return gc.hidden_grads(model, x, target, lengths=lengths)
+
+    assert gc.norm_error(grads(backend), grads("numpy")) < 1e-12
