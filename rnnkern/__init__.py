@@ -1,6 +1,6 @@
 """rnnkern: a from-scratch recurrence engine (RNN, LSTM, GRU) with hand-written BPTT."""
 
-from . import backends, callbacks, data, losses, masks, schedules
+from . import backends, callbacks, data, gradcheck, losses, masks, schedules
 from .generate import generate
 from .layers import GRU, LSTM, RNN, Bidirectional, Dense, Dropout, Embedding, Sequential
 from .optim import SGD, Adam
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = ["backends", "__version__", "RNN", "LSTM", "GRU", "Bidirectional", "Dense",
            "Dropout", "Embedding", "Sequential",
            "value_and_grad", "evaluate", "fit", "generate", "Adam", "SGD", "save", "load",
-           "masks", "losses", "data", "callbacks", "schedules", "interop"]
+           "masks", "losses", "data", "callbacks", "schedules", "gradcheck", "interop"]
 
 
 def __getattr__(name: str):

@@ -15,6 +15,10 @@ returns, so central differences of ``L`` check the whole backward at once.
 - ``per_step_check``: untie the weights into one copy per step, finite-difference
   each copy, and compare with the ``per_step=True`` contributions and their sum.
 - ``parity``: any backend (any dtype, any variant) against the float64 NumPy oracle.
+- ``check_model``: central differences of the loss of a user's whole model (a float64
+  copy of it) for every parameter, against ``value_and_grad``.
+- ``hidden_grads`` / ``hidden_grad_norms``: the gradient BPTT carries at each step,
+  dL/dh_t of one recurrent layer's hidden state.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
-from ._validate import GATES
+from . import backends, losses, serialize
+from ._validate import GATES, array_module, check_int
+from .generate import _mix
+from .generate import check_model as _check_layer
+from .layers import Layer, Sequential, _Cell, backend_xp
+from .train import _checked, evaluate, value_and_grad
 
 #: parameter names per cell, in the order of the forward's signature
 PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
@@ -414,3 +422,257 @@ def run_suite(
                         for dt in ("float32", "float64"):
                             add("parity", parity(p, name, dt, per_step=True), dt, PARITY_TOL[dt])
     return rows
+
+
+def format_table(head: tuple[str, ...], body: list[tuple]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# whole models: check_model
+
+
+@dataclass
+class ModelReport:
+    """What ``check_model`` found, per parameter (names as ``model.parameters()``).
+
+    errors: worst relative error of the analytic gradient against finite differences
+    shapes: the parameter's shape   methods: "elementwise" or "directions" (random ones)
+    directions: how many per "directions" tensor   tol: the bound every error must stay
+    under   loss: the loss at the parameters   backend: where the float64 copy ran
+    """
+
+    errors: dict[str, float]
+    shapes: dict[str, tuple[int, ...]]
+    methods: dict[str, str]
+    directions: int
+    tol: float
+    loss: float
+    backend: str
+
+    @property
+    def ok(self) -> bool:
+        """Every parameter's error at most ``tol`` (a NaN error fails)."""
+        return not self.failed
+
+    @property
+    def failed(self) -> list[str]:
+        """The parameters whose error is above ``tol`` (or NaN)."""
+        return [k for k, e in self.errors.items() if not e <= self.tol]
+
+    def table(self) -> str:
+        """One row per parameter: name, shape, method, worst error, pass/FAIL."""
+        how = {"elementwise": "elementwise", "directions": f"{self.directions} directions"}
+        body = [(k, "x".join(map(str, self.shapes[k])) or "()", how[self.methods[k]],
+                 f"{e:.2e}", "pass" if e <= self.tol else "FAIL")
+                for k, e in self.errors.items()]
+        return format_table(("parameter", "shape", "method", "worst rel err", "result"), body)
+
+    def __str__(self) -> str:
+        verdict = "all pass" if self.ok else f"FAILED: {', '.join(self.failed)}"
+        return (f"{self.table()}\n\n{len(self.errors)} parameters, loss {self.loss:.6g} "
+                f"(float64 on {self.backend}), tolerance {self.tol:.0e}: {verdict}")
+
+
+def _host64(a: Any) -> Any:
+    """A host float64 copy of a float array; ids, lengths, lists and None as they are
+    (a CuPy array comes to the host)."""
+    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        return a
+    a = to_numpy(a)
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+
+def _state64(state: Any) -> Any:
+    """``_host64`` over a state tree (tuples and lists of arrays)."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(_state64(s) for s in state)
+    return _host64(state)
+
+
+def float64_copy(model: Layer) -> Layer:
+    """A float64 copy of ``model`` with the same parameters, on its backend when that
+    computes on the host (NumPy, Numba), else on NumPy; ``model`` is left untouched."""
+    _check_layer(model)
+    name = model.backend if backend_xp(backends.get(model.backend)) is np else "numpy"
+    copy = serialize.from_spec(model.spec(), backend=name, dtype="float64")
+    copy.load_parameters({k: to_numpy(v).astype(np.float64)
+                          for k, v in model.parameters().items()})
+    return copy
+
+
+def _positive(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number > 0, got {type(v).__name__}")
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {v}")
+    return float(v)
+
+
+def check_model(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any = None,
+                lengths: Any = None, feedback: int = 0, state: Any = None,
+                eps: float = 1e-3, directions: int = 3, seed: int = 0,
+                max_elements: int = 256, tol: float = FD_TOL) -> ModelReport:
+    """Finite differences of the loss of a whole model against ``value_and_grad``.
+
+    model: any layer or Sequential, any dtype and backend: the check runs on a float64
+    copy (``float64_copy``), so the model itself is never changed. The arguments
+    ``x, target, loss, mask, lengths, feedback, state`` are ``value_and_grad``'s
+    (x: (T, B, I), target: (T, B, O) or (B, O), ...), cast to float64 where they are
+    float arrays. For every parameter:
+
+    - at most ``max_elements`` entries: each entry by the fourth-order central
+      stencil of the suite (step ``eps``), the worst ``rel_error`` over the tensor;
+    - more: ``directions`` random unit directions v (from ``seed``), the stencil of
+      ``L(p + s v)`` in s at 0 against ``<grad, v>``, the worst over the directions.
+
+    The report's ``ok`` is every error <= ``tol`` (default ``FD_TOL``). A kink of relu
+    within ``eps`` of a pre-activation can spoil one entry's difference: a smaller
+    ``eps`` tells such a case from a wrong backward.
+    """
+    _check_layer(model)
+    eps = _positive("eps", eps)
+    tol = _positive("tol", tol)
+    directions = check_int("directions", directions, 1)
+    seed = check_int("seed", seed, 0)
+    max_elements = check_int("max_elements", max_elements, 0)
+    copy = float64_copy(model)
+    args = {"x": _host64(x), "target": _host64(target), "loss": loss, "mask": _host64(mask),
+            "lengths": _host64(lengths), "feedback": feedback, "state": _state64(state)}
+    value, grads = value_and_grad(copy, **args)  # validates every argument
+
+    def f() -> tuple[float, None]:
+        return evaluate(copy, **args), None
+
+    rng = np.random.default_rng(seed)
+    errors, shapes, methods = {}, {}, {}
+    for name, a in copy.parameters().items():
+        g = to_numpy(grads[name])
+        shapes[name] = tuple(a.shape)
+        if a.size <= max_elements:
+            methods[name] = "elementwise"
+            num = np.zeros_like(a)
+            for idx in np.ndindex(*a.shape):
+                num[idx] = _central(f, a, idx, eps)
+            errors[name] = rel_error(g, num)
+            continue
+        methods[name] = "directions"
+        errors[name] = max(_along_directions(f, a, g, rng, directions, eps))
+    return ModelReport(errors, shapes, methods, directions, tol, value, copy.backend)
+
+
+def _along_directions(f: Callable[[], tuple[float, Any]], a: np.ndarray, g: np.ndarray,
+                      rng: np.random.Generator, n: int, eps: float) -> list[float]:
+    """For n random unit directions v: rel. error of ``<g, v>`` against the stencil of
+    ``f`` with ``a = base + s v`` in s at 0; ``a`` is restored."""
+    base, s, out = a.copy(), np.zeros(1), []
+
+    def along() -> tuple[float, Any]:
+        a[...] = base + s[0] * v
+        return f()
+
+    for _ in range(n):
+        v = rng.standard_normal(a.shape)
+        v /= np.linalg.norm(v)
+        out.append(rel_error(np.sum(g * v), _central(along, s, (0,), eps)))
+    a[...] = base
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the gradient BPTT carries: dL/dh_t
+
+
+def _recurrent_layer(model: Layer, layer: Any) -> int:
+    """The index of the recurrent layer ``layer`` names (None: the first one)."""
+    stack = list(model) if isinstance(model, Sequential) else [model]
+    cells = [i for i, lay in enumerate(stack) if isinstance(lay, _Cell)]
+    if not cells:
+        raise ValueError("model: has no recurrent layer (RNN, LSTM, GRU) to take dL/dh_t of")
+    if layer is None:
+        return cells[0]
+    layer = check_int("layer", layer, 0, len(stack) - 1)
+    if layer not in cells:
+        raise ValueError(f"layer: expected the index of a recurrent layer (RNN, LSTM, GRU), "
+                         f"one of {cells}; layer {layer} is {type(stack[layer]).__name__}")
+    return layer
+
+
+def hidden_grads(model: Layer, x: Any, target: Any, layer: int | None = None,
+                 loss: Any = "mse", mask: Any = None, lengths: Any = None,
+                 state: Any = None) -> np.ndarray:
+    """g: (T, B, H), g[t] = dL/dh_t: the total gradient of the loss with respect to the
+    hidden state h_t of recurrent layer ``layer`` (an index into the Sequential; None:
+    its first recurrent layer) after step t.
+
+    h_t is the one array that is both the layer's output at step t (read by the
+    layers above) and its recurrent input at step t + 1, so g[t] is what BPTT carries
+    into step t: the gradient from above at t plus the gradient through the
+    recurrence from t + 1 on. Precisely, with h_t replaced by h_t + d everywhere
+    downstream (an LSTM's cell state c_t kept as it is), g[t] = dL/dd at d = 0.
+    Rows past their length have g = 0 there (nothing flows back through padding).
+    The other arguments as ``value_and_grad``'s (teacher-forced: no ``feedback``);
+    x: (T, B, I)   target: (T, B, O) or (B, O).
+
+    Exact: layer ``layer`` runs one step at a time (T=1 calls, state carried), the
+    layers above give dL/dy of its outputs, and a per-step backward adds the
+    gradient each step hands back to the state before it. Returned on the host.
+    """
+    _check_layer(model)
+    i = _recurrent_layer(model, layer)
+    c, m = _checked(model, x, target, lengths, 0, state, mask)
+    loss_fn = losses.get(loss)
+    stack = list(model) if isinstance(model, Sequential) else [model]
+    states = (None,) * len(stack) if c.state is None else \
+        c.state if isinstance(model, Sequential) else (c.state,)
+    xp = array_module(x=c.x)
+    h = c.x
+    for j in range(i):
+        h, _, _ = stack[j]._forward(h, states[j], c.lengths, False)
+    cell = stack[i]
+    T, B = h.shape[:2]
+    active = None if c.lengths is None else \
+        (xp.arange(T)[:, None] < c.lengths[None, :])[:, :, None]      # (T, B, 1)
+    s, caches, ys = states[i], [], []
+    for t in range(T):
+        y_t, new, cache = cell._forward(h[t : t + 1], s, None, True)
+        if active is not None:  # a row past its end keeps its state, outputs zero
+            new, y_t = _mix(xp, active[t], new, s), y_t * active[t]
+        s = new
+        ys.append(y_t)
+        caches.append(cache)
+    out = xp.concatenate(ys)
+    above = []
+    for j in range(i + 1, len(stack)):
+        out, _, cache = stack[j]._forward(out, states[j], c.lengths, True)
+        above.append(cache)
+    _, dy = losses.apply(loss_fn, out, c.target, m)
+    for j, cache in zip(reversed(range(i + 1, len(stack))), reversed(above)):
+        dy, _, _ = stack[j].backward(dy, None, cache)
+    g = xp.zeros_like(dy)
+    dstate = None  # gradient of the state after step t through the steps after it
+    for t in reversed(range(T)):
+        dh = dstate[0] if isinstance(dstate, tuple) else dstate
+        g[t] = dy[t] if dh is None else dy[t] + dh
+        if active is None:
+            _, dstate, _ = cell.backward(dy[t : t + 1], dstate, caches[t])
+        else:
+            g[t] *= active[t]
+            _, prev, _ = cell.backward(dy[t : t + 1] * active[t],
+                                       _mix(xp, active[t], dstate, None), caches[t])
+            dstate = _mix(xp, active[t], prev, dstate)
+    return to_numpy(g)
+
+
+def hidden_grad_norms(model: Layer, x: Any, target: Any, layer: int | None = None,
+                      loss: Any = "mse", mask: Any = None, lengths: Any = None,
+                      state: Any = None) -> np.ndarray:
+    """(T,) float64: the norm of ``hidden_grads`` at every step, over the batch and the
+    features, ``||dL/dh_t||`` (same arguments): how much gradient BPTT still carries
+    at step t, the curve that shows vanishing or exploding gradients."""
+    g = hidden_grads(model, x, target, layer, loss, mask, lengths, state).astype(np.float64)
+    return np.sqrt(np.sum(g * g, axis=(1, 2)))

@@ -209,6 +209,12 @@ def _build(spec: Any, backend: str | None, dtype: Any, path: str) -> Layer:
         raise ValueError(f"{path}: unknown layer spec {spec!r} ({e})") from e
 
 
+def from_spec(spec: dict[str, Any], backend: str | None = None, dtype: Any = "float32") -> Layer:
+    """A new model of the architecture ``spec`` (``model.spec()``) on ``backend`` in
+    ``dtype``, its parameters freshly drawn (``load_parameters`` fills them)."""
+    return _build(spec, backend, dtype, "spec")
+
+
 def load(path: str | os.PathLike, backend: str | None = None, with_optimizer: bool = False
          ) -> Layer | tuple[Layer, Optimizer]:
     """Rebuild the model saved at ``path`` on ``backend`` (None: the default backend).

@@ -2,6 +2,7 @@
 
 import importlib
 
+import numpy as np
 import pytest
 
 from rnnkern import cli
@@ -47,6 +48,15 @@ def test_gradient_accumulation(tmp_path):
     res = run("gradient_accumulation", tmp_path)
     assert res["max_step_error"] < 1e-8  # per-step BPTT contributions vs untied FD
     assert res["max_sum_error"] < 1e-12  # their sum is the tied gradient
+    assert png(res["plot"])
+
+
+def test_gradient_flow(tmp_path):
+    res = run("gradient_flow", tmp_path)
+    ratios = res["ratios"]
+    assert ratios["tanh RNN"] < 1e-15  # vanished over 100 steps
+    assert ratios["LSTM, forget bias 3"] > 1e-3  # carried along the cell state
+    assert all(n.shape == (100,) and np.all(n > 0) for n in res["norms"].values())
     assert png(res["plot"])
 
 

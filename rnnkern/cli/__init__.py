@@ -14,7 +14,8 @@ import sys
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "gradcheck": ("rnnkern.cli.gradcheck",
-                  "run the gradient-check suite; non-zero exit on failure"),
+                  "run the gradient-check suite, or check a saved model's gradients "
+                  "(--model, --data); non-zero exit on failure"),
     "demo": ("rnnkern.cli.demo", "train an example task, print its metrics, save a plot"),
     "bench": ("rnnkern.cli.bench", "time forward and forward+backward per backend, vs PyTorch"),
 }
