@@ -33,7 +33,7 @@ from . import backends, losses, serialize
 from ._validate import GATES, array_module, check_int
 from .generate import _mix
 from .generate import check_model as _check_layer
-from .layers import Layer, Sequential, _Cell, backend_xp
+from .layers import Dropout, Layer, Sequential, _Cell, backend_xp, drawing_from
 from .train import _checked, evaluate, value_and_grad
 
 #: parameter names per cell, in the order of the forward's signature
@@ -543,10 +543,16 @@ def check_model(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any 
     copy = float64_copy(model)
     args = {"x": _host64(x), "target": _host64(target), "loss": loss, "mask": _host64(mask),
             "lengths": _host64(lengths), "feedback": feedback, "state": _state64(state)}
-    value, grads = value_and_grad(copy, **args)  # validates every argument
+    # dropout: every forward draws the same masks, so the loss is one smooth function
+    stochastic = _has_dropout(copy)
+    with drawing_from(np.random.default_rng(seed)):
+        value, grads = value_and_grad(copy, **args)  # validates every argument
 
     def f() -> tuple[float, None]:
-        return evaluate(copy, **args), None
+        if not stochastic:
+            return evaluate(copy, **args), None
+        with drawing_from(np.random.default_rng(seed)):
+            return value_and_grad(copy, **args)[0], None
 
     rng = np.random.default_rng(seed)
     errors, shapes, methods = {}, {}, {}
@@ -563,6 +569,14 @@ def check_model(model: Layer, x: Any, target: Any, loss: Any = "mse", mask: Any 
         methods[name] = "directions"
         errors[name] = max(_along_directions(f, a, g, rng, directions, eps))
     return ModelReport(errors, shapes, methods, directions, tol, value, copy.backend)
+
+
+def _has_dropout(model: Layer) -> bool:
+    """Whether a training forward of ``model`` draws dropout masks (``evaluate`` does not)."""
+    stack = list(model) if isinstance(model, Sequential) else [model]
+    return any((isinstance(la, Dropout) and la.p > 0)
+               or (isinstance(la, _Cell) and la.dropout > 0 and la.num_layers > 1)
+               for la in stack)
 
 
 def _along_directions(f: Callable[[], tuple[float, Any]], a: np.ndarray, g: np.ndarray,
@@ -599,6 +613,10 @@ def _recurrent_layer(model: Layer, layer: Any) -> int:
     if layer not in cells:
         raise ValueError(f"layer: expected the index of a recurrent layer (RNN, LSTM, GRU), "
                          f"one of {cells}; layer {layer} is {type(stack[layer]).__name__}")
+    if not stack[layer]._single:
+        raise ValueError(f"layer: dL/dh_t is taken of one layer read in one direction; "
+                         f"layer {layer} is {stack[layer]!r} (build the stack from single "
+                         f"layers in a Sequential to look inside it)")
     return layer
 
 
@@ -647,9 +665,10 @@ def hidden_grads(model: Layer, x: Any, target: Any, layer: int | None = None,
         caches.append(cache)
     out = xp.concatenate(ys)
     above = []
-    for j in range(i + 1, len(stack)):
-        out, _, cache = stack[j]._forward(out, states[j], c.lengths, True)
-        above.append(cache)
+    with drawing_from(np.random.default_rng(0)):  # any dropout above: fixed masks
+        for j in range(i + 1, len(stack)):
+            out, _, cache = stack[j]._forward(out, states[j], c.lengths, True)
+            above.append(cache)
     _, dy = losses.apply(loss_fn, out, c.target, m)
     for j, cache in zip(reversed(range(i + 1, len(stack))), reversed(above)):
         dy, _, _ = stack[j].backward(dy, None, cache)

@@ -334,3 +334,50 @@ def test_hidden_grads_agree_across_host_backends(backend):
         return gc.hidden_grads(model, x, target, lengths=lengths)
 
     assert gc.norm_error(grads(backend), grads("numpy")) < 1e-12
+
+
+def test_check_model_on_bidirectional_stacks_and_dropout(backend):
+    if backend not in ("numpy", "numba"):
+        pytest.skip("finite differences run on the host backends")
+    rng = np.random.default_rng(0)
+    T, B = 6, 3
+    x = rng.standard_normal((T, B, 2))
+    target = rng.standard_normal((T, B, 2))
+    lengths = np.array([6, 3, 4])
+    for model in (
+        rk.Sequential(rk.Bidirectional(rk.LSTM(2, 3), merge="sum"), rk.Dense(3, 2),
+                      backend=backend, seed=0),
+        rk.Sequential(rk.GRU(2, 3, num_layers=2, dropout=0.3, bidirectional=True),
+                      rk.Dropout(0.4), rk.Dense(6, 2), backend=backend, seed=0),
+    ):
+        report = rk.gradcheck.check_model(model, x, target, lengths=lengths)
+        assert report.ok, report.table()
+
+
+def test_check_model_catches_a_backward_that_forgets_to_reverse(monkeypatch):
+    from rnnkern import layers
+    from rnnkern.backends import numpy_ref
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 2))
+    target = rng.standard_normal((5, 2, 2))
+    model = rk.Sequential(rk.Dense(2, 3, "tanh"), rk.Bidirectional(rk.RNN(3, 3)),
+                          rk.Dense(6, 2), backend="numpy", seed=0)
+    assert rk.gradcheck.check_model(model, x, target, lengths=[5, 3]).ok
+    in_backward = []
+    real_backward = layers._Cell.backward
+
+    def backward(self, *args):
+        in_backward.append(True)
+        try:
+            return real_backward(self, *args)
+        finally:
+            in_backward.pop()
+
+    def reverse_steps(a, index, xp=np):  # the bug: the backward reads dy, dx unreversed
+        return np.ascontiguousarray(a) if in_backward else numpy_ref.reverse_steps(a, index, xp)
+
+    monkeypatch.setattr(layers._Cell, "backward", backward)
+    monkeypatch.setattr(layers, "reverse_steps", reverse_steps)
+    report = rk.gradcheck.check_model(model, x, target, lengths=[5, 3])
+    assert not report.ok and "1.W_l0_reverse" in report.failed
