@@ -15,6 +15,8 @@ import numpy as np
 
 #: gates per cell: the G in W: (I, G*H)
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: parameter names per cell, in the order of the kernels' signatures
+PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
 #: how messages name the gate axis of W, R and b
 GATE_LABELS = {1: "1*H", 3: "3*H", 4: "4*H"}
 RNN_ACTIVATIONS = ("tanh", "relu", "identity")
@@ -411,3 +413,87 @@ def with_layout_hint(e: ValueError, x: Any, target: Any, lengths: Any, in_featur
     """``e`` with ``layout_hint``'s advice appended (``e`` itself when there is none)."""
     hint = layout_hint(x, target, lengths, in_features, x_name)
     return ValueError(f"{e}; {hint}") if hint else e
+
+
+# ----------------------------------------------------------------------------
+# one call of a model: the checks every entry point (fit, evaluate, generate, ...) makes
+
+
+class Call(NamedTuple):
+    """One call's arguments after ``check_inputs``: arrays checked (lists converted)."""
+
+    x: Any
+    target: Any
+    lengths: Any
+    state: Any
+
+
+def check_model(model: Any) -> Any:
+    """``model`` if it is an rnnkern layer or Sequential (TypeError otherwise)."""
+    from .layers import Layer  # layers validates with this module: imported at call time
+
+    if not isinstance(model, Layer):
+        raise TypeError(f"model: expected an rnnkern layer or Sequential, "
+                        f"got {type(model).__name__}")
+    return model
+
+
+def check_inputs(model: Any, x: Any, target: Any = None, lengths: Any = None,
+                 feedback: int = 0, state: Any = None, x_name: str = "x") -> Call:
+    """Validate one call's arguments once, at entry (the inner loops trust them).
+
+    x: (T, B, in_features) of the model's dtype (a list is converted once; a strided
+    view is copied once into a C-contiguous array), or (T, B) integer ids for a model
+    that starts with ``Embedding``
+    target: (T, B, out_features), (T, B) integer class ids, or None
+    lengths: (B,) int or None
+    feedback: 0 <= n < min(lengths) (or T)   state: the model's state for B rows or None
+    A shape error that batch-first (or features-first) data would explain says so.
+    """
+    check_model(model)
+    try:
+        return _check_inputs(model, x, target, lengths, feedback, state, x_name)
+    except ValueError as e:
+        raise with_layout_hint(e, x, target, lengths, model.in_features, x_name) from None
+
+
+def _check_inputs(model: Any, x: Any, target: Any, lengths: Any, feedback: int,
+                  state: Any, x_name: str) -> Call:
+    x = model.check_input(x_name, x)
+    T, B = x.shape[:2]
+    if target is not None:
+        target = check_target(model, target, T, B)
+    xp = array_module(**{x_name: x}, target=target,
+                      lengths=None if isinstance(lengths, (list, tuple)) else lengths)
+    lengths = check_lengths(lengths, T, B, xp)
+    feedback = check_int("feedback", feedback, 0)
+    if feedback and not model.causal:
+        raise ValueError(f"feedback: the model reads its inputs backwards too "
+                         f"(a bidirectional layer), so it cannot drive itself step by step; "
+                         f"got feedback={feedback}, expected 0")
+    if feedback:
+        shortest = T if lengths is None else int(lengths.min())
+        if feedback >= shortest:
+            raise ValueError(f"feedback: expected 0 <= feedback < {shortest} (the shortest "
+                             f"sequence: at least one step must be the model's own input), "
+                             f"got {feedback}")
+        if model.out_features != model.in_features:
+            raise ValueError(f"feedback: the model's outputs are fed back as inputs, so "
+                             f"out_features={model.out_features} must equal "
+                             f"in_features={model.in_features}")
+    return Call(x, target, lengths, model.check_state(state, B))
+
+
+def check_target(model: Any, target: Any, T: int, B: int) -> Any:
+    """Values (T, B, out_features) of the model's dtype, or integer class ids (T, B) in
+    [0, out_features) (cross-entropy's targets: the model's outputs are the logits)."""
+    if isinstance(target, (list, tuple)):
+        ids = from_list("target", target, None)
+        if ids.dtype.kind in "iu" and ids.ndim == 2:
+            target = ids
+    if hasattr(target, "dtype") and target.dtype.kind in "iub":
+        target = check_ids("target", target, model.out_features, (("T", T), ("B", B)))
+        model.check_data("target", target)
+        return target
+    return as_array("target", target, (("T", T), ("B", B), ("out_features", model.out_features)),
+                    model.dtype, contiguous=False)

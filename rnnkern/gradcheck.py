@@ -31,13 +31,11 @@ import numpy as np
 
 from . import backends, losses, serialize
 from ._validate import GATES, array_module, check_int
+from ._validate import check_model as _check_layer
 from .generate import _mix
-from .generate import check_model as _check_layer
 from .layers import Dropout, Layer, Sequential, _Cell, backend_xp, drawing_from
 from .train import _checked, evaluate, value_and_grad
 
-#: parameter names per cell, in the order of the forward's signature
-PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
 #: the finite-difference acceptance bound (float64)
 FD_TOL = 1e-6
 #: normwise relative tolerance of a backend against the float64 oracle, per dtype

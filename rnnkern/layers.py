@@ -34,6 +34,7 @@ from . import backends
 from ._threads import one_pool
 from ._validate import (
     GATES,
+    PARAMS,
     _is_cupy,
     array_module,
     as_array,
@@ -285,10 +286,6 @@ def dropout_mask(shape: tuple[int, ...], p: float, dtype: np.dtype, xp: Any,
     return move(keep * dtype.type(1 / (1 - p)), xp)
 
 
-#: each cell's parameters, in the order of the kernels' signatures
-CELL_PARAMS = {"rnn": ("W", "R", "b"), "lstm": ("W", "R", "b"), "gru": ("W", "R", "b", "b_hn")}
-
-
 class _Cell(Layer):
     """A recurrent layer over one of the backend's cells: one layer in one direction, or
     PyTorch's stack of ``num_layers`` layers, each in one or both directions.
@@ -341,7 +338,7 @@ class _Cell(Layer):
 
     def _unit(self, suffix: str) -> dict[str, Any]:
         """One layer-direction's parameters under the kernels' names (W, R, b, b_hn)."""
-        return {k: self._params[k + suffix] for k in CELL_PARAMS[self.cell]}
+        return {k: self._params[k + suffix] for k in PARAMS[self.cell]}
 
     def _init_host(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         # in PyTorch's order: every layer-direction draws W, R, then both biases

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import layers as L
-from .generate import check_model
+from ._validate import check_model
 from .layers import Layer, move
 from .optim import Optimizer, from_hyperparameters
 

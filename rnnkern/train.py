@@ -43,9 +43,18 @@ import numpy as np
 
 from . import losses, serialize
 from ._threads import one_pool
-from ._validate import array_module, as_array, check_choice, check_finite, check_int
+from ._validate import (
+    Call,
+    array_module,
+    as_array,
+    check_choice,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_model,
+)
 from .callbacks import Callback, check_callbacks
-from .generate import Call, Sampler, backprop, check_inputs, check_model, run, stream
+from .generate import Sampler, backprop, run, stream
 from .layers import Layer, drawing_from, move
 from .optim import NonFiniteError, Optimizer
 from .schedules import Schedule, check_schedule

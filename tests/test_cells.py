@@ -11,6 +11,7 @@ import pytest
 
 from rnnkern import backends
 from rnnkern import gradcheck as gc
+from rnnkern._validate import PARAMS
 
 CASES = gc.CASES
 # (T, B, I, H): single step, single row, odd sizes that divide nothing
@@ -39,7 +40,7 @@ def test_per_step_contributions(backend, case, lengths):
     cell, act = case
     p = gc.make_problem(cell, T=4, B=3, I=2, H=3, activation=act, lengths=lengths, seed=3)
     out = gc.per_step_check(p, backend)
-    assert set(out) == set(gc.PARAMS[cell])
+    assert set(out) == set(PARAMS[cell])
     for name, err in out.items():
         assert err["fd"] <= gc.FD_TOL, (name, err)
         assert err["sum"] <= 1e-12, (name, err)
@@ -99,7 +100,7 @@ def test_chunks_match_one_call(backend, case, lengths):
     np.testing.assert_allclose(np.concatenate([ga["dx"], gb["dx"]]), full["dx"], rtol=1e-10,
                                atol=1e-13)
     np.testing.assert_allclose(ga["dh0"], full["dh0"], rtol=1e-10, atol=1e-13)
-    for name in gc.PARAMS[cell]:
+    for name in PARAMS[cell]:
         np.testing.assert_allclose(ga["grads"][name] + gb["grads"][name], full["grads"][name],
                                    rtol=1e-10, atol=1e-13)
 

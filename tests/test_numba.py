@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rnnkern import backends, gradcheck
+from rnnkern._validate import PARAMS
 from rnnkern.backends.numba_cpu import plan as numba_plan
 from rnnkern.gradcheck import FD_TOL, PARITY_TOL, make_problem, parity
 
@@ -411,7 +412,7 @@ def test_batch_inner_cache_read_by_every_backward(cell, activation):
         _check(p, dtype, per_step=True)
     q = p.astype(np.float64)
     fwd, bwd = getattr(nb, f"{cell}_forward"), getattr(nb, f"{cell}_backward")
-    names = gradcheck.PARAMS[cell]
+    names = PARAMS[cell]
     state = [q.inputs.get("h0")] + ([q.inputs.get("c0")] if cell == "lstm" else [])
     kw = {"activation": activation} if cell == "rnn" else {}
     dstate = ((q.out_grads["dhT"], q.out_grads["dcT"]) if cell == "lstm"

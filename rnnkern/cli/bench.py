@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import backends
-from ..gradcheck import PARAMS, make_problem
+from .._validate import PARAMS
+from ..gradcheck import make_problem
 
 CELLS = ("rnn", "lstm", "gru")
 PASSES = ("forward", "forward+backward")

@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._validate import PARAMS
 from ..backends import cupy_cuda
 from ..backends.cupy_cuda.variants import VARIANTS
-from ..gradcheck import PARAMS
 from .bench import CELLS, PASSES
 
 WARMUP = 3

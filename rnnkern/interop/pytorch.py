@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import PARAMS
 from ..layers import (
-    CELL_PARAMS,
     GRU,
     LSTM,
     RNN,
@@ -245,7 +245,7 @@ def _to_recurrent(layer: _Cell, p: dict[str, np.ndarray], dtype: Any) -> Any:
     with torch.no_grad():
         for n, d, sfx in layer._units():
             names = _torch_names(n, d)
-            unit = {k: p[k + sfx] for k in CELL_PARAMS[layer.cell]}
+            unit = {k: p[k + sfx] for k in PARAMS[layer.cell]}
             b_hh = np.zeros_like(unit["b"])
             if layer.cell == "gru":
                 b_hh[2 * H :] = unit["b_hn"]
