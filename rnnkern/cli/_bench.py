@@ -124,16 +124,19 @@ def torch_runner(cell: str, shape: Shape, device: str = "cpu", lengths: Any = No
                  **layer: Any) -> Runner:
     """pass -> a function running torch.nn.RNN/LSTM/GRU once on ``device``.
 
-    x (T, B, I) is ``problem``'s; lengths (B,) or None, packed when given; ``layer``:
-    further torch.nn options (num_layers, bidirectional, ...). The forward runs under
-    no_grad; forward+backward clears the gradients first and takes them down to x.
+    x (T, B, I) and dy (the output's shape) are drawn as ``problem`` draws them, uniform
+    in [-1, 1), but by torch on ``device`` (the GPU's largest problems take seconds in
+    NumPy); lengths (B,) or None, packed when given; ``layer``: further torch.nn options
+    (num_layers, bidirectional, ...). The forward runs under no_grad; forward+backward
+    clears the gradients first and takes them down to x.
     """
     import torch
 
     torch.manual_seed(0)
     module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
     net = module(shape.I, shape.H, **layer).to(device)
-    x = torch.from_numpy(problem(cell, shape).inputs["x"]).to(device).requires_grad_(True)
+    x = torch.empty(shape.T, shape.B, shape.I, device=device).uniform_(-1, 1)
+    x.requires_grad_(True)
     if lengths is None:
         def run() -> Any:
             return net(x)[0]

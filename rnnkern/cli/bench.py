@@ -1,15 +1,15 @@
 """``rnnkern bench``: time forward and forward+backward per backend and shape on the CPU,
 with torch.nn.RNN/LSTM/GRU beside them when torch is installed.
 
-Every implementation runs in the same process on the same float32 data with the same
-thread count (Numba's pool, the OpenBLAS pools of NumPy and SciPy, and torch's intra-op
-pool are all set to ``--threads``). The first calls (JIT compile or cache load) are warm-up
-and are not counted; each timed sample repeats a call until it has run for at least
-``_bench.MIN_SAMPLE_S`` and the table reports the median over ``--repeat`` samples. Samples
-of all implementations are interleaved, so that load from other processes on a shared
-machine hits them alike, and each starts after ``_bench.SETTLE_S`` of idle time, so that no
-implementation's spinning worker threads run against the next. With ``--backend cupy``
-the GPU benchmark (``bench_cuda``) runs.
+Every implementation runs in the same process on float32 data of the same sizes and
+distribution with the same thread count (Numba's pool, the OpenBLAS pools of NumPy and
+SciPy, and torch's intra-op pool are all set to ``--threads``). The first calls (JIT
+compile or cache load) are warm-up and are not counted; each timed sample repeats a call
+until it has run for at least ``_bench.MIN_SAMPLE_S`` and the table reports the median
+over ``--repeat`` samples. Samples of all implementations are interleaved, so that load
+from other processes on a shared machine hits them alike, and each starts after
+``_bench.SETTLE_S`` of idle time, so that no implementation's spinning worker threads run
+against the next. With ``--backend cupy`` the GPU benchmark (``bench_cuda``) runs.
 """
 
 from __future__ import annotations
