@@ -28,6 +28,7 @@ def test_bench_writes_json(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--shapes", "huge"], "shapes"),
     (["--shapes", "1,2,0,4"], "shapes"),
+    (["--shapes", "3,2,2,4,varlen"], "shapes"),  # lengths are the GPU benchmark's alone
     (["--repeat", "0"], "repeat"),
     (["--backend", "nonesuch"], "backend"),
 ])
@@ -36,6 +37,17 @@ def test_bench_rejects_bad_options(argv, match, capsys):
         cli.main(["bench", "--no-torch", *argv])
     assert e.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_torch_runner_packs_lengths_and_takes_layer_options():
+    pytest.importorskip("torch")
+    from rnnkern.cli._bench import Shape, torch_runner
+
+    for layer, width in (({}, 5), ({"bidirectional": True, "num_layers": 2}, 10)):
+        fns = torch_runner("lstm", Shape(4, 3, 2, 5), lengths=[4, 2, 1], **layer)
+        y = fns["forward"]()
+        assert tuple(y.shape) == (4 + 2 + 1, width) and not y.requires_grad
+        fns["forward+backward"]()
 
 
 def test_bench_train_writes_json(tmp_path, monkeypatch, capsys):
@@ -68,9 +80,9 @@ def test_bench_train_rejects_bad_options(argv, match, capsys):
 
 def test_bench_torch_writes_json(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    from rnnkern.cli import bench_torch
+    from rnnkern.cli import _bench, bench_torch
 
-    monkeypatch.setattr(bench_torch, "SETTLE_S", 0.0)
+    monkeypatch.setattr(_bench, "SETTLE_S", 0.0)
     out = tmp_path / "torch.json"
     code = cli.main(["bench", "torch", "--cell", "gru", "--shapes", "3,2,2,4", "--repeat", "2",
                      "--threads", "1", "--json", str(out)])

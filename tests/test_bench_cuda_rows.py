@@ -8,7 +8,13 @@ import pytest
 
 from rnnkern.backends import cupy_cuda
 from rnnkern.cli import bench_cuda
-from rnnkern.cli.bench_cuda import GPU_SHAPES, SHAPE_GROUPS, Shape, parse_shapes
+from rnnkern.cli._bench import GPU_SHAPES, SHAPE_GROUPS, Shape
+from rnnkern.cli._bench import parse_shapes as parse_any
+
+
+def parse_shapes(items):
+    """--shapes as ``rnnkern bench --backend cupy`` reads it."""
+    return parse_any(items, SHAPE_GROUPS, varlen=True)
 
 
 class FakeCudaError(RuntimeError):
@@ -37,7 +43,8 @@ def fake_bench(monkeypatch, tmp_path):
         return {"forward": crash if variant == "v1g" else (lambda: None),
                 "forward+backward": lambda: None}
 
-    def torch_runner(cell, shape, lengths):
+    def torch_runner(cell, shape, device, lengths):
+        assert device == "cuda"
         if shape.H == 3:
             raise FakeCudaError("CUDNN_STATUS_EXECUTION_FAILED")
         return {"forward": lambda: None, "forward+backward": lambda: None}
@@ -102,7 +109,7 @@ def test_shape_groups_hold_every_shape_once():
     assert parse_shapes(["batch256", "1,2,3,4"]) == [*SHAPE_GROUPS["batch256"], Shape(1, 2, 3, 4)]
     grid = {(s.B, s.H) for s in GPU_SHAPES if s.T == 256 and s.I == s.H and not s.varlen}
     assert grid == {(B, H) for B in (1, 8, 64, 256) for H in (64, 256, 1024)}
-    with pytest.raises(ValueError, match="shapes: expected a group"):
+    with pytest.raises(ValueError, match="shapes: expected a name"):
         parse_shapes(["huge"])
 
 

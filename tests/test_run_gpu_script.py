@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rnnkern.backends.cupy_cuda import VARIANTS
-from rnnkern.cli.bench_cuda import SHAPE_GROUPS
+from rnnkern.cli._bench import SHAPE_GROUPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run_gpu.sh"

@@ -1,15 +1,15 @@
 """``rnnkern bench``: time forward and forward+backward per backend and shape on the CPU,
 with torch.nn.RNN/LSTM/GRU beside them when torch is installed.
 
-Every implementation runs in the same process on the same float32 data with the same
-thread count (Numba's pool, the OpenBLAS pools of NumPy and SciPy, and torch's intra-op
-pool are all set to ``--threads``). The first calls (JIT compile or cache load) are warm-up
-and are not counted; each timed sample repeats a call until it has run for at least
-``MIN_SAMPLE_S`` and the table reports the median over ``--repeat`` samples. Samples of
-all implementations are interleaved, so that load from other processes on a shared
-machine hits them alike, and each starts after ``SETTLE_S`` of idle time, so that no
-implementation's spinning worker threads run against the next. With ``--backend cupy``
-the GPU benchmark (``bench_cuda``) runs.
+Every implementation runs in the same process on float32 data of the same sizes and
+distribution with the same thread count (Numba's pool, the OpenBLAS pools of NumPy and
+SciPy, and torch's intra-op pool are all set to ``--threads``). The first calls (JIT
+compile or cache load) are warm-up and are not counted; each timed sample repeats a call
+until it has run for at least ``_bench.MIN_SAMPLE_S`` and the table reports the median
+over ``--repeat`` samples. Samples of all implementations are interleaved, so that load
+from other processes on a shared machine hits them alike, and each starts after
+``_bench.SETTLE_S`` of idle time, so that no implementation's spinning worker threads run
+against the next. With ``--backend cupy`` the GPU benchmark (``bench_cuda``) runs.
 """
 
 from __future__ import annotations
@@ -18,52 +18,33 @@ import argparse
 import ctypes
 import datetime
 import glob
-import json
 import os
 import platform
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .. import backends
 from .._validate import PARAMS
-from ..gradcheck import make_problem
-
-CELLS = ("rnn", "lstm", "gru")
-PASSES = ("forward", "forward+backward")
-#: a timed sample repeats the call until it has taken at least this long
-MIN_SAMPLE_S = 0.02
-#: idle time before every sample, so that the worker threads of whatever ran before it
-#: have gone to sleep: SciPy's OpenBLAS workers spin for ~0.1 s after a threaded call and,
-#: on a small machine, take cores from the next implementation's threads (measured: torch
-#: LSTM forward at B64 T100 I256 H256, 50 ms alone, 130 ms right after a numba call)
-SETTLE_S = 0.25
-
-
-class Shape(NamedTuple):
-    name: str
-    T: int
-    B: int
-    I: int  # noqa: E741 - the contract's name for the input width
-    H: int
-
-    def label(self) -> str:
-        return f"T{self.T} B{self.B} I{self.I} H{self.H}"  # the order --shapes takes
-
-
-#: the CPU benchmark shapes, by name
-SHAPES = {s.name: s for s in (
-    Shape("seed", 10, 16, 1, 3),
-    Shape("stream", 1000, 1, 8, 32),
-    Shape("small", 100, 32, 32, 64),
-    Shape("medium", 100, 64, 256, 256),
-    Shape("large", 20, 64, 512, 1024),
-    Shape("wide", 100, 64, 125, 320),
-)}
+from ._bench import (
+    CELLS,
+    PASSES,
+    SHAPES,
+    Runner,
+    Shape,
+    markdown_head,
+    markdown_line,
+    parse_shapes,
+    plot,
+    problem,
+    time_interleaved,
+    torch_runner,
+    write_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,21 +128,15 @@ def start_threads(args: argparse.Namespace) -> tuple[int, bool]:
 
 
 # ----------------------------------------------------------------------------
-# runners: name -> {pass: zero-argument callable}
+# runners: pass -> zero-argument callable
 
 
-def _problem(cell: str, s: Shape, seed: int = 0) -> Any:
-    return make_problem(cell, T=s.T, B=s.B, I=s.I, H=s.H, h0=False, dstate=False,
-                        seed=seed).astype(np.float32)
-
-
-def backend_runner(name: str, cell: str, s: Shape, variant: str | None
-                   ) -> dict[str, Callable[[], Any]]:
+def backend_runner(name: str, cell: str, s: Shape, variant: str | None) -> Runner:
     """Forward and forward+backward of one backend (``variant``: a numba kernel or None).
     The forward is an inference pass (``training=False``), as torch's runs under no_grad;
     the forward of forward+backward keeps its cache."""
     be = backends.get(name)
-    p = _problem(cell, s)
+    p = problem(cell, s)
     x, P, dy = p.inputs["x"], p.params, p.out_grads["dy"]
     kw = {} if variant is None else {"variant": variant}
     state = (None, None) if cell == "lstm" else (None,)
@@ -181,74 +156,10 @@ def backend_runner(name: str, cell: str, s: Shape, variant: str | None
     return {"forward": forward, "forward+backward": both, "variant": used}
 
 
-def torch_runner(cell: str, s: Shape) -> dict[str, Callable[[], Any]]:
-    """torch.nn.RNN/LSTM/GRU on the same sizes; forward under no_grad, backward to x too."""
-    import torch
-
-    torch.manual_seed(0)
-    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](s.I, s.H)
-    p = _problem(cell, s)
-    x = torch.from_numpy(p.inputs["x"]).requires_grad_(True)
-    dy = torch.from_numpy(p.out_grads["dy"])
-
-    def forward() -> Any:
-        with torch.no_grad():
-            return module(x)
-
-    def both() -> Any:
-        for t in (x, *module.parameters()):
-            t.grad = None
-        y, _ = module(x)
-        y.backward(dy)
-
-    return {"forward": forward, "forward+backward": both}
-
-
-# ----------------------------------------------------------------------------
-# timing
-
-
-def _calls_per_sample(fn: Callable[[], Any]) -> int:
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    return max(1, int(MIN_SAMPLE_S / max(once, 1e-7)))
-
-
-def _sample(fn: Callable[[], Any], calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
-def time_interleaved(runners: dict[str, dict[str, Callable[[], Any]]], repeat: int
-                     ) -> dict[tuple[str, str], list[float]]:
-    """Seconds per call of every (implementation, pass), ``repeat`` samples each.
-
-    Two untimed warm-up calls per runner first (compile or cache load, first-touch of
-    buffers); then the samples go round-robin over all runners, each after ``SETTLE_S``
-    of idle time and one more untimed call.
-    """
-    for passes in runners.values():
-        for ps in PASSES:
-            passes[ps]()
-            passes[ps]()
-    calls = {(impl, ps): _calls_per_sample(passes[ps])
-             for impl, passes in runners.items() for ps in PASSES}
-    out: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
-    for _ in range(repeat):
-        for (impl, ps), n in calls.items():
-            time.sleep(SETTLE_S)
-            runners[impl][ps]()  # untimed: caches and clocks back up after the idle time
-            out[impl, ps].append(_sample(runners[impl][ps], n))
-    return out
-
-
 def first_call_ms(cell: str) -> float:
     """Wall time of the very first numba forward+backward of ``cell`` in this process:
     the cache load (or the compile, when nothing is cached)."""
-    runner = backend_runner("numba", cell, Shape("first", 2, 2, 2, 3), None)
+    runner = backend_runner("numba", cell, Shape(2, 2, 2, 3), None)
     t0 = time.perf_counter()
     runner["forward+backward"]()
     return (time.perf_counter() - t0) * 1e3
@@ -258,30 +169,13 @@ def first_call_ms(cell: str) -> float:
 # the command
 
 
-def parse_shapes(names: list[str] | None) -> list[Shape]:
-    if not names:
-        return list(SHAPES.values())
-    out = []
-    for n in names:
-        if n in SHAPES:
-            out.append(SHAPES[n])
-            continue
-        try:
-            T, B, I, H = (int(v) for v in n.split(","))  # noqa: E741
-        except ValueError:
-            raise ValueError(f"shapes: expected one of {', '.join(SHAPES)} or 'T,B,I,H', "
-                             f"got {n!r}") from None
-        if min(T, B, I, H) < 1:
-            raise ValueError(f"shapes: expected positive sizes, got {n!r}")
-        out.append(Shape(f"T{T}B{B}I{I}H{H}", T, B, I, H))
-    return out
-
-
 def _split(values: list[str] | None) -> list[str]:
     return [v for item in values or () for v in item.split(",") if v]
 
 
-def _meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, Any]:
+def cpu_meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, Any]:
+    """The JSON's "meta" of a CPU benchmark: date, commit, CPU, thread count, versions;
+    ``first``: cell -> ms of the first numba call (``first_call_ms``)."""
     import numba
 
     from ..backends.numba_cpu._vec import VECTOR_BYTES
@@ -309,68 +203,38 @@ def _meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str, A
     return meta
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per (cell, shape, implementation), both passes and both ratios."""
-    by = {}
-    for r in rows:
-        by.setdefault((r["cell"], r["shape"], r["impl"]), {})[r["pass"]] = r
-    torch_ms = {(c, s, r["pass"]): r["median_ms"] for (c, s, i), d in by.items()
-                if i == "torch" for r in d.values()}
-    head = ["cell", "shape", "sizes", "impl", "variant", "forward ms", "fwd+bwd ms",
-            "torch/impl fwd", "torch/impl fwd+bwd"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (cell, shape, impl), d in by.items():
-        f, fb = d["forward"], d["forward+backward"]
-        ratios = []
-        for ps, r in (("forward", f), ("forward+backward", fb)):
-            t = torch_ms.get((cell, shape, ps))
-            ratios.append("" if t is None or impl == "torch" else f"{t / r['median_ms']:.2f}")
-        lines.append(f"| {cell} | {shape} | {f['sizes']} | {impl} | {f['variant']} | "
-                     f"{f['median_ms']:.4g} | {fb['median_ms']:.4g} | {ratios[0]} | {ratios[1]} |")
-    return "\n".join(lines)
+#: the table's columns: a line per (cell, shape, implementation)
+HEAD = ("cell", "shape", "sizes", "impl", "variant", "forward ms", "fwd+bwd ms",
+        "torch/impl fwd", "torch/impl fwd+bwd")
 
 
-def plot(rows: list[dict[str, Any]], path: str) -> None:
-    """Bars of torch time / rnnkern time per shape, one panel per cell and pass."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
+def _speedup(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], float | None]:
+    """row -> torch's median over the row's, for the same cell, shape and pass; None for
+    torch's own rows and where torch did not run."""
     torch_ms = {(r["cell"], r["shape"], r["pass"]): r["median_ms"] for r in rows
                 if r["impl"] == "torch"}
-    impls = sorted({r["impl"] for r in rows if r["impl"] != "torch"})
-    cells = [c for c in CELLS if any(r["cell"] == c for r in rows)]
-    shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3 * len(cells)), squeeze=False)
-    width = 0.8 / max(1, len(impls))
-    for i, cell in enumerate(cells):
-        for j, ps in enumerate(PASSES):
-            ax = axes[i][j]
-            for k, impl in enumerate(impls):
-                vals = [torch_ms[cell, s, ps] / r["median_ms"]
-                        for s in shapes for r in rows
-                        if (r["cell"], r["shape"], r["impl"], r["pass"]) == (cell, s, impl, ps)
-                        and (cell, s, ps) in torch_ms]
-                ax.bar(np.arange(len(vals)) + k * width, vals, width, label=impl)
-            ax.axhline(1.0, color="k", lw=0.8)
-            ax.set_yscale("log")
-            # plain numbers (1.1, not 1.1x10^0): ratios often span less than a decade, where
-            # the default labels the minor ticks in scientific notation; over more than
-            # one, the decades alone are labelled
-            plain = FuncFormatter(lambda v, _: f"{v:.3g}")
-            lo, hi = ax.get_ylim()
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())
-            ax.set_xticks(np.arange(len(shapes)) + width * (len(impls) - 1) / 2, shapes)
-            ax.set_title(f"{cell} {ps}")
-            ax.set_ylabel("torch time / rnnkern time")
-            ax.legend(fontsize=8)
-    fig.suptitle("torch time / rnnkern time per shape (above 1: rnnkern is faster)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def ratio(r: dict[str, Any]) -> float | None:
+        t = torch_ms.get((r["cell"], r["shape"], r["pass"]))
+        return None if t is None or r["impl"] == "torch" else t / r["median_ms"]
+
+    return ratio
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> str:
+    """The Markdown lines under ``HEAD`` of ``rows``: both passes and both ratios."""
+    by: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["cell"], r["shape"], r["impl"]), {})[r["pass"]] = r
+    ratio = _speedup(rows)
+    lines = []
+    for (cell, shape, impl), d in by.items():
+        f, fb = d["forward"], d["forward+backward"]
+        ratios = ["" if (q := ratio(r)) is None else f"{q:.2f}" for r in (f, fb)]
+        lines.append(markdown_line([cell, shape, f["sizes"], impl, f["variant"],
+                                    f"{f['median_ms']:.4g}", f"{fb['median_ms']:.4g}",
+                                    *ratios]))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -398,13 +262,13 @@ def run(args: argparse.Namespace) -> int:
         variants = list(VARIANTS)
     if args.repeat < 1:
         raise ValueError(f"repeat: expected a positive number of samples, got {args.repeat}")
+    shapes = parse_shapes(args.shapes, SHAPES)
     threads, torch_too = start_threads(args)
     first = {c: first_call_ms(c) for c in CELLS} if "numba" in names else {}
     cells = CELLS if args.cell == "all" else (args.cell,)
     rows = []
-    # the table is printed as it fills, one shape at a time, and only once
-    print("\n".join(_table([]).split("\n")[:2]), flush=True)
-    for shape in parse_shapes(args.shapes):
+    print(markdown_head(HEAD), flush=True)  # the rows follow, one (cell, shape) at a time
+    for shape in shapes:
         for cell in cells:
             runners = {}
             for n in names:
@@ -412,25 +276,26 @@ def run(args: argparse.Namespace) -> int:
                     runners[n if v is None else f"{n}:{v}"] = backend_runner(n, cell, shape, v)
             if torch_too:
                 runners["torch"] = torch_runner(cell, shape)
-            timings = time_interleaved(runners, args.repeat)
+            timings = time_interleaved({(impl, ps): fns[ps] for impl, fns in runners.items()
+                                        for ps in PASSES}, args.repeat)
             # the kernel variant each backend ran (chosen by shape unless given)
             used = {impl: fns["variant"]() if "variant" in fns else ""
                     for impl, fns in runners.items()}
-            for (impl, ps), samples in timings.items():
-                rows.append({"cell": cell, "shape": shape.name, "sizes": shape.label(),
-                             "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
-                             "impl": impl, "variant": used[impl], "pass": ps,
-                             "median_ms": statistics.median(samples) * 1e3,
-                             "samples_ms": [s * 1e3 for s in samples]})
-            print(_table([r for r in rows if (r["cell"], r["shape"]) == (cell, shape.name)]
-                         ).split("\n", 2)[-1], flush=True)
-    meta = _meta(threads, torch_too, first)
+            new = [{"cell": cell, "shape": shape.title(), "sizes": shape.label(),
+                    "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
+                    "impl": impl, "variant": used[impl], "pass": ps,
+                    "median_ms": statistics.median(samples) * 1e3,
+                    "samples_ms": [s * 1e3 for s in samples]}
+                   for (impl, ps), samples in timings.items()]
+            rows += new
+            print(_table_lines(new), flush=True)
+    meta = cpu_meta(threads, torch_too, first)
     if first:
         print("\nfirst numba call in this process (cache load or compile), ms: "
               + ", ".join(f"{c} {v:.0f}" for c, v in first.items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(args.json, meta, rows)
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, _speedup(rows), "torch time / rnnkern time",
+             "torch time / rnnkern time per shape (above 1: rnnkern is faster)", one=True)
     return 0

@@ -6,7 +6,7 @@ each time is the median of ``args.repeat`` runs measured with CUDA events, after
 runs that are not counted. Torch appears twice: with ``cudnn.allow_tf32 = False`` (the
 same arithmetic as ours) and with PyTorch's default setting.
 
-Rows of the JSON (``args.json``): one per (shape, cell, implementation, pass) with
+Rows of the JSON (``args.json``): one per (cell, shape, implementation, pass) with
 ``median_ms`` and ``status``: "ok"; "unsupported" (a ValueError: v2 asked for a shape whose
 R does not fit on chip) or "failed" (any other error: a CUDA error, v2 refusing a grid that
 cannot be resident), both with median_ms None and the error in ``note``. One failure costs
@@ -21,72 +21,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .._validate import PARAMS
 from ..backends import cupy_cuda
 from ..backends.cupy_cuda.variants import VARIANTS
-from .bench import CELLS, PASSES
+from ._bench import (
+    CELLS,
+    PASSES,
+    SHAPE_GROUPS,
+    Runner,
+    Shape,
+    parse_shapes,
+    plot,
+    problem,
+    torch_runner,
+    write_json,
+)
 
 WARMUP = 3
-
-
-class Shape(NamedTuple):
-    T: int
-    B: int
-    I: int  # noqa: E741 - the contract's name
-    H: int
-    varlen: bool = False  # lengths uniform in [T/4, T]
-
-    def label(self) -> str:
-        return f"T{self.T} B{self.B} I{self.I} H{self.H}" + (" varlen" if self.varlen else "")
-
-
-#: the GPU shape set (a B x H grid at T=256, I=H; named extra rows; one with variable
-#: lengths) in groups, most telling first (``benchmarks/run_gpu.sh`` runs one process and
-#: writes one JSON per group): B <= 16 at H 256-1024, where the target ratio is 3; then B64;
-#: then B256; then the H64 rows
-SHAPE_GROUPS = {
-    "small-batch": [Shape(256, 1, 256, 256), Shape(256, 8, 256, 256), Shape(256, 1, 1024, 1024),
-                    Shape(256, 8, 1024, 1024), Shape(150, 16, 256, 256), Shape(512, 1, 256, 512),
-                    Shape(1000, 16, 128, 128)],
-    "batch64": [Shape(256, 64, 256, 256), Shape(256, 64, 1024, 1024), Shape(100, 64, 125, 320),
-                Shape(25, 64, 512, 512), Shape(256, 64, 256, 256, True)],
-    "batch256": [Shape(256, 256, 256, 256), Shape(256, 256, 1024, 1024)],
-    "h64": [Shape(256, B, 64, 64) for B in (1, 8, 64, 256)],
-}
-#: every shape of SHAPE_GROUPS, in group order
-GPU_SHAPES = tuple(shape for group in SHAPE_GROUPS.values() for shape in group)
-
-
-def parse_shapes(shapes: Any) -> list[Shape]:
-    """None -> GPU_SHAPES; otherwise each item a SHAPE_GROUPS name or "T,B,I,H" (or a
-    4-tuple), optional ",varlen"."""
-    if shapes is None:
-        return list(GPU_SHAPES)
-    out = []
-    for s in shapes:
-        if isinstance(s, str) and s in SHAPE_GROUPS:
-            out.extend(SHAPE_GROUPS[s])
-            continue
-        parts = s.replace("x", ",").split(",") if isinstance(s, str) else list(s)
-        varlen = bool(parts) and str(parts[-1]).strip() == "varlen"
-        nums = parts[:-1] if varlen else parts
-        try:
-            dims = [int(p) for p in nums]
-        except ValueError:
-            dims = []
-        if len(dims) != 4 or min(dims) < 1:
-            raise ValueError(f"shapes: expected a group ({', '.join(SHAPE_GROUPS)}) or "
-                             f"'T,B,I,H' (optionally ',varlen') with positive sizes, got {s!r}")
-        out.append(Shape(*dims, varlen))
-    return out
 
 
 def _cells(cell: Any) -> tuple[str, ...]:
@@ -145,14 +103,14 @@ def _lengths(shape: Shape, rng: np.random.Generator) -> np.ndarray | None:
 
 
 def cupy_runner(cell: str, shape: Shape, variant: str, lengths: Any,
-                rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
-    """pass -> a function running the CuPy backend once (forward, or forward + backward)."""
+                rng: np.random.Generator) -> Runner:
+    """pass -> a function running the CuPy backend once (forward, or forward + backward).
+
+    lengths: (B,) or None; the problem's seed is drawn from ``rng``.
+    """
     import cupy
 
-    from ..gradcheck import make_problem
-
-    p = make_problem(cell, T=shape.T, B=shape.B, I=shape.I, H=shape.H, h0=False,
-                     dstate=False, seed=int(rng.integers(1 << 30))).astype(np.float32)
+    p = problem(cell, shape, seed=int(rng.integers(1 << 30)))
     x = cupy.asarray(p.inputs["x"])
     params = [cupy.asarray(p.params[k]) for k in PARAMS[cell]]
     dy = cupy.asarray(p.out_grads["dy"])
@@ -167,34 +125,6 @@ def cupy_runner(cell: str, shape: Shape, variant: str, lengths: Any,
     def both() -> Any:
         _, _, cache = fwd(x, *state, *params, lengths=lens, variant=variant)
         return bwd(dy, None, cache, variant=variant)
-
-    return {"forward": forward, "forward+backward": both}
-
-
-def torch_runner(cell: str, shape: Shape, lengths: Any) -> dict[str, Callable[[], Any]]:
-    """pass -> a function running torch.nn.<cell> on CUDA (cuDNN) once."""
-    import torch
-
-    mod = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    net = mod(shape.I, shape.H).cuda()
-    x = torch.randn(shape.T, shape.B, shape.I, device="cuda", requires_grad=True)
-    if lengths is None:
-        def run() -> Any:
-            return net(x)[0]
-    else:
-        lens = torch.as_tensor(lengths)
-        pack = torch.nn.utils.rnn.pack_padded_sequence
-
-        def run() -> Any:
-            return net(pack(x, lens, enforce_sorted=False))[0].data
-    dy = torch.randn_like(run())
-
-    def forward() -> Any:
-        with torch.no_grad():
-            return run()
-
-    def both() -> Any:
-        run().backward(dy)
 
     return {"forward": forward, "forward+backward": both}
 
@@ -238,7 +168,7 @@ def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, t
         if emit is not None:
             emit(rows[-1])
 
-    def measure(impl: str, make: Callable[[], dict[str, Callable[[], Any]]],
+    def measure(impl: str, make: Callable[[], Runner],
                 event: Callable[[], Any]) -> None:
         try:
             fns = make()
@@ -262,7 +192,7 @@ def bench_shape(cell: str, shape: Shape, variants: Iterable[str], repeat: int, t
         for impl, tf32 in (("torch-cudnn-tf32off", False), ("torch-cudnn-default", default_tf32)):
             torch.backends.cudnn.allow_tf32 = tf32
             try:
-                measure(impl, lambda: torch_runner(cell, shape, lengths), _torch_event)
+                measure(impl, lambda: torch_runner(cell, shape, "cuda", lengths), _torch_event)
             finally:
                 torch.backends.cudnn.allow_tf32 = default_tf32
     return rows
@@ -280,36 +210,6 @@ def _device_info(torch_too: bool) -> dict[str, Any]:
     return info
 
 
-def plot(rows: list[dict[str, Any]], path: str) -> None:
-    """One panel per (cell, pass): median ms per shape, one bar per implementation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = sorted({(r["cell"], r["pass"]) for r in rows})
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.2 * len(panels)), squeeze=False)
-    for ax, (cell, pass_) in zip(axes[:, 0], panels):
-        sel = [r for r in rows if r["cell"] == cell and r["pass"] == pass_]
-        shapes = list(dict.fromkeys(r["shape"] for r in sel))
-        width = 0.8 / len(impls)
-        for k, impl in enumerate(impls):
-            ms = {r["shape"]: r["median_ms"] for r in sel if r["impl"] == impl}
-            xs = [i + k * width for i, s in enumerate(shapes) if ms.get(s) is not None]
-            ys = [ms[s] for s in shapes if ms.get(s) is not None]
-            ax.bar(xs, ys, width, label=impl)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes,
-                      rotation=45, ha="right", fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel("median ms")
-        ax.set_title(f"{cell} {pass_} (float32)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 TABLE_HEAD = f"{'cell':5} {'shape':28} {'impl':22} {'pass':17} {'median ms':>10}  status"
 
 
@@ -317,14 +217,6 @@ def _table_row(r: dict[str, Any]) -> str:
     ms = "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}"
     line = f"{r['cell']:5} {r['shape']:28} {r['impl']:22} {r['pass']:17} {ms:>10}  {r['status']}"
     return line if r["status"] == "ok" else f"{line}: {r['note']}"
-
-
-def _write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Replace ``path`` atomically, so that a run killed while writing keeps the last copy."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _torch_usable(no_torch: bool) -> bool:
@@ -349,7 +241,8 @@ def run_gpu(args: argparse.Namespace) -> int:
     if not cupy_cuda.is_available():
         raise ValueError("backend: 'cupy' is not available here (no CUDA GPU "
                          "answers or CuPy is not installed)")
-    cells, shapes = _cells(getattr(args, "cell", None)), parse_shapes(args.shapes)
+    cells = _cells(getattr(args, "cell", None))
+    shapes = parse_shapes(args.shapes, SHAPE_GROUPS, varlen=True)
     variants = _variants(getattr(args, "variant", None))
     repeat = int(args.repeat)
     if repeat < 1:
@@ -367,19 +260,25 @@ def run_gpu(args: argparse.Namespace) -> int:
         for cell in cells:
             rows.extend(bench_shape(cell, shape, variants, repeat, torch_too, emit=emit))
         if json_path:
-            _write_json(json_path, meta, rows)
+            write_json(json_path, meta, rows)
     if getattr(args, "plot", None):
-        plot(rows, args.plot)
+        plot_rows(rows, args.plot)
     return int(any(r["status"] == "failed" for r in rows))
 
 
+def plot_rows(rows: list[dict[str, Any]], path: str) -> None:
+    """Median ms per shape, a bar per implementation, a panel per (cell, pass); rows that
+    did not run ("unsupported", "failed") have no bar."""
+    plot(rows, path, lambda r: r["median_ms"], "median ms", "median ms per shape (float32)")
+
+
 def plot_files(out: str, paths: Iterable[str]) -> None:
-    """The chart of ``plot`` over the rows of every JSON file in ``paths``."""
+    """The chart of ``plot_rows`` over the rows of every JSON file in ``paths``."""
     rows = []
     for path in paths:
         with open(path) as f:
             rows.extend(json.load(f)["rows"])
-    plot(rows, out)
+    plot_rows(rows, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ backward on one batch called directly (no optimiser, no ``fit``), the work ``fit
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -28,7 +27,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._threads import held
-from .bench import SETTLE_S, _meta, start_threads
+from ._bench import (
+    SETTLE_S,
+    calls_per_sample,
+    markdown_head,
+    markdown_line,
+    seconds_per_call,
+    write_json,
+)
+from .bench import cpu_meta, start_threads
 
 
 class Workload(NamedTuple):
@@ -136,19 +143,12 @@ def torch_runner(w: Workload, batches: int) -> dict[str, Callable[[], Any]]:
     return {"fit": fit, "alone": alone}
 
 
-def _seconds(fn: Callable[[], Any], calls: int = 1) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return time.perf_counter() - t0
-
-
 def measure(w: Workload, repeat: int, torch_too: bool) -> dict[str, dict[str, list[float]]]:
     """impl -> {"fit": seconds per step, "alone": seconds per call}, ``repeat`` samples."""
     probe = rnnkern_runner(w, 2)
     for _ in range(2):  # compile or cache load, first touch
         probe["fit"]()
-    per_step = _seconds(probe["fit"]) / 2
+    per_step = seconds_per_call(probe["fit"]) / 2
     batches = max(4, math.ceil(STEPS_MIN_S / max(per_step, 1e-6)))
     runners = {"rnnkern": rnnkern_runner(w, batches)}
     if torch_too:
@@ -156,16 +156,14 @@ def measure(w: Workload, repeat: int, torch_too: bool) -> dict[str, dict[str, li
     for fns in runners.values():
         fns["fit"]()
         fns["alone"]()
-    alone_calls = {impl: max(1, int(0.05 / max(_seconds(f["alone"]), 1e-7)))
-                   for impl, f in runners.items()}
+    alone_calls = {impl: calls_per_sample(f["alone"], 0.05) for impl, f in runners.items()}
     out: dict[str, dict[str, list[float]]] = {i: {"fit": [], "alone": []} for i in runners}
     for _ in range(repeat):
         for impl, fns in runners.items():
             time.sleep(SETTLE_S)
-            out[impl]["fit"].append(_seconds(fns["fit"]) / batches)
+            out[impl]["fit"].append(seconds_per_call(fns["fit"]) / batches)
             time.sleep(SETTLE_S)
-            n = alone_calls[impl]
-            out[impl]["alone"].append(_seconds(fns["alone"], n) / n)
+            out[impl]["alone"].append(seconds_per_call(fns["alone"], alone_calls[impl]))
     return out
 
 
@@ -178,20 +176,23 @@ def _rows(load: int, w: Workload, samples: dict[str, dict[str, list[float]]]) ->
             for impl, s in samples.items()]
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: a line per (busy, workload), both implementations and the ratio."""
-    head = ["busy", "workload", "rnnkern fit ms/step", "rnnkern stack alone ms",
-            "fit / alone", "torch fit ms/step", "torch/rnnkern"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+#: the table's columns: a line per (busy, workload)
+HEAD = ("busy", "workload", "rnnkern fit ms/step", "rnnkern stack alone ms", "fit / alone",
+        "torch fit ms/step", "torch/rnnkern")
+
+
+def table_lines(rows: list[dict]) -> str:
+    """The Markdown lines under ``HEAD``: a line per (busy, workload) of ``rows``, both
+    implementations and the ratio."""
     by = {(r["busy"], r["workload"], r["impl"]): r for r in rows}
+    lines = []
     for busy, name in dict.fromkeys((r["busy"], r["workload"]) for r in rows):
         ours, theirs = by[busy, name, "rnnkern"], by.get((busy, name, "torch"))
+        fit = ours["fit_ms_per_step"]
         t = "" if theirs is None else f"{theirs['fit_ms_per_step']:.4g}"
-        ratio = "" if theirs is None else \
-            f"{theirs['fit_ms_per_step'] / ours['fit_ms_per_step']:.2f}"
-        lines.append(f"| {busy} | {name} | {ours['fit_ms_per_step']:.4g} | "
-                     f"{ours['alone_ms']:.4g} | "
-                     f"{ours['fit_ms_per_step'] / ours['alone_ms']:.2f} | {t} | {ratio} |")
+        ratio = "" if theirs is None else f"{theirs['fit_ms_per_step'] / fit:.2f}"
+        lines.append(markdown_line([busy, name, f"{fit:.4g}", f"{ours['alone_ms']:.4g}",
+                                    f"{fit / ours['alone_ms']:.2f}", t, ratio]))
     return "\n".join(lines)
 
 
@@ -207,21 +208,20 @@ def run(args: argparse.Namespace) -> int:
     threads, torch_too = start_threads(args)
     workloads = [WORKLOADS[n] for n in args.workloads or WORKLOADS]
     rows: list[dict] = []
-    print("\n".join(table([]).split("\n")[:2]), flush=True)  # the rows follow as they come
+    print(markdown_head(HEAD), flush=True)  # the rows follow as they come
     for load in sorted({0, args.busy}):
         spinning = _spinners(load)
         try:
             for w in workloads:
                 new = _rows(load, w, measure(w, args.repeat, torch_too))
                 rows += new
-                print(table(new).split("\n", 2)[-1], flush=True)
+                print(table_lines(new), flush=True)
         finally:
             for p in spinning:
                 p.kill()
                 p.wait()
     if args.json:
-        meta = _meta(threads, torch_too, {})
+        meta = cpu_meta(threads, torch_too, {})
         meta["workloads"] = {w.name: w.label() for w in workloads}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(args.json, meta, rows)
     return 0
