@@ -39,6 +39,36 @@ def test_bench_rejects_bad_options(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_bench_times_whole_layers_after_the_kernels(tmp_path, monkeypatch, capsys):
+    from rnnkern.cli import _bench
+
+    tiny = _bench.Shape(3, 2, 2, 4, name="small")
+    monkeypatch.setitem(_bench.SHAPES, "small", tiny)
+    out = tmp_path / "b.json"
+    code = cli.main(["bench", "--backend", "numba", "--cell", "lstm", "--shapes", "small",
+                     "--repeat", "1", "--threads", "1", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    layered = {(r["shape"], r["impl"], r["pass"]): r for r in rows if r["layer"]}
+    for shape, options in (("small bidirectional", {"bidirectional": True}),
+                           ("small 2 layers", {"num_layers": 2})):
+        impls = {"numba", "torch"} if _torch() else {"numba"}
+        assert {(s, i) for s, i, _ in layered if s == shape} == {(shape, i) for i in impls}
+        assert all(r["layer"] == options for (s, _, _), r in layered.items() if s == shape)
+    assert "| lstm | small bidirectional |" in capsys.readouterr().out
+    code = cli.main(["bench", "--backend", "numba", "--cell", "lstm", "--shapes", "small",
+                     "--repeat", "1", "--threads", "1", "--no-layers", "--json", str(out)])
+    assert not any(r["layer"] for r in json.loads(out.read_text())["rows"])
+
+
+def _torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_torch_runner_packs_lengths_and_takes_layer_options():
     pytest.importorskip("torch")
     from rnnkern.cli._bench import Shape, torch_runner

@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="PATH", help="save a bar chart of the speed ratios")
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
+    p.add_argument("--no-layers", action="store_true",
+                   help="leave out the rows of whole layers (bidirectional, stacked: "
+                        "LAYER_ROWS) that follow the kernels")
     bench_train.add_arguments(p)
 
 
@@ -154,6 +157,35 @@ def backend_runner(name: str, cell: str, s: Shape, variant: str | None) -> Runne
         return fwd(*args, **kw)[2].get("variant", "")
 
     return {"forward": forward, "forward+backward": both, "variant": used}
+
+
+#: rows of whole layers after the kernels: (label, cell, shape name, the layer's options,
+#: as torch.nn names them): both directions, and one stack of two layers
+LAYER_ROWS = (
+    *((f"{name} bidirectional", cell, name, {"bidirectional": True})
+      for cell in ("lstm", "gru") for name in ("small", "medium")),
+    ("small 2 layers", "lstm", "small", {"num_layers": 2}),
+)
+
+
+def layer_runner(name: str, cell: str, s: Shape, options: dict[str, Any]) -> Runner:
+    """Forward and forward+backward of a whole rnnkern layer (``rk.LSTM(..., **options)``
+    on backend ``name``), as ``backend_runner`` times its kernels."""
+    from .. import layers
+
+    kind = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[cell]
+    layer = kind(s.I, s.H, **options, backend=name, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (s.T, s.B, s.I)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (s.T, s.B, layer.out_features)).astype(np.float32)
+
+    def forward() -> Any:
+        return layer.forward(x, training=False)
+
+    def both() -> Any:
+        return layer.backward(dy, None, layer.forward(x)[2])
+
+    return {"forward": forward, "forward+backward": both}
 
 
 def first_call_ms(cell: str) -> float:
@@ -268,27 +300,34 @@ def run(args: argparse.Namespace) -> int:
     cells = CELLS if args.cell == "all" else (args.cell,)
     rows = []
     print(markdown_head(HEAD), flush=True)  # the rows follow, one (cell, shape) at a time
-    for shape in shapes:
-        for cell in cells:
-            runners = {}
-            for n in names:
-                for v in (variants or [None]) if n == "numba" else [None]:
-                    runners[n if v is None else f"{n}:{v}"] = backend_runner(n, cell, shape, v)
-            if torch_too:
-                runners["torch"] = torch_runner(cell, shape)
-            timings = time_interleaved({(impl, ps): fns[ps] for impl, fns in runners.items()
-                                        for ps in PASSES}, args.repeat)
-            # the kernel variant each backend ran (chosen by shape unless given)
-            used = {impl: fns["variant"]() if "variant" in fns else ""
-                    for impl, fns in runners.items()}
-            new = [{"cell": cell, "shape": shape.title(), "sizes": shape.label(),
-                    "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
-                    "impl": impl, "variant": used[impl], "pass": ps,
-                    "median_ms": statistics.median(samples) * 1e3,
-                    "samples_ms": [s * 1e3 for s in samples]}
-                   for (impl, ps), samples in timings.items()]
-            rows += new
-            print(_table_lines(new), flush=True)
+    todo = [(cell, shape, shape.title(), None) for shape in shapes for cell in cells]
+    if not args.no_layers:
+        todo += [(cell, SHAPES[base], label, options)
+                 for label, cell, base, options in LAYER_ROWS
+                 if cell in cells and SHAPES[base] in shapes]
+    for cell, shape, title, options in todo:
+        runners = {}
+        for n in names:
+            if options is not None:
+                runners[n] = layer_runner(n, cell, shape, options)
+                continue
+            for v in (variants or [None]) if n == "numba" else [None]:
+                runners[n if v is None else f"{n}:{v}"] = backend_runner(n, cell, shape, v)
+        if torch_too:
+            runners["torch"] = torch_runner(cell, shape, **(options or {}))
+        timings = time_interleaved({(impl, ps): fns[ps] for impl, fns in runners.items()
+                                    for ps in PASSES}, args.repeat)
+        # the kernel variant each backend ran (chosen by shape unless given)
+        used = {impl: fns["variant"]() if "variant" in fns else ""
+                for impl, fns in runners.items()}
+        new = [{"cell": cell, "shape": title, "sizes": shape.label(),
+                "T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H,
+                "layer": options or {}, "impl": impl, "variant": used[impl], "pass": ps,
+                "median_ms": statistics.median(samples) * 1e3,
+                "samples_ms": [s * 1e3 for s in samples]}
+               for (impl, ps), samples in timings.items()]
+        rows += new
+        print(_table_lines(new), flush=True)
     meta = cpu_meta(threads, torch_too, first)
     if first:
         print("\nfirst numba call in this process (cache load or compile), ms: "
