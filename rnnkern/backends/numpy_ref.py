@@ -95,27 +95,36 @@ def _zeros_or(a: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> 
     return np.zeros(shape, dtype) if a is None else a
 
 
-def param_grads(
-    x: np.ndarray, h_prev: np.ndarray, dgx: np.ndarray, dgh: np.ndarray, per_step: bool
-) -> tuple[Grads, Grads | None]:
-    """Weight gradients from the gate gradients of all steps at once.
+def param_grads(x: Any, h_prev: Any, dgx: Any, dgh: Any, per_step: bool,
+                xp: Any = np) -> tuple[Grads, Grads | None]:
+    """Weight gradients from the gate gradients of all steps at once (NumPy or CuPy).
 
     x: (T, B, I) inputs   h_prev: (T, B, H) state entering each step
     dgx: (T, B, G*H) gradient of the input-side pre-activations (x @ W + b)
     dgh: (T, B, G*H) gradient of the recurrent pre-activations (h @ R); equal to
          dgx except for the GRU candidate, where r multiplies the recurrent part.
-    Returns grads {W, R, b} and, with per_step, steps {W, R, b} of shape (T, ...).
+    Returns grads {W, R, b} and, with per_step, steps {W, R, b} of shape (T, ...): one
+    product per step, whose sum is then the gradient (exactly, as the contract says).
+    Without per_step each gradient is one product over all T * B rows, the same sum.
     """
-    steps = {
-        "W": np.einsum("tbi,tbg->tig", x, dgx),
-        "R": np.einsum("tbh,tbg->thg", h_prev, dgh),
-        "b": dgx.sum(axis=1),
-    }
-    grads = {k: v.sum(axis=0) for k, v in steps.items()}
-    return grads, (steps if per_step else None)
+    if per_step:
+        steps = {
+            "W": xp.matmul(x.transpose(0, 2, 1), dgx),          # (T, I, GH)
+            "R": xp.matmul(h_prev.transpose(0, 2, 1), dgh),     # (T, H, GH)
+            "b": dgx.sum(axis=1),                               # (T, GH)
+        }
+        return {k: v.sum(axis=0) for k, v in steps.items()}, steps
+    T, B, I = x.shape  # noqa: E741
+    H, GH = h_prev.shape[2], dgx.shape[2]
+    return {
+        "W": x.reshape(T * B, I).T @ dgx.reshape(T * B, GH),
+        "R": h_prev.reshape(T * B, H).T @ dgh.reshape(T * B, GH),
+        "b": dgx.sum(axis=(0, 1)),
+    }, None
 
 
-def _finish(dx: np.ndarray, dstate: Any, grads: Grads, steps: Grads | None) -> tuple:
+def finish(dx: Any, dstate: Any, grads: Grads, steps: Grads | None) -> tuple:
+    """A backward's result: (dx, dstate, grads), and steps with per_step."""
     return (dx, dstate, grads) if steps is None else (dx, dstate, grads, steps)
 
 
@@ -180,7 +189,7 @@ def rnn_backward(
         dh = np.where(active[t], 0, dh) + da[t] @ R.T
     dx = da @ W.T
     grads, steps = param_grads(x, h[:-1], da, da, per_step)
-    return _finish(dx, dh, grads, steps)
+    return finish(dx, dh, grads, steps)
 
 
 # ----------------------------------------------------------------------------
@@ -267,7 +276,7 @@ def lstm_backward(
         dh = np.where(active[t], 0, dh) + dgates[t] @ R.T
     dx = dgates @ W.T
     grads, steps = param_grads(x, h[:-1], dgates, dgates, per_step)
-    return _finish(dx, (dh, dc), grads, steps)
+    return finish(dx, (dh, dc), grads, steps)
 
 
 # ----------------------------------------------------------------------------
@@ -347,7 +356,7 @@ def gru_backward(
     grads["b_hn"] = dgh[:, :, 2 * H :].sum(axis=(0, 1))
     if steps is not None:
         steps["b_hn"] = dgh[:, :, 2 * H :].sum(axis=1)
-    return _finish(dx, dh, grads, steps)
+    return finish(dx, dh, grads, steps)
 
 
 # ----------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..._validate import Dims
 
 
@@ -14,7 +12,3 @@ def require_device(d: Dims) -> None:
             "x: is a numpy (CPU) array but the 'cupy' backend computes on cupy (GPU) arrays; "
             "move the data with cupy.asarray(...) (rnnkern never copies between host and "
             "device silently)")
-
-
-def finish(dx: Any, dstate: Any, grads: dict, steps: dict | None) -> tuple:
-    return (dx, dstate, grads) if steps is None else (dx, dstate, grads, steps)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..._validate import ACTIVATION_CODES, GATES, Dims
+from ..numpy_ref import param_grads
 from . import loader
 from .variants import DeviceLimits, PersistentPlan, choose_variant
 
@@ -289,35 +290,9 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
         head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
         _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), i32(act)))
     dx = cp.matmul(dgx.reshape(T * B, GH), W.T).reshape(T, B, I)
-    grads, steps = param_grads(cp, x, h[:-1], dgx, dgh, per_step)
+    grads, steps = param_grads(x, h[:-1], dgx, dgh, per_step, cp)
     if cell == "gru":
         grads["b_hn"] = dgh[:, :, 2 * H:].sum(axis=(0, 1))
         if steps is not None:
             steps["b_hn"] = dgh[:, :, 2 * H:].sum(axis=1)
     return dx, dh, dc, grads, steps
-
-
-def param_grads(cp: Any, x: Any, h_prev: Any, dgx: Any, dgh: Any,
-                per_step: bool) -> tuple[dict, dict | None]:
-    """Weight gradients as GEMMs over all steps at once.
-
-    x: (T, B, I)   h_prev: (T, B, H) state entering each step
-    dgx, dgh: (T, B, G*H) gradients of the input-side and recurrent pre-activations
-    Returns grads {W, R, b} and, with per_step, steps {W, R, b} of shape (T, ...)
-    (one batched GEMM per parameter, a matrix per step).
-    """
-    T, B, I = x.shape
-    H, GH = h_prev.shape[2], dgx.shape[2]
-    grads = {
-        "W": cp.matmul(x.reshape(T * B, I).T, dgx.reshape(T * B, GH)),
-        "R": cp.matmul(h_prev.reshape(T * B, H).T, dgh.reshape(T * B, GH)),
-        "b": dgx.sum(axis=(0, 1)),
-    }
-    if not per_step:
-        return grads, None
-    steps = {
-        "W": cp.matmul(x.transpose(0, 2, 1), dgx),
-        "R": cp.matmul(h_prev.transpose(0, 2, 1), dgh),
-        "b": dgx.sum(axis=1),
-    }
-    return grads, steps
