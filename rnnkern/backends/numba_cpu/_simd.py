@@ -32,7 +32,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._common import FASTMATH, JIT, add_into, empty, matmul, transposed
+from ._jit import FASTMATH, JIT
+from ._memory import empty
+from ._products import add_into, matmul, transposed
 from ._vec import VECTOR_BYTES, lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
@@ -547,7 +549,7 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
     step's rows are in cache: the array comes back unfilled, (n, B, G) for the n steps a
-    forward keeps (``_common.kept``).
+    forward keeps (``_memory.kept``).
     Else ``input_projection`` of all steps at once, in gemm_chunks row blocks: on the
     micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms against
     OpenBLAS), on BLAS for the others.
