@@ -48,10 +48,10 @@ def reuse_freed_memory() -> bool:
     By default glibc serves blocks over its (adaptive) mmap threshold with fresh mappings
     and gives the free top of its heap back to the system beyond a trim threshold, so
     every call's caches and gradients (~100 MB for an LSTM forward+backward at B64 T100
-    H256) land on new pages again, at a page fault per page: ~5000 faults and ~17 ms of
-    a ~128 ms forward+backward there (measured). Here blocks up to 32 MiB come from the
-    heap and up to ``KEEP_FREED_BYTES`` of its free top stay mapped: that call then
-    faults no page and takes ~111 ms. Called once when the backend is imported; a
+    H256) land on new pages again, at a page fault per page. Here blocks up to 32 MiB come
+    from the heap and up to ``KEEP_FREED_BYTES`` of its free top stay mapped, so that such
+    a call faults no page (LSTM medium forward+backward ~128 -> ~111 ms; benchmarks/README.md,
+    "Design notes", memory). Called once when the backend is imported; a
     process-wide setting, so ``RNNKERN_MALLOPT=0`` leaves glibc's defaults alone.
     Returns whether the settings were made (False off glibc).
     """
@@ -71,9 +71,9 @@ def empty(shape, like):
     """np.empty(shape, like.dtype), asking Linux for huge pages when the array is big.
 
     NumPy does the same for its own arrays; Numba's allocator does not, and the first
-    touch of a fresh 4 KiB page costs a page fault: an LSTM forward at B64 T100 H256
-    writes ~50 MB of new arrays per call, which took ~12k faults and ~30 ms of a ~65 ms
-    call on this (virtualised) machine, against ~5 ms with 2 MiB pages (measured).
+    touch of a fresh 4 KiB page costs a page fault: the faults of the new arrays an LSTM
+    medium forward writes took ~30 of its ~65 ms (benchmarks/README.md, "Design notes",
+    memory).
     """
     a = np.empty(shape, like.dtype)
     _advise_huge_pages(a)
@@ -86,8 +86,8 @@ def kept(T, keep):
     backward (keep), one for inference (``training=False``), which every step overwrites,
     its states (``states(s0, kept(T, keep))``) then a ring of two. The kernels index such
     an array a with t % len(a), which is t when every step is kept: one loop serves both.
-    Inference writes ~4 (T, B, H) arrays fewer into fresh memory: LSTM forward B64 T100
-    H256 33.0 -> 31.7 ms, I125 H320 35.8 -> 34.3 ms."""
+    Inference writes ~4 (T, B, H) arrays fewer into fresh memory (LSTM wide forward 35.8 ->
+    34.3 ms; benchmarks/README.md, "Design notes", the inference pass)."""
     return T if keep else 1
 
 

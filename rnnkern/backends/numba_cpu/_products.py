@@ -62,7 +62,7 @@ def add_rows_product(A, R, out, lo, hi):
     """out[n] += A[n] @ R for lo <= n < hi, the fused path's recurrent product of a block.
 
     A: (B, H)   R: (H, G*H)   out: (B, G*H). Two rows at a time share every load of R
-    (products 1.5x faster than row by row at H=64, measured); an odd last row goes alone.
+    (products 1.5x faster than row by row at H=64); an odd last row goes alone.
     """
     H, GH = R.shape
     H4 = H - H % 4
@@ -102,8 +102,7 @@ TRANSPOSE_BLOCK = 32
 def transposed(a):
     """a.T as a new C-contiguous (N, M) array, for a: (M, N), a block at a time: the plain
     copy walks one side with a stride of a whole row, and a power-of-two row length maps
-    every element of that walk to a few cache sets (640x1024 float32: 2.1 -> 0.5 ms,
-    3200x256: 1.5 -> 0.9 ms, measured on one Zen 4 core)."""
+    every element of that walk to a few cache sets (640x1024 float32: 2.1 -> 0.5 ms)."""
     M, N = a.shape
     out = np.empty((N, M), a.dtype)
     for i0 in range(0, M, TRANSPOSE_BLOCK):

@@ -43,7 +43,7 @@ def _vector_bytes() -> int:
     Measured on a 2-core Zen 4 (which runs a 512-bit instruction as two 256-bit halves, at
     the same peak): the packed product at 32x1024 @ 1024x4096 reached 103 GFLOP/s on one
     core with 64-byte vectors against 83 with 32 (half the loads and instructions per
-    multiply-add), and 111 against 104 at 32x256 @ 256x1024.
+    multiply-add).
     """
     # NUMBA_CPU_FEATURES when set (caches portable between CPUs), else the host's as Numba
     # sees them (without the avx* ones under NUMBA_ENABLE_AVX=0)

@@ -168,8 +168,8 @@ def final(s, B):
 @njit(**JIT)
 def carve(buf, o, n, K, Bp):
     """buf[o : o + n*K*Bp] as an (n, K, Bp) array, and the offset past it: the arrays of a
-    batch-inner cache live in one buffer (each array a kernel returns costs ~0.3 us to hand to
-    Python, a tenth of a forward at B16 T10 H3)."""
+    batch-inner cache live in one buffer (each array a kernel returns cost a tenth of a
+    forward at B16 T10 H3 to hand to Python)."""
     e = o + n * K * Bp
     return buf[o:e].reshape((n, K, Bp)), e
 
