@@ -57,7 +57,7 @@ def test_parity_every_variant(cell, activation, variant, threads, dtype):
 @pytest.mark.parametrize("variant,threads", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_inference_every_variant(cell, activation, variant, threads, dtype):
-    """``training=False`` keeps one step's arrays (``_common.kept``): the outputs and final
+    """``training=False`` keeps one step's arrays (``_memory.kept``): the outputs and final
     state of a training pass bit for bit, with every variant, on the shapes above and on
     ones where the packed tiles, the stepped input part and two row blocks all run."""
     shapes = [*SHAPES, (4, 8, 5, 16, True, True), (3, 9, 7, 37, False, True),
@@ -142,7 +142,7 @@ def test_parity_with_products_in_row_blocks(cell, activation, variant, threads, 
 @pytest.mark.parametrize("cell,activation", CELLS)
 def test_lone_row_kernel_input_paths(cell, activation, in_step, monkeypatch):
     """lone-row with each step making its input part (x[t] @ W from Q, small I) and with it
-    made for all steps before the loop (``_units.input_units``): float32 and float64
+    made for all steps before the loop (``lone_row.input_units``): float32 and float64
     against the oracle and inference against training bit for bit, on one row and on
     several (one at a time), H in one block, past whole blocks and past whole vectors,
     variable lengths."""
@@ -203,7 +203,7 @@ def test_lone_row_kernel_from_cache(tmp_path):
     """Three processes on one fresh Numba cache: rows-packed, then lone-row compiled beside
     rows-packed's cached functions, then lone-row loaded from the cache at its first call.
     The third crashed when a lone-row kernel called a parallel function
-    (``_units.input_units``)."""
+    (``lone_row.input_units``)."""
     _processes_on_one_cache(tmp_path, CACHE_ORDER, ("rows-packed", "lone-row", "lone-row"))
 
 
@@ -241,9 +241,9 @@ def test_kernel_from_cache_starts_threads(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposed(dtype):
-    """``_common.transposed``: a.T, C-contiguous, for sizes inside one block, across
+    """``_products.transposed``: a.T, C-contiguous, for sizes inside one block, across
     blocks with partial ones at both edges, and empty."""
-    from rnnkern.backends.numba_cpu._common import TRANSPOSE_BLOCK, transposed
+    from rnnkern.backends.numba_cpu._products import TRANSPOSE_BLOCK, transposed
 
     rng = np.random.default_rng(5)
     n = TRANSPOSE_BLOCK
@@ -457,7 +457,7 @@ def test_vector_activations_match_scalar(dtype):
     scalar: the rational form in float32, libm in float64; NaN, inf and the clamp alike."""
     from numba import njit
 
-    from rnnkern.backends.numba_cpu._common import fast_sigmoid, fast_tanh
+    from rnnkern.backends.numba_cpu._activations import fast_sigmoid, fast_tanh
     from rnnkern.backends.numba_cpu._vec import lanes, vload, vstore
 
     @njit
@@ -552,7 +552,7 @@ def no_kernels(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a kernel ran before the arguments were validated")
 
-    for mod in (nb.rnn, nb.lstm, nb.gru):
+    for mod in (nb.rnn, nb.lstm, nb.gru, nb.batch_inner, nb.lone_row):
         for name in dir(mod):
             if name.endswith(("_forward", "_backward")):
                 monkeypatch.setattr(mod, name, forbidden)
@@ -743,13 +743,13 @@ def test_outputs_do_not_share_memory_between_calls():
 
 @pytest.mark.parametrize("n", [3, 3_000_000])  # 12 MB in float32: asks for huge pages
 def test_empty_allocates_writable_arrays_of_the_dtype(n):
-    common = nb._common
-    a = common.empty((n,), np.zeros(1, np.float32))
+    memory = nb._memory
+    a = memory.empty((n,), np.zeros(1, np.float32))
     assert a.shape == (n,) and a.dtype == np.float32 and a.flags.c_contiguous
     a[:] = 1.5
     assert a.sum(dtype=np.float64) == 1.5 * n
     s0 = np.arange(6, dtype=np.float64).reshape(2, 3)
-    s = common.states(s0, 4)
+    s = memory.states(s0, 4)
     assert s.shape == (5, 2, 3) and s.dtype == np.float64
     np.testing.assert_array_equal(s[0], s0)
 
@@ -786,7 +786,7 @@ def test_freed_arrays_are_reused_without_page_faults():
                              capture_output=True, text=True).stdout
         return int(out.split()[-1])
 
-    assert nb._common.reuse_freed_memory()
+    assert nb._memory.reuse_freed_memory()
     # with transparent huge pages always on, glibc's defaults fault ~50 2 MiB pages
     assert probe("1") < 10
     assert probe("0") > 40

@@ -2,16 +2,17 @@
 
 Mirrors ``numpy_ref`` function by function: every public function validates its
 arguments with ``rnnkern._validate`` first, then hands C-contiguous arrays to a
-compiled kernel of ``rnn``, ``lstm`` or ``gru``. Each takes ``variant=None``
-(chosen by shape) or one of ``VARIANTS``' schedule names, and ``threads=None`` (chosen
-by shape and ``numba.get_num_threads()``) or the row blocks of a rows schedule (1:
-serial), see ``plan``. Caches are dicts of named arrays, as in the reference:
+compiled kernel of its schedule's module (``rnn``, ``lstm``, ``gru``: each cell's rows
+schedules; ``batch_inner``, ``lone_row``). Each takes ``variant=None`` (chosen by shape)
+or one of ``VARIANTS``' schedule names, and ``threads=None`` (chosen by shape and
+``numba.get_num_threads()``) or the row blocks of a rows schedule (1: serial), see
+``plan``. Caches are dicts of named arrays, as in the reference:
 post-activation gates and the states entering every step, with the schedule ("variant")
 and row blocks ("threads") the forward ran. The batch-inner forward leaves them in one
 buffer ("buf"), each step's batch rows transposed and padded, (T, K, Bp), the layout it
-computes in (``_batch``); its backward reads them there, any other backward turns them
-into the named (T, B, K) arrays first, so that a forward alone (inference, generation)
-never pays for the transposes.
+computes in (``batch_inner``); its backward reads them there, any other backward turns
+them into the named (T, B, K) arrays first, so that a forward alone (inference,
+generation) never pays for the transposes.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from ..._validate import (
     check_training,
 )
 from ..numpy_ref import param_grads
-from . import gru, lstm, rnn
+from . import batch_inner, gru, lone_row, lstm, rnn
 from ._blas import blas_threads
-from ._common import SMALL_MACS, reuse_freed_memory
+from ._memory import reuse_freed_memory
+from ._products import SMALL_MACS
 from ._simd import weight_grads
 from .embedding import embedding_backward, embedding_forward
 from .plan import GEMM_PARALLEL_MIN_MACS, UNITS_IN_STEP_MAX_I, VARIANTS, Plan, choose
@@ -122,7 +124,7 @@ def _projection_chunks(blas: int, d: Dims, G: int, threads: int | None) -> int |
 
 
 def _in_step(d: Dims) -> bool:
-    """Whether lone-row's steps make their own input part (see ``_units.pack_units``)."""
+    """Whether lone-row's steps make their own input part (see ``lone_row.pack_units``)."""
     return d.I <= UNITS_IN_STEP_MAX_I
 
 
@@ -146,7 +148,11 @@ def _call(blas: int, kernel: Any, *args: Any) -> Any:
         return kernel(*args)
 
 
-_CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
+#: per cell: the names of a batch-inner cache's arrays, and the kernel that makes them
+#: from its buffer in the rows' layout
+_ROWS_LAYOUT = {"rnn": (batch_inner.RNN_CACHE_NAMES, batch_inner.rnn_cache_rows),
+                "lstm": (batch_inner.LSTM_CACHE_NAMES, batch_inner.lstm_cache_rows),
+                "gru": (batch_inner.GRU_CACHE_NAMES, batch_inner.gru_cache_rows)}
 
 
 def _batch_backward(cache: Cache, plan: Plan, per_step: bool) -> bool:
@@ -162,8 +168,8 @@ def _rows_layout(cache: Cache) -> None:
     buf = cache.get("buf")
     if buf is not None:
         d: Dims = cache["dims"]
-        cell = _CELLS[cache["cell"]]
-        cache.update(zip(cell.CACHE_NAMES, cell.cache_rows(buf, d.T, d.B, d.H)))
+        names, cache_rows = _ROWS_LAYOUT[cache["cell"]]
+        cache.update(zip(names, cache_rows(buf, d.T, d.B, d.H)))
         cache.pop("buf", None)
 
 
@@ -198,7 +204,7 @@ def rnn_forward(
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, H)   R: (H, H)   b: (H,)
     Returns y: (T, B, H), hT: (B, H), cache (None unless training: the kernels then keep
-    one step's arrays, ``_common.kept``).
+    one step's arrays, ``_memory.kept``).
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)
     keep = check_training(training)
@@ -207,11 +213,11 @@ def rnn_forward(
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "batch-inner":
-        y, hT, buf = rnn.rnn_forward_bi(x, h0, W, R, b, code, lens, keep)
+        y, hT, buf = batch_inner.rnn_forward(x, h0, W, R, b, code, lens, keep)
         return y, hT, _cache(keep, cell="rnn", dims=d, activation=activation, x=x, W=W,
                              R=R, buf=buf, lengths=lens, variant=plan.name, threads=1)
     if plan.name == "lone-row":
-        y, h, a, hT = rnn.rnn_forward_units(x, h0, W, R, b, code, lens, _in_step(d), keep)
+        y, h, a, hT = lone_row.rnn_forward(x, h0, W, R, b, code, lens, _in_step(d), keep)
     else:
         blas = _blas_threads(d, plan, 1)
         y, h, a, hT = _call(blas, rnn.rnn_forward, x, h0, W, R, b, code, lens, plan.fused,
@@ -237,8 +243,8 @@ def rnn_backward(
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     code = ACTIVATION_CODES[cache["activation"]]
     if _batch_backward(cache, plan, per_step):
-        dx, dh0, dW, dR, db = rnn.rnn_backward_bi(dy, dhT, cache["x"], cache["W"], cache["R"],
-                                                  cache["buf"], code, cache["lengths"])
+        dx, dh0, dW, dR, db = batch_inner.rnn_backward(
+            dy, dhT, cache["x"], cache["W"], cache["R"], cache["buf"], code, cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
     blas = _blas_threads(d, plan, 1)
@@ -276,11 +282,11 @@ def lstm_forward(
     lens = _lengths(lengths, d)
     h0, c0 = _zeros_or(h0, (d.B, d.H), d.dtype), _zeros_or(c0, (d.B, d.H), d.dtype)
     if plan.name == "batch-inner":
-        y, hT, cT, buf = lstm.lstm_forward_bi(x, h0, c0, W, R, b, lens, keep)
+        y, hT, cT, buf = batch_inner.lstm_forward(x, h0, c0, W, R, b, lens, keep)
         return y, (hT, cT), _cache(keep, cell="lstm", dims=d, x=x, W=W, R=R, buf=buf,
                                    lengths=lens, variant=plan.name, threads=1)
     if plan.name == "lone-row":
-        y, h, c, gates, tanh_c, hT, cT = lstm.lstm_forward_units(
+        y, h, c, gates, tanh_c, hT, cT = lone_row.lstm_forward(
             x, h0, c0, W, R, b, lens, _in_step(d), keep)
     else:
         blas = _blas_threads(d, plan, 4)
@@ -312,7 +318,7 @@ def lstm_backward(
     dy, dhT, dcT = (_zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype),
                     _zeros_or(dcT, (d.B, d.H), d.dtype))
     if _batch_backward(cache, plan, per_step):
-        dx, dh0, dc0, dW, dR, db = lstm.lstm_backward_bi(
+        dx, dh0, dc0, dW, dR, db = batch_inner.lstm_backward(
             dy, dhT, dcT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, (dh0, dc0), {"W": dW, "R": dR, "b": db}
     _rows_layout(cache)
@@ -352,12 +358,12 @@ def gru_forward(
     lens = _lengths(lengths, d)
     h0 = _zeros_or(h0, (d.B, d.H), d.dtype)
     if plan.name == "batch-inner":
-        y, hT, buf = gru.gru_forward_bi(x, h0, W, R, b, b_hn, lens, keep)
+        y, hT, buf = batch_inner.gru_forward(x, h0, W, R, b, b_hn, lens, keep)
         return y, hT, _cache(keep, cell="gru", dims=d, x=x, W=W, R=R, buf=buf,
                              lengths=lens, variant=plan.name, threads=1)
     if plan.name == "lone-row":
-        y, h, gates, hn, hT = gru.gru_forward_units(x, h0, W, R, b, b_hn, lens, _in_step(d),
-                                                    keep)
+        y, h, gates, hn, hT = lone_row.gru_forward(x, h0, W, R, b, b_hn, lens, _in_step(d),
+                                                   keep)
     else:
         blas = _blas_threads(d, plan, 3)
         y, h, gates, hn, hT = _call(blas, gru.gru_forward, x, h0, W, R, b, b_hn, lens,
@@ -384,7 +390,7 @@ def gru_backward(
     plan = choose(variant, threads, d.B, d.H, 3, d.I, d.dtype.itemsize, d.T)
     dy, dhT = _zeros_or(dy, (d.T, d.B, d.H), d.dtype), _zeros_or(dhT, (d.B, d.H), d.dtype)
     if _batch_backward(cache, plan, per_step):
-        dx, dh0, dW, dR, db, db_hn = gru.gru_backward_bi(
+        dx, dh0, dW, dR, db, db_hn = batch_inner.gru_backward(
             dy, dhT, cache["x"], cache["W"], cache["R"], cache["buf"], cache["lengths"])
         return dx, dh0, {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     _rows_layout(cache)

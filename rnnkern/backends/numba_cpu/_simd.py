@@ -1,26 +1,24 @@
 """The per-step recurrent product on explicit vectors (``_vec``), over a packed copy of R.
 
 Why: at the GEMM-bound shapes the per-step ``h @ R`` (e.g. 64x256 @ 256x1024) is where
-the time goes, and OpenBLAS ran it at ~65 GFLOP/s on one AVX2 core against ~90 for a big
-GEMM: it packs all of R again on every call, once per step. Here R is packed once per
-kernel call into panels of ``2 * lanes`` columns, and each step runs a register-blocked
-micro-kernel over them (a tile of the output in registers, the panels streamed from
-cache: 6 (or 4) rows x two panels with AVX-512's 32 registers, 6 (or 4) rows x one panel
-with AVX2's 16, ``PAIRED``): ~90-95 GFLOP/s on that core, 145-160 on one core of an
-AVX-512 Xeon (measured, float32). Each call first copies the rows of its tiles so that a tile reads
-them in one stream (``_pack_rows``, BLIS's packing of A), R's panels from L3 beside them.
+the time goes, and OpenBLAS packs all of R again on every call, once per step. Here R is
+packed once per kernel call into panels of ``2 * lanes`` columns, and each step runs a
+register-blocked micro-kernel over them (a tile of the output in registers, the panels
+streamed from cache: 6 (or 4) rows x two panels with AVX-512's 32 registers, 6 (or 4)
+rows x one panel with AVX2's 16, ``PAIRED``): at that product 89 GFLOP/s on one core
+against OpenBLAS's 66 (benchmarks/README.md, "Design notes", the packed per-step
+product). Each call first copies the rows of its tiles so that a tile reads them in one
+stream (``_pack_rows``, BLIS's packing of A), R's panels from L3 beside them.
 
 The same tiles make the input part ``x @ W`` over a packed W: for all steps at once
-before the loop (rows-packed; ~218 GFLOP/s on two Zen 4 cores against OpenBLAS's ~200),
-or step by step inside it (rows-packed-stepped, ``input_part``), so that a step's gates
-never leave cache.
+before the loop (rows-packed), or step by step inside it (rows-packed-stepped,
+``input_part``), so that a step's gates never leave cache.
 K runs in blocks of ``KB``: a pair of panels over one block stays in L2 while every row
-tile uses it (at K = 1024..4096, 91-99 -> 104-110 GFLOP/s on one core), and a pair's blocks
-run one after another, so that the partial sums they pass on are still in cache.
+tile uses it, and a pair's blocks run one after another, so that the partial sums they
+pass on are still in cache.
 
 The backward's weight gradients dW = x.T @ dgates and dR = h.T @ dgates run on it too, over
-the gate gradients packed once (``weight_grads``: 84-99 -> 93-103 GFLOP/s against
-OpenBLAS on one core).
+the gate gradients packed once (``weight_grads``).
 
 The micro-kernel's accumulators are ``_vec.Vec`` values: LLVM keeps a tile of the output
 in registers only when they are values, not array elements it cannot prove unaliased.
@@ -32,7 +30,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._common import FASTMATH, JIT, add_into, empty, matmul, transposed
+from ._jit import FASTMATH, JIT
+from ._memory import empty
+from ._products import add_into, matmul, transposed
 from ._vec import VECTOR_BYTES, lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
@@ -41,15 +41,15 @@ from ._vec import VECTOR_BYTES, lanes, vbcast, vfma, vload, vstore, vzero
 #: the tile that keeps a block of the output in registers, by the register file: with
 #: AVX-512's 32 vector registers, 4 rows x a pair of panels (16 accumulators); with AVX2's
 #: 16, 6 rows x one panel (12 accumulators, 2 panel vectors and a broadcast: 15). The 4 x 2
-#: tile on AVX2 spills accumulators to the stack at every multiply-add: 34 against 80
-#: GFLOP/s at 512x1280 @ 1280x4096 float32, 36 against 94 at 64x256 @ 256x1024 (measured
-#: on one core of a Zen 4 without AVX-512, where a 4 x 1 tile ran 75 and 82)
+#: tile on AVX2 spills accumulators to the stack at every multiply-add (512x1280 @
+#: 1280x4096: 34 GFLOP/s against 81 with 6 x 1; benchmarks/README.md, "Design notes",
+#: the tile follows the register file)
 PAIRED = VECTOR_BYTES == 64
 
 #: rows of P (the K axis) per block of ``product``: 128 KB of the panels a tile reads,
-#: float32 or float64, an eighth of this Zen 4's L2: 512 rows of a pair of 64-byte-vector
-#: panels (256 ran 3-5% slower at K = 1024..4096), 2048 of one AVX2 panel (512 ran 79
-#: against 85 GFLOP/s at 512x1280 @ 1280x4096, 75 against 82 at 32x1024 @ 1024x4096)
+#: float32 or float64, an eighth of a Zen 4 core's L2: 512 rows of a pair of 64-byte-vector
+#: panels, 2048 of one AVX2 panel (smaller blocks ran 3-8% slower; benchmarks/README.md,
+#: "Design notes", K in blocks)
 KB = 512 if PAIRED else 2048
 
 
@@ -125,7 +125,7 @@ def _start(out, o, add):
 def _tile4x2(Ap, P, out, m, p, add, k0, k1, ks, rs):
     """out[m:m+4, panels p, p+1] (+)= A[m:m+4] @ P[p:p+2]: 16 vector accumulators in
     registers, four vectors of P per broadcast row element (3-6% faster than one panel
-    at a time at K = 256..1024, measured on one Zen 4 core).
+    at a time).
     Ap: A[m + r, k] at Ap.flat[m*K + k*ks + r*rs]: A itself (ks = 1, rs = K) or its rows
     packed by ``_pack_rows`` (ks = 4, rs = 1)
     P: (panels, K, NR)   out: (M, N) C-contiguous."""
@@ -163,8 +163,8 @@ def _tile4x2(Ap, P, out, m, p, add, k0, k1, ks, rs):
 
 @njit(**JIT)
 def _tile6x2(Ap, P, out, m, p, add, k0, k1, ks, rs):
-    """``_tile4x2`` over 6 rows: 24 vector accumulators, for AVX-512's 32 registers (one
-    core of an AVX-512 Xeon: 1280x512 @ 512x4096 float32 at 149 GFLOP/s, 116 with 4 rows)."""
+    """``_tile4x2`` over 6 rows: 24 vector accumulators, for AVX-512's 32 registers
+    (1280x512 @ 512x4096 on one AVX-512 core: 1.3x the rate of 4 rows)."""
     K, N, L = P.shape[1], out.shape[1], lanes(Ap)
     o = m * N + p * 2 * L
     c00, c01, c02, c03 = _start(out, o, add), _start(out, o + L, add), \
@@ -354,7 +354,7 @@ def _interleave(A, Ap, m, mr):
 
 #: columns of a product from which ``product`` packs its tiles' rows (``_pack_rows``): below
 #: it the copy costs more than it saves (each element of A meets 2N multiply-adds; RNN B1
-#: T1000 I8 H32 backward, whose weight gradients have N = 32: 201 -> 220 us, measured)
+#: T1000 I8 H32 backward, whose weight gradients have N = 32: 201 -> 220 us with the copy)
 PACK_ROWS_MIN_N = 256
 
 
@@ -364,12 +364,10 @@ def _pack_rows(A, Ap, lo, m6, m4):
     4 (from m6), each tile's rows interleaved, so that a tile reads its broadcasts in one
     sequential stream.
 
-    Why: the tiles read a column of their rows at every k, MR rows K elements apart. Read
-    from A itself, the per-step products ran at 58-64 GFLOP/s on one Zen 4 core with AVX2
-    (30 rows of 1024 @ 1024x4096 and of 4096 @ 4096x1024), from rows packed once per call
-    at 68-76 (measured, packing included; 1024 @ 1024x1024: 72-75 -> 79-80): a 4 KiB row
-    stride puts all MR rows in one set of the L1 cache, and the prefetcher follows one
-    stream better than MR.
+    Why: the tiles read a column of their rows at every k, MR rows K elements apart: a
+    4 KiB row stride puts all MR rows in one set of the L1 cache, and the prefetcher
+    follows one stream better than MR (30 x 1024 @ 1024x4096 on one AVX2 core: 58-63 ->
+    68-76 GFLOP/s, packing included; benchmarks/README.md, "Design notes", the tiles' rows packed).
     """
     for m in range(lo, m6, 6):
         _interleave(A, Ap, m, 6)
@@ -388,7 +386,7 @@ def _row_tiles_product(Ap, P, out, lo, m6, m4, add, ks6, ks4, rs):
     # every row tile uses it, the tiles' partial sums going through out; the blocks of a
     # pair run one after the other, so that those partial sums are still in cache when
     # the next block reads them (K outermost, they came back from L3 at N = 4096: 32 rows
-    # by 1024 @ 1024 x 4096, 98-101 -> 102-104 GFLOP/s on one core, both cores busy)
+    # by 1024 @ 1024 x 4096 ran ~3% slower)
     for p in range(0, panels, 2 if PAIRED else 1):
         for k0 in range(0, K, KB):
             k1 = min(K, k0 + KB)
@@ -440,7 +438,7 @@ def product(A, B, P, out, lo, hi, add, work):
     work: ``product_work(M, K, N, ...)``, a 1-D workspace: the micro-kernel's copy of
     A[lo:hi] (``_pack_rows``) in work[lo*K : hi*K], or the rows lo..hi of BLAS's result for
     ``add``, work[:M*N] as (M, N); nothing else of it is written (one buffer, not two: an
-    array argument more cost ~20-40 ns per call, a tenth of a step at B1 H32)
+    array argument more cost a tenth of a step at B1 H32)
     """
     K, N = B.shape
     assert A.shape[1] == K and out.shape[1] == N and 0 <= lo <= hi <= A.shape[0]
@@ -527,8 +525,8 @@ def input_projection(x, W, PW, G, chunks):
     ``product`` over PW (``pack_if(W, ...)``: on the micro-kernel, or BLAS when None);
     ``chunks`` (None: one) splits the T*B rows into that many blocks, one per Numba thread.
     (The parallel loop is a function of its own: entering a ``parallel=True`` function
-    costs ~2 us even when its prange is not reached, a tenth of a call at the smallest
-    shapes.)"""
+    costs a tenth of a call at the smallest shapes even when its prange is not
+    reached.)"""
     T, B, I = x.shape
     N = T * B
     out = empty((T, B, G), x)
@@ -547,7 +545,7 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 
     stepped: each step makes its own slice with ``product(x[t], W, PW, ...)`` while that
     step's rows are in cache: the array comes back unfilled, (n, B, G) for the n steps a
-    forward keeps (``_common.kept``).
+    forward keeps (``_memory.kept``).
     Else ``input_projection`` of all steps at once, in gemm_chunks row blocks: on the
     micro-kernel for a packed variant (LSTM B64 T20 I512 H1024: 26.6 -> 24.6 ms against
     OpenBLAS), on BLAS for the others.
@@ -569,10 +567,10 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
     entry), their sums over these rows."""
     matmul(dgx2, W.T, dx2)
     # dW and dR on the micro-kernel over the gate gradients packed once (one pack when
-    # dgx2 is dgh2): OpenBLAS ran these at 84-99 GFLOP/s on one core, this at 93-103
-    # (B64 T100 I256 H256, I125 H320, T20 I512 H1024, half of the rows each: 39.8 -> 36.1,
-    # 42.6 -> 37.2, 81.6 -> 78.3 ms). Where the gate columns end past a whole panel, the
-    # columns left over would run in product's scalar loop, a K = rows long one: BLAS.
+    # dgx2 is dgh2), faster than OpenBLAS (B64 T100 I256 H256: 39.8 -> 36.1 ms;
+    # benchmarks/README.md, "Design notes", weight gradients after the loop). Where the
+    # gate columns end past a whole panel, the columns left over would run in product's
+    # scalar loop, a K = rows long one: BLAS.
     if dgx2.shape[1] % (2 * lanes(dgx2)):
         matmul(x2.T, dgx2, dW)
         matmul(h2.T, dgh2, dR)

@@ -14,7 +14,7 @@ local variables:
 - ``vbcast`` (an element in every lane), ``vsplat`` (a scalar in every lane), ``vzero``;
 - ``vfma`` (a * b + c), ``+ - * /`` between vectors or a vector and a scalar, and
   ``minimum``/``maximum`` (which also take two scalars, so that one source serves both:
-  the activations of ``_common`` run on scalars and on vectors);
+  the activations of ``_activations`` run on scalars and on vectors);
 - ``vtanh_libm``/``vexp_libm``: ``math.tanh``/``math.exp`` on each lane, for the float64
   activations, which stay on libm for parity with the oracle;
 - ``vsum`` (the lanes added in order) and ``where_positive`` (a ReLU's gradient).
@@ -43,7 +43,7 @@ def _vector_bytes() -> int:
     Measured on a 2-core Zen 4 (which runs a 512-bit instruction as two 256-bit halves, at
     the same peak): the packed product at 32x1024 @ 1024x4096 reached 103 GFLOP/s on one
     core with 64-byte vectors against 83 with 32 (half the loads and instructions per
-    multiply-add), and 111 against 104 at 32x256 @ 256x1024.
+    multiply-add).
     """
     # NUMBA_CPU_FEATURES when set (caches portable between CPUs), else the host's as Numba
     # sees them (without the avx* ones under NUMBA_ENABLE_AVX=0)
@@ -119,7 +119,7 @@ def vstore_first(typingctx, a, i, v, n):
     """a.flat[i : i + n] = v's first n lanes (none where n <= 0, all from lanes; n is taken
     as a 32-bit int): one masked store (``llvm.masked.store``), which neither reads nor
     writes the lanes past n, so the vector may reach past the array's end. Why not a loop
-    over the n elements: in lone-row's step (``_units.store_vector``) such a loop, even never
+    over the n elements: in lone-row's step (``lone_row.store_vector``) such a loop, even never
     run, took the LSTM training forward at B1 T1000 H32 from 0.26-0.44 to 0.64-1.12 ms."""
     if not (_c_array(a, writes=True) and isinstance(i, types.Integer)
             and v == _vec_of(a.dtype) and isinstance(n, types.Integer)):

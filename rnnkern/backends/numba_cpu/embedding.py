@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import JIT
+from ._jit import JIT
 
 
 @njit(**JIT)

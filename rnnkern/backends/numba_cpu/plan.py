@@ -27,7 +27,7 @@ VARIANTS = {
                            "micro-kernel too, over a packed W (a step's gates stay in cache)",
     "lone-row": "forward one row at a time (for a lone row, B = 1), each step's "
                 "pre-activations in registers a block of units at a time over W and R packed "
-                "by unit blocks (``_units``); the backward as rows-packed where H is a "
+                "by unit blocks (``lone_row``); the backward as rows-packed where H is a "
                 "multiple of PACKED_LONE_ROW_H, else as rows-fused",
 }
 
@@ -73,7 +73,7 @@ UNITS_MAX_H = 64
 #: columns left over (H=24) the packed product ran 2x slower
 PACKED_LONE_ROW_H = 16
 #: inputs up to this many have lone-row's steps make their own input part, more have it
-#: made for all steps before the loop (``_units.pack_units``)
+#: made for all steps before the loop (``lone_row.pack_units``)
 UNITS_IN_STEP_MAX_I = 16
 #: hidden sizes up to this, with at least BATCH_INNER_MIN_B rows, run batch-inner
 BATCH_INNER_MAX_H = 8

@@ -1,4 +1,8 @@
-"""Numba Elman RNN kernels, mirroring ``numpy_ref.rnn_forward`` / ``rnn_backward``.
+"""Numba Elman RNN kernels of the rows schedules (rows-fused, rows-packed,
+rows-packed-stepped; ``plan.VARIANTS``), mirroring ``numpy_ref.rnn_forward`` /
+``rnn_backward``: the forward of those schedules and the backward of every schedule but
+batch-inner (lone-row's too); batch-inner's kernels are in ``batch_inner``, lone-row's
+forward in ``lone_row``.
 
 h_t = act(x_t @ W + h_{t-1} @ R + b), act by integer code: 0 tanh, 1 relu, 2 identity
 (the branch sits outside each element loop so that the loop vectorises).
@@ -9,36 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._batch import (
-    affine,
-    carve,
-    commit,
-    final,
-    input_grads,
-    keep_inactive,
-    outputs,
-    padded,
-    rows,
-    stacked,
-    transpose_add,
-    transpose_in,
-    vcopy,
-    weight_grads,
-    workspace,
-    zero_inactive,
-)
-from ._common import (
-    JIT,
-    add_rows_product,
-    empty,
-    fast_tanh,
-    kept,
-    states,
-    transposed,
-)
+from ._activations import fast_tanh
+from ._jit import JIT
+from ._memory import empty, kept, states
+from ._products import add_rows_product, transposed
 from ._simd import input_part, pack_if, product, product_work
-from ._units import carry_state, end_step, prepare_units, store_vector, unit_block
-from ._vec import lanes, maximum, vload, vstore, vzero_like, where_positive
 
 
 @njit(**JIT)
@@ -51,7 +30,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
     P: R packed for ``_simd.product``
     work: ``_simd.product_work`` of the products (packed: h[t]'s rows, then x[t]'s)
     y: (T, B, H)
-    Without a cache (``_common.kept``) h is a ring of 2, a stepped a one of 1.
+    Without a cache (``_memory.kept``) h is a ring of 2, a stepped a one of 1.
     """
     H = h.shape[2]
     zero = a.dtype.type(0)
@@ -103,7 +82,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     blocks of the input projection (``_simd.input_part``); keep: the cache for a backward.
 
     Returns y: (T, B, H), h: (T+1, B, H) (h[t] enters step t), a: (T, B, H) post-activation,
-    hT: (B, H) a copy of h[T]. Without keep h and a are the rings of ``_common.kept``.
+    hT: (B, H) a copy of h[T]. Without keep h and a are the rings of ``_memory.kept``.
     """
     T, B, _ = x.shape
     H = R.shape[0]
@@ -122,120 +101,6 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
         _forward_rows(0, B, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths)
     return y, h, a, h[T % (nk + 1)].copy()
 
-
-#: W's and R's one gate in ``_units``' one slot
-_SLOTS = np.zeros(1, np.int64)
-
-
-@njit(**JIT)
-def _activation(v, code):
-    """act(v) of a ``Vec`` by code (see the module): a NaN passes the ReLU, as in
-    np.maximum."""
-    if code == 0:
-        return fast_tanh(v)
-    if code == 1:
-        return maximum(vzero_like(v), v)
-    return v
-
-
-@njit(**JIT)
-def rnn_forward_units(x, h0, W, R, b, code, lengths, in_step, keep):
-    """lone-row: ``rnn_forward`` one row at a time, each step's pre-activations in registers a
-    block of units at a time (``_units``: one slot of 8 vectors), then their activation.
-    Same arguments (less the plan's) and returns; without keep the cache's arrays are
-    empty.
-
-    Work, flat, Hp = H rounded up to whole blocks: ring: (2, Hp) the row's h entering and
-    leaving a step. With keep, a step's cache (the post-activation, its new h) goes from
-    the registers into its rows, up to unit H.
-    """
-    T, B, I = x.shape
-    H = R.shape[0]
-    L = lanes(x)
-    Q, bq, gx, U, BU, Hp = prepare_units(x, W, R, b.reshape(1, H), _SLOTS, _SLOTS, in_step)
-    nk = T if keep else 0
-    h = states(h0, nk)
-    a = empty((nk, B, H), x)
-    y, hT = empty((T, B, H), x), empty((B, H), x)
-    ring = np.zeros(2 * Hp, x.dtype)
-    hf, af = h.reshape(h.size), a.reshape(a.size)
-    for n in range(B):
-        for j in range(H):
-            ring[j] = h0[n, j]
-        for t in range(T):
-            s, s1 = t % 2 * Hp, (t + 1) % 2 * Hp
-            row = t * B + n
-            for u in range(U):
-                vs = unit_block(Q, bq, u, x, row * I, gx, row * Hp, ring, s)
-                for i, v in enumerate(vs):
-                    j = u * BU + i * L
-                    w = _activation(v, code)
-                    vstore(ring, s1 + j, w)
-                    if keep:
-                        store_vector(af, row * H, H, j, w)
-                        store_vector(hf, (row + B) * H, H, j, w)
-            active = t < lengths[n]
-            end_step(ring, s, s1, y[t, n], active)
-            if keep and not active:  # the state an inactive step carries
-                carry_state(ring, s1, hf, (row + B) * H, H)
-        carry_state(ring, T % 2 * Hp, hT[n], 0, H)
-    return y, h, a, hT
-
-
-#: the cache's names for ``_bi_cache``'s arrays (and ``cache_rows``'), in their order
-CACHE_NAMES = ("h", "a")
-
-
-@njit(**JIT)
-def _bi_cache(buf, T, H, Bp):
-    """The arrays of a batch-inner cache in its one buffer: h: (T+1, H, Bp) (h[t] enters step t),
-    a: (T, H, Bp) post-activation."""
-    h, o = carve(buf, 0, T + 1, H, Bp)
-    a, o = carve(buf, o, T, H, Bp)
-    return h, a
-
-
-@njit(**JIT)
-def cache_rows(buf, T, B, H):
-    """A batch-inner cache as ``rnn_forward``'s h: (T+1, B, H), a: (T, B, H)."""
-    h, a = _bi_cache(buf, T, H, padded(B, buf))
-    return rows(h, B), rows(a, B)
-
-
-@njit(**JIT)
-def rnn_forward_bi(x, h0, W, R, b, code, lengths, keep):
-    """batch-inner: ``rnn_forward`` with the batch as the innermost axis of every step's work
-    (``_batch``), so that it vectorises over B when H is tiny. Same arguments (less
-    fused, packed, chunks, gemm_chunks); returns y: (T, B, H), hT: (B, H) and the cache in
-    one buffer (``_bi_cache``, see ``lstm_forward_bi``)."""
-    T, B, I = x.shape
-    H = R.shape[0]
-    Bp = padded(B, x)
-    HB, L = H * Bp, lanes(x)
-    nk = kept(T, keep)
-    buf = empty(((2 * nk + 1) * HB,), x)
-    h, a = _bi_cache(buf, nk, H, Bp)
-    y = empty((T, B, H), x)
-    M = stacked(W, R)
-    xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
-    vcopy(xh[I:], h[0])
-    zero = x.dtype.type(0)
-    shortest = lengths.min()
-    for t in range(T):
-        v = a[t % nk]
-        transpose_in(x[t], xh)
-        affine(M, xh, 0, I + H, b, v)
-        if code == 0:
-            for j in range(0, HB, L):
-                vstore(v, j, fast_tanh(vload(v, j)))
-        elif code == 1:
-            for j in range(0, HB, L):
-                vstore(v, j, maximum(zero, vload(v, j)))  # zero first: a NaN passes
-        every = t < shortest
-        commit(v, xh[I:], lengths, t, every)
-        vcopy(xh[I:], h[(t + 1) % (nk + 1)])
-        outputs(v, lengths, t, every, y[t])
-    return y, final(xh[I:], B), buf
 
 
 @njit(**JIT)
@@ -305,48 +170,3 @@ def rnn_backward(dy, dhT, R, a, code, lengths, fused, packed, chunks):
     return dh, da
 
 
-@njit(**JIT)
-def rnn_backward_bi(dy, dhT, x, W, R, buf, code, lengths):
-    """batch-inner backward, on ``rnn_forward_bi``'s cache buffer, batch innermost as there.
-
-    dy: (T, B, H)   dhT: (B, H)   x: (T, B, I)   W: (I, H)   R: (H, H)
-    Returns dx: (T, B, I), dh0: (B, H), dW: (I, H), dR: (H, H), db: (H,).
-    """
-    T, B, H = dy.shape
-    I = x.shape[2]
-    Bp = padded(B, dy)
-    HB, L = H * Bp, lanes(dy)
-    h, a = _bi_cache(buf, T, H, Bp)
-    one = dy.dtype.type(1)
-    dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
-    dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
-    da = np.zeros((T, H, Bp), dy.dtype)  # pre-activation gradients
-    dx = empty((T, B, I), dy)
-    dxt = np.empty((I, Bp), dy.dtype)
-    RT, WT = transposed(R), transposed(W)
-    nobias = np.zeros(max(H, I), dy.dtype)
-    shortest = lengths.min()
-    for t in range(T - 1, -1, -1):
-        at, dat = a[t], da[t]
-        every = t < shortest
-        if not every:
-            vcopy(dh, dhs)
-        transpose_add(dy[t], dh)
-        # derivative of the activation from its output a = act(v)
-        if code == 0:
-            for j in range(0, HB, L):
-                aj = vload(at, j)
-                vstore(dat, j, vload(dh, j) * (one - aj * aj))
-        elif code == 1:
-            for j in range(0, HB, L):
-                vstore(dat, j, where_positive(vload(at, j), vload(dh, j)))
-        else:
-            vcopy(dh, dat)
-        if not every:
-            zero_inactive(dat, lengths, t)
-        affine(RT, dat, 0, H, nobias, dh)
-        if not every:
-            keep_inactive(dh, dhs, lengths, t)
-        input_grads(WT, dat, nobias, dxt, dx[t])
-    dW, dR, db = weight_grads(x, h, da, da)
-    return dx, final(dh, B), dW, dR, db
