@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numba
 
+from ._vec import VECTOR_BYTES
+
 #: schedule -> one-line description
 VARIANTS = {
     "rows-fused": "the recurrent product in the kernel's own loop, row by row (no BLAS per "
@@ -57,6 +59,12 @@ FUSED_MAX_H = 32
 #: hidden sizes up to this run rows-fused in row blocks wherever there are two rows per
 #: thread: its own loop beats a BLAS call per step (B32 H64: 1.1-1.4x)
 FUSED_PARALLEL_MAX_H = 64
+#: with AVX-512, float32 hidden sizes in (FUSED_MAX_H, FUSED_PARALLEL_MAX_H] that are
+#: whole pairs of the micro-kernel's panels (H64) run rows-packed-stepped instead: the
+#: 4 x 2-panel tile there beats the fused loop (LSTM B32 H64 forward 1.5x; see
+#: benchmarks/README.md, packed products at small H); other sizes, float64 (whose pointwise
+#: math dominates) and AVX2 stay fused
+PACKED_SMALL_H_VECTOR_BYTES = 64
 #: W and R of at most this many bytes together, (I + H) * G*H * itemsize, have the input
 #: part made in each step (rows-packed-stepped), where each row block is whole 4-row tiles:
 #: beyond it W no longer stays in cache beside R (see benchmarks/README.md, input part in
@@ -132,11 +140,20 @@ def choose(variant: str | None, threads: int | None, B: int, H: int, G: int, I: 
         small = B < 2 * n or T * B * G * H * (H + I) < PARALLEL_MIN_CALL_MACS
         chunks = 1 if n < 2 or B < 2 or (variant is None and small) else min(B, n)
     plan = plan._replace(chunks=chunks)
-    if variant is None and plan.stepped and (B % (4 * chunks) or B // chunks < STEPPED_MIN_ROWS):
+    few_rows = B // chunks < STEPPED_MIN_ROWS and H > FUSED_PARALLEL_MAX_H
+    if variant is None and plan.stepped and (B % (4 * chunks) or few_rows):
         # rows past a multiple of 4 in a block run the input part one row at a time, each
-        # streaming all of W: one GEMM before the loop is faster
+        # streaming all of W (few rows: too little work for streaming a big W): one GEMM
+        # before the loop is faster
         plan = plan._replace(name="rows-packed", stepped=False)
     return plan
+
+
+def _whole_panel_pairs(H: int, itemsize: int) -> bool:
+    """Whether H float32 columns (and so G*H) are whole pairs of 2-vector panels on
+    AVX-512."""
+    return VECTOR_BYTES == PACKED_SMALL_H_VECTOR_BYTES and itemsize == 4 \
+        and H % (4 * VECTOR_BYTES // itemsize) == 0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -166,7 +183,7 @@ def _shape_plan(variant: str | None, B: int, H: int, G: int, I: int,
     elif H <= FUSED_MAX_H:
         name, parallel = "rows-fused", B * G * H >= PARALLEL_MIN_WORK
     elif H <= FUSED_PARALLEL_MAX_H:
-        name = "rows-fused"
+        name = "rows-packed-stepped" if _whole_panel_pairs(H, itemsize) else "rows-fused"
     elif (I + H) * G * H * itemsize <= STEPPED_MAX_BYTES:
         name = "rows-packed-stepped"
     else:
