@@ -435,6 +435,10 @@ def check_model(model: Any) -> Any:
     if not isinstance(model, Layer):
         raise TypeError(f"model: expected an rnnkern layer or Sequential, "
                         f"got {type(model).__name__}")
+    if model.out_features is None:
+        raise ValueError("model: only Dropout layers, which have no width of their own; "
+                         "expected a model with at least one RNN, LSTM, GRU, Dense or "
+                         "Embedding layer")
     return model
 
 

@@ -613,8 +613,10 @@ def _recurrent_layer(model: Layer, layer: Any) -> int:
                          f"one of {cells}; layer {layer} is {type(stack[layer]).__name__}")
     if not stack[layer]._single:
         raise ValueError(f"layer: dL/dh_t is taken of one layer read in one direction; "
-                         f"layer {layer} is {stack[layer]!r} (build the stack from single "
-                         f"layers in a Sequential to look inside it)")
+                         f"layer {layer} is {stack[layer]!r}" + (
+                             "" if stack[layer].bidirectional and stack[layer].num_layers == 1
+                             else " (build the stack from single layers in a Sequential to "
+                                  "look inside it)"))
     return layer
 
 
@@ -636,7 +638,8 @@ def hidden_grads(model: Layer, x: Any, target: Any, layer: int | None = None,
 
     Exact: layer ``layer`` runs one step at a time (T=1 calls, state carried), the
     layers above give dL/dy of its outputs, and a per-step backward adds the
-    gradient each step hands back to the state before it. Returned on the host.
+    gradient each step hands back to the state before it. Dropout layers pass their
+    input through, as in inference. Returned on the host.
     """
     _check_layer(model)
     i = _recurrent_layer(model, layer)
@@ -662,13 +665,13 @@ def hidden_grads(model: Layer, x: Any, target: Any, layer: int | None = None,
         ys.append(y_t)
         caches.append(cache)
     out = xp.concatenate(ys)
-    above = []
-    with drawing_from(np.random.default_rng(0)):  # any dropout above: fixed masks
-        for j in range(i + 1, len(stack)):
-            out, _, cache = stack[j]._forward(out, states[j], c.lengths, True)
-            above.append(cache)
+    above = [j for j in range(i + 1, len(stack)) if not isinstance(stack[j], Dropout)]
+    caches_above = []
+    for j in above:  # Dropout left out: no masks, as in the layers below (inference)
+        out, _, cache = stack[j]._forward(out, states[j], c.lengths, True)
+        caches_above.append(cache)
     _, dy = losses.apply(loss_fn, out, c.target, m)
-    for j, cache in zip(reversed(range(i + 1, len(stack))), reversed(above)):
+    for j, cache in zip(reversed(above), reversed(caches_above), strict=True):
         dy, _, _ = stack[j].backward(dy, None, cache)
     g = xp.zeros_like(dy)
     dstate = None  # gradient of the state after step t through the steps after it

@@ -467,7 +467,7 @@ class _Cell(Layer):
                 mask = dropout_mask(x.shape, self.dropout, self.dtype, xp, self._dropout_rng)
                 x = x * mask
             masks.append(mask)
-        cache = (B, order, caches, masks) if training else None
+        cache = (T, B, order, caches, masks) if training else None
         return x, self._join_state(finals, xp), cache
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
@@ -475,8 +475,14 @@ class _Cell(Layer):
         dstate0 (as the state), grads by parameter name."""
         if self._single:
             return self._back(dy, dstate, cache)
-        B, order, caches, masks = cache
-        xp = array_module(dy=dy)
+        if cache is None:
+            raise ValueError("cache: None, from a forward with training=False (an inference "
+                             "pass keeps nothing for a backward); run it with training=True")
+        T, B, order, caches, masks = cache
+        xp = backend_xp(self._be)  # dy may be None
+        if dy is not None:
+            check_array("dy", dy, (("T", T), ("B", B), ("out_features", self.out_features)),
+                        self.dtype, contiguous=False)
         dfinal = self._split_state(self.check_state(dstate, B, "dstate"))
         dinitial, grads = [None] * len(dfinal), {}
         H, D = self.hidden, self.directions
@@ -825,16 +831,24 @@ class Sequential(Layer):
         if backend is not None:
             for layer in self.layers:
                 layer.to(backend)
+        # Dropout has no parameters: it takes the dtype and backend of the others
+        weighted = [la for la in self.layers if not isinstance(la, Dropout)] or self.layers
         for name in ("dtype", "backend"):
-            kinds = {str(getattr(layer, name)) for layer in self.layers}
+            kinds = {str(getattr(layer, name)) for layer in weighted}
             if len(kinds) > 1:
                 raise ValueError(f"layers: mixed {name}s {sorted(kinds)}; pass {name}= to "
                                  f"Sequential or build every layer with the same {name}")
-        self.dtype, self.backend = self.layers[0].dtype, self.layers[0].backend
-        self._be = self.layers[0]._be
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.dtype = weighted[0].dtype
+                layer.to(weighted[0].backend)
+        self.dtype, self.backend = weighted[0].dtype, weighted[0].backend
+        self._be = weighted[0]._be
         self.in_features = next((la.in_features for la in self.layers
                                  if la.in_features is not None), None)
-        self.contiguous_input = self.layers[0].contiguous_input
+        # x reaches the first layer with a width unchanged (Dropout passes it through)
+        lead = next((i for i, la in enumerate(self.layers) if la.in_features is not None), 0)
+        self.contiguous_input = any(la.contiguous_input for la in self.layers[: lead + 1])
         self.tokens = self.layers[0].tokens
         self.out_features = features
         self.causal = all(layer.causal for layer in self.layers)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from typing import Any
 
@@ -202,7 +203,9 @@ def _build(spec: Any, backend: str | None, dtype: Any, path: str) -> Layer:
             return L.Sequential(*inner)
         if kind == "Bidirectional":
             return L.Bidirectional(_build(args.pop("cell"), backend, dtype, path), **args)
-        return LAYER_TYPES[kind](**args, backend=backend, dtype=dtype)
+        with warnings.catch_warnings():  # a file's layer warned once, when it was built
+            warnings.simplefilter("ignore", UserWarning)
+            return LAYER_TYPES[kind](**args, backend=backend, dtype=dtype)
     except (KeyError, TypeError, ValueError) as e:
         if str(e).startswith("backend:"):
             raise

@@ -452,9 +452,9 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     feedback: free-running training, the last n inputs fed back (see value_and_grad).
     validation: (x, target[, mask[, lengths]]), evaluated after every epoch with
     ``val_feedback`` (default: ``feedback``) steps driven by the model itself.
-    shuffle: a new order every epoch from ``np.random.default_rng(seed)`` (the only
-    randomness: same seed, same data, same model -> bit-identical history on CPU
-    with the same thread count).
+    shuffle: a new order every epoch from ``np.random.default_rng(seed)``, the generator
+    dropout masks are drawn from too (the only randomness: same seed, same data, same
+    model -> bit-identical history on CPU with the same thread count).
     progress: a tqdm bar over epochs showing the losses.
     verbose: print one line per epoch (losses, learning rate, seconds), beside or
     without the bar.

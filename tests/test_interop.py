@@ -255,3 +255,24 @@ def test_modules_without_a_counterpart():
         from_torch(torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(2, 2)))
     with pytest.raises(TypeError, match=r"module\[1\]"):
         from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Conv1d(2, 2, 1)))
+
+
+def test_converted_models_save_and_come_back_whole(tmp_path):
+    import io
+
+    model = rk.Sequential(rk.GRU(I, H, num_layers=2, dtype="float64"),
+                          rk.Dense(H, 2, "tanh", dtype="float64"), seed=0)
+    mod = to_torch(model)
+    assert isinstance(mod[0], rk.interop.Outputs)
+    buf = io.BytesIO()
+    torch.save(mod, buf)  # a module-level wrapper: torch can pickle it
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    np.testing.assert_allclose(again(torch.tensor(x)).detach().numpy(), model(x),
+                               rtol=1e-12, atol=TOL)
+    dense = from_torch(to_torch(rk.Dense(3, 2, "sigmoid", dtype="float64", seed=0)))
+    assert isinstance(dense, rk.Dense) and dense.activation == "sigmoid"
+    nested = from_torch(torch.nn.Sequential(to_torch(rk.Dense(3, 2, "relu", dtype="float64")),
+                                            torch.nn.Linear(2, 1, dtype=torch.float64)))
+    assert [la.activation for la in nested] == ["relu", None]

@@ -287,3 +287,25 @@ def test_bad_arguments():
         stack(np.zeros((T, B, 2), np.float32), state=(np.zeros((B, 3), np.float32),) * 2)
     with pytest.raises(ValueError, match="in_features=4 does not match"):
         rk.Sequential(rk.GRU(2, 3), rk.Dropout(0.1), rk.Dense(4, 1))
+
+
+def test_dropout_takes_the_models_dtype_backend_and_layout():
+    x = np.random.default_rng(0).standard_normal((T, B, 6))
+    model = rk.Sequential(rk.Dropout(0.2), rk.LSTM(3, 4, dtype="float64"),
+                          rk.Dropout(0.3), rk.Dense(4, 1, dtype="float64"))
+    assert model.dtype == np.float64 and all(la.dtype == np.float64 for la in model)
+    y = model(x[:, :, ::2])  # a strided view reaches the LSTM copied once, as ever
+    np.testing.assert_array_equal(y, model(np.ascontiguousarray(x[:, :, ::2])))
+    with pytest.raises(ValueError, match="only Dropout layers"):
+        rk.evaluate(rk.Sequential(rk.Dropout(0.5)), x, x)
+
+
+def test_a_stack_backward_checks_dy_and_its_cache():
+    layer = rk.Bidirectional(rk.GRU(2, 3, dtype="float64"))
+    x = np.zeros((T, B, 2))
+    _, _, cache = layer.forward(x)
+    with pytest.raises(ValueError, match="dy: expected"):
+        layer.backward(np.zeros((T, B, 3 * 3)), None, cache)
+    _, _, none = layer.forward(x, training=False)
+    with pytest.raises(ValueError, match="training=False"):
+        layer.backward(np.zeros((T, B, 6)), None, none)

@@ -3,7 +3,6 @@ doc for what maps to what)."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -35,19 +34,10 @@ def _torch() -> Any:
     return torch
 
 
-@cache
 def _outputs_class() -> type:
-    """``Outputs``: a torch module running a recurrent module and returning only its
-    outputs, so that an ``nn.Sequential`` can hold one (``to_torch`` of a Sequential)."""
-    nn = _torch().nn
-
-    class Outputs(nn.Module):
-        def __init__(self, module: Any) -> None:
-            super().__init__()
-            self.module = module
-
-        def forward(self, x: Any) -> Any:
-            return self.module(x)[0]
+    """``modules.Outputs`` (imported here: it imports torch)."""
+    _torch()
+    from .modules import Outputs
 
     return Outputs
 
@@ -77,7 +67,9 @@ def from_torch(module: Any, backend: str | None = None) -> Layer:
     """
     nn = _torch().nn
     if isinstance(module, nn.Sequential):
-        layers = _from_sequence(list(module), backend)
+        layers = _from_sequence(_flat(module), backend)
+        if len(layers) == 1:  # to_torch's Dense with an activation: (Linear, Tanh)
+            return layers[0]
         dtypes = {str(la.dtype) for la in layers if not isinstance(la, Dropout)}
         if len(dtypes) > 1:
             raise ValueError(f"module: mixed parameter dtypes {sorted(dtypes)}")
@@ -106,6 +98,13 @@ def from_torch(module: Any, backend: str | None = None) -> Layer:
         return _from_recurrent(module, backend)
     raise TypeError(f"module: expected torch.nn.RNN, LSTM, GRU, Linear, Embedding, Dropout "
                     f"or a Sequential of these, got {type(module).__name__}")
+
+
+def _flat(module: Any) -> list[Any]:
+    """The modules of an ``nn.Sequential``, nested Sequentials spliced in."""
+    nn = _torch().nn
+    return [m for sub in module for m in (_flat(sub) if isinstance(sub, nn.Sequential)
+                                          else [sub])]
 
 
 def _from_sequence(modules: list[Any], backend: str | None) -> list[Layer]:
