@@ -8,6 +8,16 @@ from rnnkern import cli
 from rnnkern.cli import bench
 
 
+@pytest.fixture(autouse=True)
+def _threads_back():
+    """The commands set every pool's thread count (--threads): give Numba's back after."""
+    import numba
+
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
 def test_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = cli.main(["bench", "--backend", "numpy,numba", "--cell", "gru", "--shapes", "3,2,2,4",

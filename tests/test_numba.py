@@ -667,18 +667,23 @@ def test_choice_at_the_thresholds(B, H, G, I, itemsize, expected, monkeypatch):
 
 def test_short_calls_run_serially():
     """A call chosen by shape below ``PARALLEL_MIN_CALL_MACS`` multiply-adds runs in one
-    row block, unless the schedule or the threads are asked for."""
+    row block, unless the schedule or the threads are asked for (on two Numba threads)."""
     from rnnkern.backends.numba_cpu.plan import PARALLEL_MIN_CALL_MACS
 
-    if numba.get_num_threads() < 2:
-        pytest.skip("one Numba thread: every call is serial")
-    for B, H, I, name in ((16, 64, 12, FUSED), (64, 256, 64, STEPPED)):
-        per_step = B * 3 * H * (H + I)
-        short, long = PARALLEL_MIN_CALL_MACS // per_step, PARALLEL_MIN_CALL_MACS // per_step + 1
-        assert nb.choose(None, None, B, H, 3, I, 4, short)[:2] == (name, 1)
-        assert nb.choose(None, None, B, H, 3, I, 4, long)[:2] == (name, 2)
-        assert nb.choose(name, None, B, H, 3, I, 4, short)[:2] == (name, 2)
-        assert nb.choose(None, 2, B, H, 3, I, 4, short)[:2] == (name, 2)
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("a process started with one Numba thread: every call is serial")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        for B, H, I, name in ((16, 64, 12, SMALL_H64[0]), (64, 256, 64, STEPPED)):
+            per_step = B * 3 * H * (H + I)
+            short = PARALLEL_MIN_CALL_MACS // per_step
+            assert nb.choose(None, None, B, H, 3, I, 4, short)[:2] == (name, 1)
+            assert nb.choose(None, None, B, H, 3, I, 4, short + 1)[:2] == (name, 2)
+            assert nb.choose(name, None, B, H, 3, I, 4, short)[:2] == (name, 2)
+            assert nb.choose(None, 2, B, H, 3, I, 4, short)[:2] == (name, 2)
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_threads_setting():
