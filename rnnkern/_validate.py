@@ -281,6 +281,22 @@ def check_int(name: str, v: Any, lo: int | None = None, hi: int | None = None) -
     return v
 
 
+def check_bool(name: str, v: Any) -> bool:
+    """``v`` as a bool (Python's or NumPy's; TypeError for anything else)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def check_probability(name: str, p: Any) -> float:
+    """``p`` as a float in [0, 1) (a dropout probability)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a probability in [0, 1), got {type(p).__name__}")
+    if not 0 <= p < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p}")
+    return float(p)
+
+
 def check_choice(name: str, v: Any, choices: tuple) -> Any:
     """``v`` if it is one of ``choices`` (compared with ==, so strings and None)."""
     if not any(v is c or (isinstance(v, str) and v == c) for c in choices):

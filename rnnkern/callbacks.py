@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_choice, check_int
+from ._validate import check_bool, check_choice, check_int
 from .layers import Layer, move
 
 
@@ -65,10 +65,7 @@ class EarlyStopping(Callback):
             raise ValueError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
         self.mode = check_choice("mode", mode, ("min", "max"))
-        if not isinstance(restore_best, (bool, np.bool_)):
-            raise TypeError(f"restore_best: expected True or False, "
-                            f"got {type(restore_best).__name__}")
-        self.restore_best = bool(restore_best)
+        self.restore_best = check_bool("restore_best", restore_best)
         self.best: float = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0

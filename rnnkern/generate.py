@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_pool
-from ._validate import array_module, as_array, check_choice, check_ids, check_inputs, check_int
+from ._validate import (
+    array_module,
+    as_array,
+    check_bool,
+    check_choice,
+    check_ids,
+    check_inputs,
+    check_int,
+)
 from .layers import Layer, move
 
 #: steps per piece when a forward pass streams (no gradient wanted, no caches): only one
@@ -304,9 +312,8 @@ def generate(model: Layer, primer: Any, steps: int, state: Any = None,
     if model.out_features != model.in_features:
         raise ValueError(f"model: generate feeds outputs back as inputs, so out_features="
                          f"{model.out_features} must equal in_features={model.in_features}")
-    for name, flag in (("return_state", return_state), ("return_logits", return_logits)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
+    check_bool("return_state", return_state)
+    check_bool("return_logits", return_logits)
     feed = None if sampler is None and not model.tokens else \
         Sampler(model, sampler, temperature, top_k, seed)
     xp = array_module(primer=primer)

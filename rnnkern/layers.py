@@ -40,10 +40,12 @@ from ._validate import (
     as_array,
     check_activation,
     check_array,
+    check_bool,
     check_choice,
     check_ids,
     check_int,
     check_lengths,
+    check_probability,
     with_layout_hint,
 )
 from .backends.numpy_ref import active_mask, reversal_index, reverse_steps
@@ -190,9 +192,8 @@ class Layer:
         """x: (T, B, in_features), state, lengths: (B,) or None -> (y, state, cache),
         every argument validated first (see ``check_call``); ``training=False`` for
         inference: the cache is None (nothing is kept for a backward)."""
-        if not isinstance(training, (bool, np.bool_)):
-            raise TypeError(f"training: expected True or False, got {type(training).__name__}")
-        return self._forward(*self.check_call(x, state, lengths), bool(training))
+        training = check_bool("training", training)
+        return self._forward(*self.check_call(x, state, lengths), training)
 
     def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """``forward`` on arguments already validated (the inner loops call this)."""
@@ -235,21 +236,6 @@ def _load_into(live: dict[str, Any], params: dict[str, Any], xp: Any) -> None:
 
 # ----------------------------------------------------------------------------
 # recurrent cells
-
-
-def check_probability(name: str, p: Any) -> float:
-    """``p`` as a float in [0, 1) (a dropout probability)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a probability in [0, 1), got {type(p).__name__}")
-    if not 0 <= p < 1:
-        raise ValueError(f"{name}: expected a probability in [0, 1), got {p}")
-    return float(p)
-
-
-def _check_flag(name: str, v: Any) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(v).__name__} {v!r}")
-    return bool(v)
 
 
 def _own_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -303,15 +289,16 @@ class _Cell(Layer):
     #: how a two-way layer's directions combine: "concat" (T, B, 2H) or "sum" (T, B, H)
     merge = "concat"
 
-    def __init__(self, in_features: int, hidden: int, backend: str | None, dtype: Any,
-                 seed: int | None, num_layers: int = 1, dropout: float = 0.0,
-                 bidirectional: bool = False) -> None:
+    def __init__(self, in_features: int, hidden: int, *, num_layers: int = 1,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 backend: str | None = None, dtype: Any = "float32",
+                 seed: int | None = None) -> None:
         super().__init__(backend, dtype)
         self.in_features = check_int("in_features", in_features, 1)
         self.hidden = check_int("hidden", hidden, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.dropout = check_probability("dropout", dropout)
-        self.bidirectional = _check_flag("bidirectional", bidirectional)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         if self.dropout and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} acts between stacked layers, so with "
                           f"num_layers=1 it does nothing (as in torch.nn)", stacklevel=3)
@@ -451,12 +438,10 @@ class _Cell(Layer):
         initial, finals, caches, masks = self._split_state(state), [], [], []
         for layer in range(self.num_layers):
             outs = []
-            for layer_, d, sfx in self._units():
-                if layer_ != layer:
-                    continue
+            for d in range(self.directions):
                 xd = reverse_steps(x, order, xp) if d else x
-                y, s, c = self._run(self._unit(sfx), xd, initial[len(finals)], lengths,
-                                    training)
+                y, s, c = self._run(self._unit(self._suffix(layer, d)), xd,
+                                    initial[len(finals)], lengths, training)
                 outs.append(reverse_steps(y, order, xp) if d else y)
                 finals.append(s)
                 caches.append(c)
@@ -522,8 +507,8 @@ class RNN(_Cell):
                  backend: str | None = None, dtype: Any = "float32",
                  seed: int | None = None) -> None:
         self.activation = check_activation(activation)
-        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
-                         bidirectional)
+        super().__init__(in_features, hidden, num_layers=num_layers, dropout=dropout,
+                         bidirectional=bidirectional, backend=backend, dtype=dtype, seed=seed)
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "activation": self.activation}
@@ -539,13 +524,6 @@ class LSTM(_Cell):
 
     cell = "lstm"
 
-    def __init__(self, in_features: int, hidden: int, *, num_layers: int = 1,
-                 dropout: float = 0.0, bidirectional: bool = False,
-                 backend: str | None = None, dtype: Any = "float32",
-                 seed: int | None = None) -> None:
-        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
-                         bidirectional)
-
 
 class GRU(_Cell):
     """GRU, gate order (r, z, n), PyTorch's formulation.
@@ -556,13 +534,6 @@ class GRU(_Cell):
     """
 
     cell = "gru"
-
-    def __init__(self, in_features: int, hidden: int, *, num_layers: int = 1,
-                 dropout: float = 0.0, bidirectional: bool = False,
-                 backend: str | None = None, dtype: Any = "float32",
-                 seed: int | None = None) -> None:
-        super().__init__(in_features, hidden, backend, dtype, seed, num_layers, dropout,
-                         bidirectional)
 
 
 class Bidirectional(_Cell):
@@ -587,8 +558,8 @@ class Bidirectional(_Cell):
         self.merge = check_choice("merge", merge, ("concat", "sum"))
         self.cell, self.activation = cell.cell, cell.activation
         self._inner = type(cell)
-        super().__init__(cell.in_features, cell.hidden, cell.backend, cell.dtype, seed,
-                         bidirectional=True)
+        super().__init__(cell.in_features, cell.hidden, bidirectional=True,
+                         backend=cell.backend, dtype=cell.dtype, seed=seed)
         for k, v in cell.parameters().items():
             self._params[k + "_l0"][...] = v
 

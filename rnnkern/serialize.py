@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import layers as L
-from ._validate import check_model
+from ._validate import check_bool, check_model
 from .layers import Layer, move
 from .optim import Optimizer, from_hyperparameters
 
@@ -229,9 +229,7 @@ def load(path: str | os.PathLike, backend: str | None = None, with_optimizer: bo
     A file that is not one of those (corrupt, truncated, foreign, a newer format
     version, parameters that do not match the specs) raises ValueError.
     """
-    if not isinstance(with_optimizer, (bool, np.bool_)):
-        raise TypeError(f"with_optimizer: expected True or False, "
-                        f"got {type(with_optimizer).__name__}")
+    check_bool("with_optimizer", with_optimizer)
     meta, contents = read(path, (MODEL_FORMAT, CHECKPOINT_FORMAT))
     path = os.fspath(path)
     model = _build(meta.get("model"), backend, meta.get("dtype"), path)

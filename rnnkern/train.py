@@ -47,6 +47,7 @@ from ._validate import (
     Call,
     array_module,
     as_array,
+    check_bool,
     check_choice,
     check_finite,
     check_inputs,
@@ -407,11 +408,6 @@ def _resume(path: str, model: Layer, opt: Optimizer, rng: np.random.Generator,
 # fit
 
 
-def _check_bool(name: str, v: Any) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(v).__name__} {v!r}")
-    return bool(v)
-
 
 def _check_tbptt(tbptt: Any, model: Layer, c: Call, feedback: int) -> int | None:
     if tbptt is None:
@@ -496,15 +492,15 @@ def fit(model: Layer, opt: Optimizer, x: Any, target: Any, epochs: int, batch_si
     if metrics and validation is None:
         raise ValueError(f"metrics: measured on the validation set, but validation=None "
                          f"(got metrics={metrics!r})")
-    shuffle, progress = _check_bool("shuffle", shuffle), _check_bool("progress", progress)
+    shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
     seed = check_int("seed", seed, 0)
     tbptt = _check_tbptt(tbptt, model, c, feedback)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-    resume = _check_bool("resume", resume)
+    resume = check_bool("resume", resume)
     on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
     cbs = check_callbacks(callbacks)
     schedule = check_schedule(schedule)
-    verbose = _check_bool("verbose", verbose)
+    verbose = check_bool("verbose", verbose)
     if checkpoint is not None:
         checkpoint = serialize._fspath(checkpoint)
     elif resume:
