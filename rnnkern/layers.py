@@ -48,7 +48,7 @@ from ._validate import (
     check_probability,
     with_layout_hint,
 )
-from .backends.numpy_ref import active_mask, reversal_index, reverse_steps
+from .backends.numpy_ref import reversal_index, reverse_steps
 
 State = Any
 Cache = Any
@@ -590,25 +590,6 @@ class Bidirectional(_Cell):
 # Dense
 
 
-def _act(name: str | None, z: Any, xp: Any) -> Any:
-    if name is None:
-        return z
-    if name == "relu":
-        return xp.maximum(z, 0)
-    if name == "tanh":
-        return xp.tanh(z)
-    return 0.5 * (1 + xp.tanh(0.5 * z))  # sigmoid without exp overflow
-
-
-def _act_grad(name: str, a: Any) -> Any:
-    """f'(z) written in terms of the output a = f(z)."""
-    if name == "relu":
-        return a > 0
-    if name == "tanh":
-        return 1 - a * a
-    return a * (1 - a)
-
-
 class Dense(Layer):
     """y = act(x @ W + b) at every step; act: None | "relu" | "tanh" | "sigmoid".
 
@@ -639,28 +620,19 @@ class Dense(Layer):
 
     def _forward(self, x: Any, state: State, lengths: Any, training: bool = True) -> tuple:
         """x: (T, B, in) -> y: (T, B, out), None, cache (None unless training)."""
-        W, b = self._params["W"], self._params["b"]
-        xp = array_module(x=x, W=W)
-        active = None if lengths is None else active_mask(lengths, x.shape[0], x.shape[1], xp)
-        y = _act(self.activation, x @ W + b, xp)
-        if active is not None:
-            y = y * active
-        return y, None, (x, y, active) if training else None
+        y, cache = self._be.dense_forward(x, self._params["W"], self._params["b"],
+                                          self.activation, lengths, training)
+        return y, None, cache
 
     def backward(self, dy: Any, dstate: State, cache: Cache) -> tuple:
         """dy: (T, B, out) -> dx: (T, B, in), None, grads {W, b}."""
-        x, y, active = cache
+        y = cache["y"]
         array_module(dy=dy, y=y)
         check_array("dy", dy, (("T", y.shape[0]), ("B", y.shape[1]), ("out", y.shape[2])),
                     y.dtype, contiguous=False)
         self.check_state(dstate, y.shape[1], "dstate")
-        dz = dy if self.activation is None else dy * _act_grad(self.activation, y)
-        if active is not None:
-            dz = dz * active
-        W = self._params["W"]
-        dz2 = dz.reshape(-1, W.shape[1])
-        grads = {"W": x.reshape(-1, W.shape[0]).T @ dz2, "b": dz2.sum(axis=0)}
-        return dz @ W.T, None, grads
+        dx, grads = self._be.dense_backward(dy, cache)
+        return dx, None, grads
 
 
 # ----------------------------------------------------------------------------

@@ -211,7 +211,7 @@ class Adam(Optimizer):
         g = f.gather(grads, f.grad)
         p = f.live if f.live is not None else f.gather(self.params, f.copy)
         norm, status = _fused.adam(p, g, m, v, self.lr, *self.betas, self.eps, self.t + 1,
-                                   self.clip_norm or 0.0, f.starts)
+                                   self.clip_norm or 0.0, f.starts, f.scratch)
         if status == _fused.OK and f.live is None:
             f.scatter(p, self.params)
         self._fused_status(norm, status)
@@ -281,7 +281,8 @@ class _Flat:
 
     names: the parameter names   starts: (n + 1,) int64 offsets   live: the parameters'
     own flat buffer when they are views into one, end to end (else None: ``copy`` holds
-    them during a step)   grad: the gathered gradients.
+    them during a step)   grad: the gathered gradients   scratch: the new parameters while
+    a fused update is checked.
     """
 
     def __init__(self, params: dict[str, np.ndarray]) -> None:
@@ -292,6 +293,7 @@ class _Flat:
         self.dtype = next(iter(params.values())).dtype
         self.live = self.base_of(params)
         self.grad = np.empty(self.size, self.dtype)
+        self.scratch = np.empty(self.size, self.dtype)
         self.copy = None if self.live is not None else np.empty(self.size, self.dtype)
 
     @classmethod

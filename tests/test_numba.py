@@ -125,6 +125,42 @@ def test_products_over_all_steps_in_row_blocks(chunks):
         np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 7])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dense_against_the_oracle(chunks, dtype):
+    """The Dense kernels against ``numpy_ref.dense_forward``/``dense_backward`` in float64:
+    every activation, with and without lengths, T=1 and B=1, output columns in whole
+    panels of the micro-kernel (on it) and not (BLAS), serially and in row blocks (more
+    blocks than rows too); and the backend's own entry points."""
+    from rnnkern.backends import numpy_ref
+    from rnnkern.backends.numba_cpu import dense
+    from rnnkern.backends.numba_cpu._simd import pack_serial
+
+    rng = np.random.default_rng(chunks)
+    tol = PARITY_TOL[dtype]
+    for T, B, I, O in [(5, 3, 4, 7), (1, 1, 3, 32), (3, 2, 1, 64), (4, 5, 33, 125), (2, 3, 6, 16)]:
+        x, dy = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, O))
+        W, b = rng.standard_normal((I, O)) * 0.5, rng.standard_normal(O)
+        for act, lengths in itertools.product(dense.ACTIVATIONS, (None, rng.integers(1, T + 1, B))):
+            y, cache = numpy_ref.dense_forward(x, W, b, act, lengths)
+            dx, grads = numpy_ref.dense_backward(dy, cache)
+            lens = np.full(B, T) if lengths is None else lengths
+            xs, Ws, bs, dys = (a.astype(dtype) for a in (x, W, b, dy))
+            PW = pack_serial(Ws) if O % (2 * VECTOR_BYTES // xs.itemsize) == 0 else None
+            c = None if chunks == 1 else chunks
+            got = dense.dense_forward(xs, Ws, PW, bs, dense.ACTIVATIONS[act], lens, c)
+            np.testing.assert_allclose(got, y, rtol=tol, atol=tol)
+            gdx, gdW, gdb = dense.dense_backward(dys, xs, Ws, got, dense.ACTIVATIONS[act], lens, c)
+            for name, a, want in (("dx", gdx, dx), ("W", gdW, grads["W"]), ("b", gdb, grads["b"])):
+                assert a.dtype == dtype, name
+                np.testing.assert_allclose(a, want, rtol=tol, atol=10 * tol, err_msg=name)
+            ny, ncache = nb.dense_forward(xs, Ws, bs, act, lengths)
+            np.testing.assert_allclose(ny, y, rtol=tol, atol=tol)
+            np.testing.assert_allclose(nb.dense_backward(dys, ncache)[0], dx, rtol=tol,
+                                       atol=10 * tol)
+            assert nb.dense_forward(xs, Ws, bs, act, lengths, training=False)[1] is None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("variant", numba_plan.ROWS)
 @pytest.mark.parametrize("cell,activation", CELLS)

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import Dims, check_activation, check_backward, check_forward, check_training
+from .._validate import (
+    Dims,
+    array_module,
+    check_activation,
+    check_backward,
+    check_forward,
+    check_training,
+)
 
 Cache = dict[str, Any]
 Grads = dict[str, np.ndarray]
@@ -379,3 +386,56 @@ def embedding_backward(dy: np.ndarray, ids: np.ndarray, num_embeddings: int) -> 
     dW = np.zeros((num_embeddings, D), dy.dtype)
     np.add.at(dW, ids.reshape(-1), dy.reshape(-1, D))
     return dW
+
+
+# ----------------------------------------------------------------------------
+# Dense: y = act(x @ W + b) at every step
+
+
+def _dense_act(name: str | None, z: Any, xp: Any) -> Any:
+    if name is None:
+        return z
+    if name == "relu":
+        return xp.maximum(z, 0)
+    if name == "tanh":
+        return xp.tanh(z)
+    return 0.5 * (1 + xp.tanh(0.5 * z))  # sigmoid without exp overflow
+
+
+def _dense_act_grad(name: str, a: Any) -> Any:
+    """f'(z) written in terms of the output a = f(z)."""
+    if name == "relu":
+        return a > 0
+    if name == "tanh":
+        return 1 - a * a
+    return a * (1 - a)
+
+
+def dense_forward(x: Any, W: Any, b: Any, activation: str | None = None,
+                  lengths: Any = None, training: bool = True) -> tuple[Any, Cache | None]:
+    """x: (T, B, I)   W: (I, O)   b: (O,)   activation: None | "relu" | "tanh" | "sigmoid"
+    lengths: (B,) or None -> y: (T, B, O), zero on padding steps, and the cache.
+
+    The arguments are the layer's to validate (``layers.Dense``). NumPy or CuPy arrays
+    alike (the CuPy backend runs this code too).
+    """
+    T, B, _ = x.shape
+    xp = array_module(x=x, W=W)
+    active = None if lengths is None else active_mask(lengths, T, B, xp)  # (T, B, 1)
+    y = _dense_act(activation, x @ W + b, xp)
+    if active is not None:
+        y = y * active
+    cache = {"x": x, "W": W, "y": y, "active": active, "activation": activation}
+    return y, cache if training else None
+
+
+def dense_backward(dy: Any, cache: Cache) -> tuple[Any, Grads]:
+    """dy: (T, B, O) -> dx: (T, B, I), grads {W: (I, O), b: (O,)}; nothing flows back
+    through padding steps."""
+    x, W, y, active, activation = (cache[k] for k in ("x", "W", "y", "active", "activation"))
+    dz = dy if activation is None else dy * _dense_act_grad(activation, y)  # (T, B, O)
+    if active is not None:
+        dz = dz * active
+    dz2 = dz.reshape(-1, W.shape[1])
+    grads = {"W": x.reshape(-1, W.shape[0]).T @ dz2, "b": dz2.sum(axis=0)}
+    return dz @ W.T, grads

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..numpy_ref import dense_backward, dense_forward
 from .embedding import embedding_backward, embedding_forward
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
@@ -49,6 +50,7 @@ def is_available() -> bool:
         return False
 
 
-__all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward",
+__all__ = ["VARIANTS", "dense_backward", "dense_forward", "embedding_backward",
+           "embedding_forward", "gru_backward",
            "gru_forward", "is_available", "lstm_backward", "lstm_forward", "rnn_backward",
            "rnn_forward", "xp"]

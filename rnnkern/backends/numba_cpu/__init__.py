@@ -32,15 +32,17 @@ from ..._validate import (
     check_training,
 )
 from ..numpy_ref import param_grads
-from . import batch_inner, gru, lone_row, lstm, rnn
+from . import batch_inner, dense, gru, lone_row, lstm, rnn
 from ._blas import blas_threads
 from ._memory import reuse_freed_memory
 from ._products import SMALL_MACS
-from ._simd import weight_grads
+from ._simd import pack_serial, weight_grads
+from ._vec import VECTOR_BYTES
 from .embedding import embedding_backward, embedding_forward
 from .plan import GEMM_PARALLEL_MIN_MACS, UNITS_IN_STEP_MAX_I, VARIANTS, Plan, choose
 
-__all__ = ["VARIANTS", "embedding_backward", "embedding_forward", "gru_backward",
+__all__ = ["VARIANTS", "dense_backward", "dense_forward", "embedding_backward",
+           "embedding_forward", "gru_backward",
            "gru_forward", "is_available", "lstm_backward", "lstm_forward", "rnn_backward",
            "rnn_forward", "xp"]
 
@@ -401,3 +403,43 @@ def gru_backward(
     dx, dW, dR, db = _weight_grads(blas, cache, dgx, dgh, threads)
     grads = {"W": dW, "R": dR, "b": db, "b_hn": db_hn}
     return _finish(dx, dh0, grads, cache, dgx, dgh, per_step)
+
+
+# ----------------------------------------------------------------------------
+# Dense
+
+
+def _dense_plan(T: int, B: int, I: int, O: int, macs: int) -> tuple[int, int | None]:
+    """(SciPy BLAS threads, row blocks) of a Dense pass of ``macs`` multiply-adds over its
+    T*B rows, by the rule of a cell's products over all steps (``_gemm_chunks``)."""
+    blas = 1 if macs >= SMALL_MACS else 0
+    return blas, _gemm_chunks(blas, macs, None)
+
+
+def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str | None = None,
+                  lengths: np.ndarray | None = None, training: bool = True
+                  ) -> tuple[np.ndarray, Cache | None]:
+    """Dense at every step; see ``numpy_ref.dense_forward`` (the layer validates).
+
+    x: (T, B, I)   W: (I, O)   b: (O,)   lengths: (B,) or None -> y: (T, B, O), cache.
+    """
+    T, B, I = x.shape
+    O = W.shape[1]
+    x = np.ascontiguousarray(x)
+    lens = _lengths(lengths, Dims(T, B, I, O, x.dtype, np))
+    blas, chunks = _dense_plan(T, B, I, O, T * B * I * O)
+    # the micro-kernel where the columns are whole panels, else BLAS (``_simd.product``)
+    PW = pack_serial(W) if O % (2 * VECTOR_BYTES // x.itemsize) == 0 else None
+    act = dense.ACTIVATIONS[activation]
+    y = _call(blas, dense.dense_forward, x, W, PW, b, act, lens, chunks)
+    return y, _cache(training, x=x, W=W, y=y, activation=act, lengths=lens)
+
+
+def dense_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict]:
+    """dy: (T, B, O) -> dx: (T, B, I), grads {W, b}; see ``numpy_ref.dense_backward``."""
+    x, W = cache["x"], cache["W"]
+    T, B, I = x.shape
+    blas, chunks = _dense_plan(T, B, I, W.shape[1], 2 * T * B * I * W.shape[1])
+    dx, dW, db = _call(blas, dense.dense_backward, np.ascontiguousarray(dy), x, W, cache["y"],
+                       cache["activation"], cache["lengths"], chunks)
+    return dx, {"W": dW, "b": db}

@@ -106,7 +106,7 @@ def pack(B):
 
 
 @njit(**JIT)
-def _pack_serial(B):
+def pack_serial(B):
     """``pack`` on the calling thread alone, for a caller that is one of several threads
     already."""
     P = _panels(B)
@@ -564,7 +564,7 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
     """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
     make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
-    entry), their sums over these rows."""
+    entry), their sums over these rows. h2, dgh2 and dR None: no recurrent part (Dense)."""
     matmul(dgx2, W.T, dx2)
     # dW and dR on the micro-kernel over the gate gradients packed once (one pack when
     # dgx2 is dgh2), faster than OpenBLAS (B64 T100 I256 H256: 39.8 -> 36.1 ms;
@@ -573,18 +573,46 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
     # scalar loop, a K = rows long one: BLAS.
     if dgx2.shape[1] % (2 * lanes(dgx2)):
         matmul(x2.T, dgx2, dW)
-        matmul(h2.T, dgh2, dR)
+        if h2 is not None:
+            matmul(h2.T, dgh2, dR)
     else:
-        Px = _pack_serial(dgx2)
-        Ph = Px if dgh2.ctypes.data == dgx2.ctypes.data else _pack_serial(dgh2)
-        xt, ht = transposed(x2), transposed(h2)  # product's rows are C-contiguous
-        work = product_work(max(xt.shape[0], ht.shape[0]), xt.shape[1], 0, xt, True)
-        product(xt, dgx2, Px, dW, 0, xt.shape[0], False, work)
-        product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, work)
+        Px = pack_serial(dgx2)
+        xt = transposed(x2)  # product's rows are C-contiguous
+        if h2 is None:
+            product(xt, dgx2, Px, dW, 0, xt.shape[0], False,
+                    product_work(xt.shape[0], xt.shape[1], 0, xt, True))
+        else:
+            Ph = Px if dgh2.ctypes.data == dgx2.ctypes.data else pack_serial(dgh2)
+            ht = transposed(h2)
+            work = product_work(max(xt.shape[0], ht.shape[0]), xt.shape[1], 0, xt, True)
+            product(xt, dgx2, Px, dW, 0, xt.shape[0], False, work)
+            product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, work)
     # float64 accumulator: N float32 terms would otherwise lose digits
     for n in range(dgx2.shape[0]):
         for g in range(dgx2.shape[1]):
             db[g] += dgx2[n, g]
+
+
+def _block(a, lo, hi):
+    """a[lo:hi], or None for None (a Dense layer's missing recurrent part)."""
+
+
+@overload(_block, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_block(a, lo, hi):
+    if isinstance(a, types.NoneType):
+        return lambda a, lo, hi: None
+    return lambda a, lo, hi: a[lo:hi]
+
+
+def _sum_into(a, partials, i):
+    """a for row block 0, else partials[i - 1]; None for None."""
+
+
+@overload(_sum_into, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_sum_into(a, partials, i):
+    if isinstance(a, types.NoneType):
+        return lambda a, partials, i: None
+    return lambda a, partials, i: a if i == 0 else partials[i - 1]
 
 
 @njit(parallel=True, **JIT)
@@ -594,8 +622,27 @@ def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, d
     N = x2.shape[0]
     for i in prange(chunks):
         lo, hi = i * N // chunks, (i + 1) * N // chunks
-        _weight_grads_rows(x2[lo:hi], W, h2[lo:hi], dgx2[lo:hi], dgh2[lo:hi], dx2[lo:hi],
-                           dW if i == 0 else pW[i - 1], dR if i == 0 else pR[i - 1], db[i])
+        _weight_grads_rows(x2[lo:hi], W, _block(h2, lo, hi), dgx2[lo:hi], _block(dgh2, lo, hi),
+                           dx2[lo:hi], _sum_into(dW, pW, i), _sum_into(dR, pR, i), db[i])
+
+
+def _recurrent_part(h, dgh, T, chunks):
+    """h[:T], dgh as (T*B, .) rows, dR and its partials for ``weight_grads``; all None for
+    h None."""
+
+
+@overload(_recurrent_part, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_recurrent_part(h, dgh, T, chunks):
+    # by type, not by a branch: a branch on ``h is None`` would make each of them Optional
+    if isinstance(h, types.NoneType):
+        return lambda h, dgh, T, chunks: (None, None, None, None)
+
+    def arrays(h, dgh, T, chunks):
+        N, H, GH = T * h.shape[1], h.shape[2], dgh.shape[2]
+        dR = empty((H, GH), h)
+        pR = empty((0 if chunks is None else chunks - 1, H, GH), h)
+        return h[:T].reshape(N, H), dgh.reshape(N, GH), dR, pR
+    return arrays
 
 
 @njit(**JIT)
@@ -604,28 +651,29 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
 
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
     dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
+    h and dgh None: no recurrent part (a Dense layer's dx, dW, db; dR None)
     chunks: row blocks of T*B, one per Numba thread, each with its own partial weight
     gradients (``product`` on that thread, or single-threaded BLAS calls); None: serial
     Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
     """
     T, B, I = x.shape
-    H = h.shape[2]
     GH = dgx.shape[2]
     N = T * B
-    x2, h2 = x.reshape(N, I), h[:T].reshape(N, H)
-    dgx2, dgh2 = dgx.reshape(N, GH), dgh.reshape(N, GH)
+    x2, dgx2 = x.reshape(N, I), dgx.reshape(N, GH)
     dx = empty((T, B, I), x)
     dx2 = dx.reshape(N, I)
-    dW, dR = empty((I, GH), x), empty((H, GH), x)
+    dW = empty((I, GH), x)
     db = np.zeros((1 if chunks is None else chunks, GH), np.float64)
+    h2, dgh2, dR, pR = _recurrent_part(h, dgh, T, chunks)
     if chunks is None:
         _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
     else:
         # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
-        pW, pR = empty((chunks - 1, I, GH), x), empty((chunks - 1, H, GH), x)
+        pW = empty((chunks - 1, I, GH), x)
         _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db)
         for i in range(1, chunks):
             add_into(dW, pW[i - 1])
-            add_into(dR, pR[i - 1])
+            if h is not None:
+                add_into(dR, pR[i - 1])
             add_into(db[:1], db[i:i + 1])
     return dx, dW, dR, db[0].astype(x.dtype)

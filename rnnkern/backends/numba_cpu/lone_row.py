@@ -30,7 +30,7 @@ from numba import njit
 from ._activations import fast_sigmoid, fast_tanh
 from ._jit import JIT
 from ._memory import empty, states
-from ._simd import _pack_serial, product, product_work
+from ._simd import pack_serial, product, product_work
 from ._vec import lanes, maximum, vbcast, vfma, vload, vstore, vstore_first, vzero_like
 
 #: vector accumulators of one unit block's pre-activations
@@ -199,7 +199,7 @@ def input_units(x, Wu):
     if NG == 0:
         return np.empty((0, 0, 0), x.dtype)
     gx = empty((T, B, NG), x)
-    product(x.reshape(N, I), Wu, _pack_serial(Wu), gx.reshape(N, NG), 0, N, False,
+    product(x.reshape(N, I), Wu, pack_serial(Wu), gx.reshape(N, NG), 0, N, False,
             product_work(N, I, NG, x, True))
     return gx
 
