@@ -81,7 +81,7 @@ step env 40 "$PY" "${CHECK[@]}" env
 step compile 120 "$PY" "${CHECK[@]}" compile
 # 3. parity of each variant in its own process: cells, activations, odd sizes, lengths,
 #    no initial state, float32/float64, per-step gradients
-for variant in v1 v1g v2; do
+for variant in cublas-steps fused-steps persistent; do
     step "parity-$variant" 60 "$PY" "${CHECK[@]}" parity --variant "$variant"
 done
 # 4. finite differences in float64 (and per-step, parity): the gradcheck suite, once
@@ -96,8 +96,8 @@ for group in small-batch batch64 batch256 h64; do
     step "bench-$group" 90 "$PY" -m rnnkern bench --backend cupy --shapes "$group" \
         --repeat 5 --json @TAG@.json
 done
-# 8. shared-memory races of a tiny v2 run, if time is left
-step racecheck 90 "$SANITIZER" --tool racecheck --print-limit 20 "$PY" "${CHECK[@]}" tiny-v2
+# 8. shared-memory races of a tiny persistent run, if time is left
+step racecheck 90 "$SANITIZER" --tool racecheck --print-limit 20 "$PY" "${CHECK[@]}" tiny-persistent
 
 echo "done in $((SECONDS - START))s of ${BUDGET}s; steps: $OUT/steps.tsv" >&2
 column -t -s $'\t' "$OUT/steps.tsv" >&2 2>/dev/null || cat "$OUT/steps.tsv" >&2

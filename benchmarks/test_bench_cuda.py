@@ -40,7 +40,7 @@ def test_cupy(benchmark, cell, variant, pass_, shape):
     try:
         fn = cupy_runner(cell, Shape(*shape), variant, None, np.random.default_rng(0))[pass_]
         synced()
-    except ValueError as e:  # v2 on a shape whose R does not fit on chip
+    except ValueError as e:  # persistent on a shape whose R does not fit on chip
         pytest.skip(str(e))
 
     benchmark.group = f"{cell} {pass_} T{shape[0]} B{shape[1]} H{shape[3]}"

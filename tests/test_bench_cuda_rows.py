@@ -30,17 +30,17 @@ def fake_bench(monkeypatch, tmp_path):
     path = tmp_path / "bench.json"
 
     def cupy_runner(cell, shape, variant, lengths, rng):
-        if variant == "v1":
+        if variant == "cublas-steps":
             seen_on_disk.append(
                 sorted({r["shape"] for r in json.loads(path.read_text())["rows"]})
                 if path.exists() else [])
-        if variant == "v2":
-            raise ValueError("variant: 'v2' (persistent) does not fit")
+        if variant == "persistent":
+            raise ValueError("variant: 'persistent' does not fit")
 
         def crash():
             raise FakeCudaError("cudaErrorIllegalAddress: an illegal memory access")
 
-        return {"forward": crash if variant == "v1g" else (lambda: None),
+        return {"forward": crash if variant == "fused-steps" else (lambda: None),
                 "forward+backward": lambda: None}
 
     def torch_runner(cell, shape, device, lengths):
@@ -69,21 +69,22 @@ def test_failures_become_rows_and_the_run_goes_on(fake_bench, capsys):
     path, seen_on_disk = fake_bench
     assert bench_cuda.run_gpu(_args(path)) == 1  # a row failed
     rows = json.loads(path.read_text())["rows"]
-    impls = ["cupy-v1", "cupy-v1g", "cupy-v2", "torch-cudnn-tf32off", "torch-cudnn-default"]
+    impls = ["cupy-cublas-steps", "cupy-fused-steps", "cupy-persistent", "torch-cudnn-tf32off",
+             "torch-cudnn-default"]
     assert len(rows) == len(SHAPES) * 3 * len(impls) * 2  # every (shape, cell, impl, pass)
     by = {(r["shape"], r["cell"], r["impl"], r["pass"]): r for r in rows}
     for shape in parse_shapes(SHAPES):
         for cell in ("rnn", "lstm", "gru"):
             key = (shape.label(), cell)
-            assert by[(*key, "cupy-v1", "forward")]["status"] == "ok"
-            assert by[(*key, "cupy-v1", "forward")]["median_ms"] == 1.5
-            crashed = by[(*key, "cupy-v1g", "forward")]
+            assert by[(*key, "cupy-cublas-steps", "forward")]["status"] == "ok"
+            assert by[(*key, "cupy-cublas-steps", "forward")]["median_ms"] == 1.5
+            crashed = by[(*key, "cupy-fused-steps", "forward")]
             assert crashed["status"] == "failed" and crashed["median_ms"] is None
             assert "FakeCudaError: cudaErrorIllegalAddress" in crashed["note"]
-            assert by[(*key, "cupy-v1g", "forward+backward")]["status"] == "ok"
+            assert by[(*key, "cupy-fused-steps", "forward+backward")]["status"] == "ok"
             for pass_ in ("forward", "forward+backward"):
-                v2 = by[(*key, "cupy-v2", pass_)]
-                assert v2["status"] == "unsupported" and "does not fit" in v2["note"]
+                unfit = by[(*key, "cupy-persistent", pass_)]
+                assert unfit["status"] == "unsupported" and "does not fit" in unfit["note"]
                 torch_row = by[(*key, "torch-cudnn-tf32off", pass_)]
                 assert torch_row["status"] == ("failed" if shape.H == 3 else "ok")
     # the JSON is rewritten after every shape: each new shape found the earlier ones on disk
@@ -97,9 +98,9 @@ def test_failures_become_rows_and_the_run_goes_on(fake_bench, capsys):
 
 def test_exit_status_is_zero_when_nothing_failed(fake_bench):
     path, _ = fake_bench
-    assert bench_cuda.run_gpu(_args(path, variant="v1,v2", no_torch=True)) == 0
+    assert bench_cuda.run_gpu(_args(path, variant="cublas-steps,persistent", no_torch=True)) == 0
     rows = json.loads(path.read_text())["rows"]
-    assert {r["impl"] for r in rows} == {"cupy-v1", "cupy-v2"}
+    assert {r["impl"] for r in rows} == {"cupy-cublas-steps", "cupy-persistent"}
     assert {r["status"] for r in rows} == {"ok", "unsupported"}
 
 
@@ -115,7 +116,7 @@ def test_shape_groups_hold_every_shape_once():
 
 def test_variant_names():
     assert bench_cuda._variants("all") == tuple(cupy_cuda.VARIANTS)
-    assert bench_cuda._variants(["v1,v1g"]) == ("v1", "v1g")
+    assert bench_cuda._variants(["cublas-steps,fused-steps"]) == ("cublas-steps", "fused-steps")
     with pytest.raises(ValueError, match="variant: expected"):
         bench_cuda._variants("v3")
 
@@ -123,7 +124,8 @@ def test_variant_names():
 def test_plot_from_json_files(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [{"cell": c, "shape": "T4 B2 I3 H5", "impl": i, "pass": p, "median_ms": ms}
-            for c in ("lstm", "gru") for i, ms in (("cupy-v1", 1.0), ("cupy-v2", None))
+            for c in ("lstm", "gru")
+            for i, ms in (("cupy-cublas-steps", 1.0), ("cupy-persistent", None))
             for p in ("forward", "forward+backward")]
     paths = []
     for k in range(2):

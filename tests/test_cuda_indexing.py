@@ -1,13 +1,14 @@
 """EMULATION of the CUDA kernels' index math in NumPy, no GPU needed.
 
-Two parts: the persistent (v2) kernels transliterated below and run block by block; and the
-step loops of v1 and v1g run through the engine itself against a stand-in for CuPy (see the
-second section), which also checks that no cuBLAS call is made while a stream captures.
+Two parts: the kernels of "persistent" transliterated below and run block by block; and the
+step loops of "cublas-steps" and "fused-steps" run through the engine itself against a
+stand-in for CuPy (see the second section), which also checks that no cuBLAS call is made
+while a stream captures.
 
-The v2 part is not a kernel test: it transliterates persistent.cu's blocking and tiling (block i
-owns units [i*HS, i*HS+HS); R's slice in ``Ws``; rows staged transposed in ``As``;
-``block_matmul``'s 4x4 tasks over KS reduction slices; the cells' flat offsets ``gbase``,
-``u``, ``un``, ``s``) onto flat NumPy arrays, looping over blocks and threads the way the
+The persistent part is not a kernel test: it transliterates persistent.cu's blocking and
+tiling (block i owns units [i*HS, i*HS+HS); R's slice in ``Ws``; rows staged transposed in
+``As``; ``block_matmul``'s 4x4 tasks over KS reduction slices; the cells' flat offsets
+``gbase``, ``u``, ``un``, ``s``) onto flat NumPy arrays, looping over blocks and threads the way the
 kernel does, and checks the result against numpy_ref. It catches index bugs in that
 scheme; races, memory ordering and the barrier are out of its reach (one block runs a
 phase at a time here, in the order the grid barrier enforces).
@@ -24,7 +25,7 @@ from rnnkern.backends import numpy_ref
 from rnnkern.backends.cupy_cuda.variants import DeviceLimits, plan_persistent
 from rnnkern.gradcheck import make_problem
 
-THREADS = 256  # V2_THREADS
+THREADS = 256  # PERSISTENT_THREADS
 G_OF = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
@@ -138,7 +139,7 @@ def cell_backward(cell, a, t, b, j):
         a["dh"][s] = dh_new * z if on else dh
 
 
-def v2_forward(cell, a, R, T, B, H, plan):
+def persistent_forward(cell, a, R, T, B, H, plan):
     G = G_OF[cell]
     K, NC = H, G * plan.HS
     NCP, BBP = r4(NC), r4(plan.BB)
@@ -163,7 +164,7 @@ def v2_forward(cell, a, R, T, B, H, plan):
                                  lambda o, base=base, part=part: part[base + o], plan.HS)
 
 
-def v2_backward(cell, a, R, T, B, H, plan):
+def persistent_backward(cell, a, R, T, B, H, plan):
     G = G_OF[cell]
     K, NCP, BBP = G * H, r4(plan.HS), r4(plan.BB)
     Rf = R.ravel()
@@ -215,7 +216,7 @@ def test_persistent_indexing_matches_oracle(cell, KS):
     a["h"][: B * H] = h0.ravel()
     if c0 is not None:
         a["c"][: B * H] = c0.ravel()
-    v2_forward(cell, a, R, T, B, H, fwd)
+    persistent_forward(cell, a, R, T, B, H, fwd)
     np.testing.assert_allclose(a["y"].reshape(T, B, H), y_ref, atol=1e-12)
     np.testing.assert_allclose(a["h"].reshape(T + 1, B, H), cache["h"], atol=1e-12)
 
@@ -225,7 +226,7 @@ def test_persistent_indexing_matches_oracle(cell, KS):
     a.update(dy=dy.ravel(), dh=dhT.ravel().copy(), dgx=np.zeros(T * B * G * H),
              dc=p.out_grads["dcT"].ravel().copy() if cell == "lstm" else None)
     a["dgh"] = np.zeros(T * B * G * H) if cell == "gru" else a["dgx"]
-    v2_backward(cell, a, R, T, B, H, bwd)
+    persistent_backward(cell, a, R, T, B, H, bwd)
     dh0_ref = ref[1][0] if cell == "lstm" else ref[1]
     np.testing.assert_allclose(a["dh"].reshape(B, H), dh0_ref, atol=1e-12)
     if cell == "lstm":
@@ -237,9 +238,9 @@ def test_persistent_indexing_matches_oracle(cell, KS):
 
 
 # ----------------------------------------------------------------------------
-# EMULATION of the step loops of v1 and v1g through the engine, with a stand-in for CuPy:
-# NumPy arrays, kernels run by the transliterations below, stream capture recorded and
-# replayed, and cuBLAS refusing to run while a stream captures, as CuPy 14 does
+# EMULATION of the step loops of "cublas-steps" and "fused-steps" through the engine, with a
+# stand-in for CuPy: NumPy arrays, kernels run by the transliterations below, stream capture
+# recorded and replayed, and cuBLAS refusing to run while a stream captures, as CuPy 14 does
 # (cupy_backends/cuda/libs/cublas.pyx: setStream raises NotImplementedError when
 # streamIsCapturing). What it checks: the engine's launch sequence and arguments, the
 # kernels' index math, and that no cuBLAS call is made inside a captured loop.
@@ -362,7 +363,7 @@ def _threads(grid, block):
                 yield bx, by, block[0], tx
 
 
-def emu_v1_forward_step(cell, grid, block, args):
+def emu_cublas_forward_step(cell, grid, block, args):
     gx, gh, b_hn, h, c, gates, aux, y, lengths, t, B, H, act = map(_flat, args)
     a = dict(gx=gx, b_hn=b_hn, h=h, c=c, gates=gates, aux=aux, y=y, lengths=lengths, B=B, H=H,
              act=act)
@@ -373,7 +374,7 @@ def emu_v1_forward_step(cell, grid, block, args):
             cell_forward(cell, a, t, b, j, lambda o, base=b * G * H + j: gh[base + o], H)
 
 
-def emu_v1_backward_step(cell, grid, block, args):
+def emu_cublas_backward_step(cell, grid, block, args):
     gates, aux, h, c, dy, dh, dc, dgx, dgh, lengths, t, B, H, act = map(_flat, args)
     a = dict(gates=gates, aux=aux, h=h, c=c, dy=dy, dh=dh, dc=dc, dgx=dgx, dgh=dgh,
              lengths=lengths, B=B, H=H, act=act)
@@ -382,10 +383,10 @@ def emu_v1_backward_step(cell, grid, block, args):
             cell_backward(cell, a, t, *divmod(idx, H))
 
 
-ROWS = 4  # V1G_ROWS
+ROWS = 4  # FUSED_ROWS
 
 
-def emu_v1g_forward_step(cell, grid, block, args):
+def emu_fused_forward_step(cell, grid, block, args):
     R, gx, b_hn, h, c, gates, aux, y, lengths, t, B, H, act = map(_flat, args)
     a = dict(gx=gx, b_hn=b_hn, h=h, c=c, gates=gates, aux=aux, y=y, lengths=lengths, B=B, H=H,
              act=act)
@@ -406,7 +407,7 @@ def emu_v1g_forward_step(cell, grid, block, args):
             cell_forward(cell, a, t, b0 + r, j, lambda o, row=acc[r]: row[o], 1)
 
 
-def emu_v1g_backward_step(cell, grid, block, args):
+def emu_fused_backward_step(cell, grid, block, args):
     RT, gates, aux, h, c, dy, dh, dc, dgx, dgh, lengths, t, T_, B, H, act = map(_flat, args)
     a = dict(gates=gates, aux=aux, h=h, c=c, dy=dy, dh=dh, dc=dc, dgx=dgx, dgh=dgh,
              lengths=lengths, B=B, H=H, act=act)
@@ -426,9 +427,10 @@ def emu_v1g_backward_step(cell, grid, block, args):
                 cell_backward(cell, a, t, b0 + r, j)
 
 
-EMULATORS = {"v1_forward_step": emu_v1_forward_step, "v1_backward_step": emu_v1_backward_step,
-             "v1g_forward_step": emu_v1g_forward_step,
-             "v1g_backward_step": emu_v1g_backward_step}
+EMULATORS = {"cublas_forward_step": emu_cublas_forward_step,
+             "cublas_backward_step": emu_cublas_backward_step,
+             "fused_forward_step": emu_fused_forward_step,
+             "fused_backward_step": emu_fused_backward_step}
 
 
 def _run_engine(dev, p, variant, with_dy=True):
@@ -474,13 +476,14 @@ CASES = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh")
          ("gru", "tanh")]
 
 
-@pytest.mark.parametrize("variant", ("v1", "v1g"))
+@pytest.mark.parametrize("variant", ("cublas-steps", "fused-steps"))
 @pytest.mark.parametrize("size", [(3, 6, 2, 7), (1, 1, 1, 1), (4, 5, 3, 33)],
                          ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
 @pytest.mark.parametrize("cell,activation", CASES)
 def test_step_loops_match_oracle(fake_gpu, cell, activation, size, variant):
-    """v1 and v1g through the engine match numpy_ref, and v1g's loops run as captured graphs
-    with no cuBLAS call inside (the stand-in raises as CuPy 14 does)."""
+    """"cublas-steps" and "fused-steps" through the engine match numpy_ref, and the loops of
+    "fused-steps" run as captured graphs with no cuBLAS call inside (the stand-in raises as
+    CuPy 14 does)."""
     T, B, I, H = size
     p = make_problem(cell, activation=activation, T=T, B=B, I=I, H=H, lengths=B > 1,
                      seed=T + B + H)
@@ -498,18 +501,18 @@ def test_step_loops_match_oracle(fake_gpu, cell, activation, size, variant):
     for k, v in back[2].items():
         np.testing.assert_allclose(grads[k], v, **tol, err_msg=k)
     captured = {name for name, cap in fake_gpu.launches if cap}
-    if variant == "v1g":
+    if variant == "fused-steps":
         assert fake_gpu.captures == 2  # the forward loop and the backward loop
-        assert captured == {"v1g_forward_step", "v1g_backward_step"}
+        assert captured == {"fused_forward_step", "fused_backward_step"}
         assert sum(1 for _ in fake_gpu.launches) == T + (T + 1)
     else:
         assert fake_gpu.captures == 0 and not captured
 
 
 @pytest.mark.parametrize("cell", ("lstm", "gru"))
-def test_v1g_backward_without_output_gradient(fake_gpu, cell):
+def test_fused_backward_without_output_gradient(fake_gpu, cell):
     p = make_problem(cell, T=4, B=5, I=2, H=6, lengths=True, seed=9)
-    _, _, (dx, dh0, dc0, grads, _) = _run_engine(fake_gpu, p, "v1g", with_dy=False)
+    _, _, (dx, dh0, dc0, grads, _) = _run_engine(fake_gpu, p, "fused-steps", with_dy=False)
     _, _, back = _reference(p, with_dy=False)
     np.testing.assert_allclose(dx, back[0], rtol=1e-12, atol=1e-13)
     for k, v in back[2].items():
@@ -517,8 +520,8 @@ def test_v1g_backward_without_output_gradient(fake_gpu, cell):
 
 
 def test_capture_refuses_cublas(fake_gpu):
-    """The stand-in's capture check is live: v1's loop (cuBLAS per step) fails under capture,
-    the way v1g failed on CuPy 14 when it captured v1's loop."""
+    """The stand-in's capture check is live: the loop of "cublas-steps" (cuBLAS per step) fails
+    under capture, the way "fused-steps" failed on CuPy 14 when it captured that loop."""
     from rnnkern._validate import check_forward
     from rnnkern.backends.cupy_cuda import engine
 
@@ -531,11 +534,12 @@ def test_capture_refuses_cublas(fake_gpu):
     arrays = (p.params["R"].view(DevArray), z((T, B, H)), z((B, H)), None, z((T + 1, B, H)),
               None, z((T, B, H)), None, z((T, B, H)), None)
     with pytest.raises(NotImplementedError, match="stream capture"):
-        engine._graphed(("v1",), lambda: engine.v1_forward_steps("rnn", d, 0, *arrays))
+        engine._graphed(("cublas-steps",),
+                        lambda: engine.cublas_forward_steps("rnn", d, 0, *arrays))
     assert fake_gpu.capture is None  # the capture was ended all the same
 
 
-def test_v1g_replays_with_new_contents(fake_gpu):
+def test_fused_replays_with_new_contents(fake_gpu):
     """A second call on the same buffers replays the captured graph, which reads the buffers'
     new contents; only one capture is made."""
     from rnnkern._validate import check_forward
@@ -554,7 +558,7 @@ def test_v1g_replays_with_new_contents(fake_gpu):
         R[...] = q.params["R"]
         gx[...] = q.inputs["x"] @ q.params["W"] + q.params["b"]
         h[0], c[0] = q.inputs["h0"], q.inputs["c0"]
-        engine.run_graphed(engine.v1g_forward_steps, cell, d, 0, R, gx, None, h, c, gates, aux,
+        engine.run_graphed(engine.fused_forward_steps, cell, d, 0, R, gx, None, h, c, gates, aux,
                            y, lens)
         want = numpy_ref.lstm_forward(q.inputs["x"], q.inputs["h0"], q.inputs["c0"],
                                       q.params["W"], q.params["R"], q.params["b"],

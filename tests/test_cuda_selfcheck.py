@@ -26,11 +26,11 @@ def calls(monkeypatch):
 
 
 def test_parity_covers_every_case_and_reports_each(calls, capsys):
-    assert selfcheck.main(["parity", "--variant", "v1g"]) == 1
+    assert selfcheck.main(["parity", "--variant", "fused-steps"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(calls) + 1
     assert lines[-1] == f"{len(calls) - 6} of {len(calls)} passed"
-    assert {c[3] for c in calls} == {"v1g"}
+    assert {c[3] for c in calls} == {"fused-steps"}
     grid = {(c[0], c[1], c[2], c[4], c[5]) for c in calls if c[6] and not c[7]}
     assert grid == {(cell, act, size, dt, ln) for cell, act in selfcheck.CASES
                     for size in selfcheck.PARITY_SIZES for dt in ("float32", "float64")
@@ -48,21 +48,21 @@ def test_parity_covers_every_case_and_reports_each(calls, capsys):
 def test_large_runs_every_variant_and_the_automatic_choice(calls, monkeypatch, capsys):
     case = selfcheck._parity_case
 
-    def v2_unfit(cell, activation, size, variant, dtype, **kw):
+    def persistent_unfit(cell, activation, size, variant, dtype, **kw):
         out = case(cell, activation, size, variant, dtype, **kw)
-        if variant == "v2" and np.dtype(dtype) == np.float64:
-            raise ValueError("variant: 'v2' (persistent) does not fit lstm with B=256")
-        if variant == "v1g" and cell == "gru":
+        if variant == "persistent" and np.dtype(dtype) == np.float64:
+            raise ValueError("variant: 'persistent' does not fit lstm with B=256")
+        if variant == "fused-steps" and cell == "gru":
             raise ValueError("something else")
         return out
 
-    monkeypatch.setattr(selfcheck, "_parity_case", v2_unfit)
+    monkeypatch.setattr(selfcheck, "_parity_case", persistent_unfit)
     assert selfcheck.main(["large"]) == 1
     assert {c[3] for c in calls} == {None, *VARIANTS}
     assert {c[2] for c in calls} == {selfcheck.LARGE_SIZE} == {(4, 256, 256, 1024)}
     lines = capsys.readouterr().out.splitlines()
-    assert sum(ln.startswith("skip ") for ln in lines) == 3  # v2 float64, each cell
-    assert sum(ln.startswith("ERROR") for ln in lines) == 2  # only v2 may be unfit
+    assert sum(ln.startswith("skip ") for ln in lines) == 3  # persistent float64, each cell
+    assert sum(ln.startswith("ERROR") for ln in lines) == 2  # only persistent may be unfit
     assert lines[-1] == f"{len(calls) - 2} of {len(calls)} passed"
 
 

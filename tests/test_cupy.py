@@ -14,7 +14,7 @@ import rnnkern as rk
 from rnnkern import backends
 from rnnkern.backends.cupy_cuda import VARIANTS
 from rnnkern.backends.cupy_cuda.variants import (
-    V2_MAX_BATCH,
+    PERSISTENT_MAX_BATCH,
     DeviceLimits,
     choose_variant,
     plan_persistent,
@@ -33,7 +33,7 @@ CELLS = ("rnn", "lstm", "gru")
 
 
 def test_variants_are_described():
-    assert set(VARIANTS) == {"v1", "v1g", "v2"}
+    assert set(VARIANTS) == {"cublas-steps", "fused-steps", "persistent"}
     assert all(isinstance(v, str) and v for v in VARIANTS.values())
 
 
@@ -59,20 +59,22 @@ def test_persistent_refuses_what_does_not_fit():
 
 
 def test_choose_variant_by_shape():
-    assert choose_variant("lstm", 64, 256, 4, H100, "forward")[0] == "v2"
-    assert choose_variant("lstm", V2_MAX_BATCH + 1, 256, 4, H100, "forward")[0] == "v1"
-    assert choose_variant("lstm", 8, 1024, 8, H100, "forward")[0] == "v1"  # does not fit
-    assert choose_variant("gru", 1, 64, 4, None, "backward")[0] == "v1"
-    assert choose_variant("rnn", 8, 64, 4, H100, "forward", "v1") == ("v1", None)
-    assert choose_variant("gru", 8, 64, 4, H100, "backward", "v1g") == ("v1g", None)
-    assert choose_variant("rnn", 256, 64, 4, H100, "forward", "v2")[0] == "v2"
+    assert choose_variant("lstm", 64, 256, 4, H100, "forward")[0] == "persistent"
+    over = PERSISTENT_MAX_BATCH + 1
+    assert choose_variant("lstm", over, 256, 4, H100, "forward")[0] == "cublas-steps"
+    assert choose_variant("lstm", 8, 1024, 8, H100, "forward")[0] == "cublas-steps"  # does not fit
+    assert choose_variant("gru", 1, 64, 4, None, "backward")[0] == "cublas-steps"
+    assert (choose_variant("rnn", 8, 64, 4, H100, "forward", "cublas-steps")
+            == ("cublas-steps", None))
+    assert choose_variant("gru", 8, 64, 4, H100, "backward", "fused-steps") == ("fused-steps", None)
+    assert choose_variant("rnn", 256, 64, 4, H100, "forward", "persistent")[0] == "persistent"
 
 
 def test_choose_variant_rejects_bad_requests():
     with pytest.raises(ValueError, match="variant: expected"):
         choose_variant("rnn", 8, 64, 4, H100, "forward", "v3")
     with pytest.raises(ValueError, match="does not fit"):
-        choose_variant("lstm", 8, 1024, 8, H100, "forward", "v2")
+        choose_variant("lstm", 8, 1024, 8, H100, "forward", "persistent")
 
 
 def test_registry_lists_cupy_only_with_a_gpu():
@@ -281,7 +283,7 @@ def test_gradcheck_command_passes_in_float64():
 @needs_gpu
 @pytest.mark.parametrize("cell", CELLS)
 def test_graph_replays_with_new_contents(cell):
-    """v1g: a second call on the same buffers replays the captured graph, which must read
+    """fused-steps: a second call on the same buffers replays the captured graph, which must read
     the buffers' new contents (new inputs, new R) rather than what it saw at capture."""
     import cupy
 
@@ -290,7 +292,7 @@ def test_graph_replays_with_new_contents(cell):
 
     be, ref_be = backends.get("cupy"), backends.get("numpy")
     p = make_problem(cell, T=5, B=3, I=2, H=7, lengths=True, seed=21)
-    _, _, cache = forward(be, replace(p, options={"variant": "v1"}))
+    _, _, cache = forward(be, replace(p, options={"variant": "cublas-steps"}))
     d, act = cache["dims"], 0
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     bufs = {k: cache.get(k) for k in ("h", "c", "a", "gates", "tanh_c", "hn")}
@@ -309,7 +311,7 @@ def test_graph_replays_with_new_contents(cell):
         bufs["h"][0] = cupy.asarray(q.inputs["h0"])
         if cell == "lstm":
             bufs["c"][0] = cupy.asarray(q.inputs["c0"])
-        engine.run_graphed(engine.v1g_forward_steps, cell, d, act, R, gx, b_hn, bufs["h"],
+        engine.run_graphed(engine.fused_forward_steps, cell, d, act, R, gx, b_hn, bufs["h"],
                            bufs["c"], gates, aux, y, cache["lengths"])
         want = forward(ref_be, replace(q, lengths=p.lengths, options={}))[0]
         assert float(abs(cupy.asnumpy(y) - want).max()) <= 1e-12
@@ -318,7 +320,7 @@ def test_graph_replays_with_new_contents(cell):
 
 @needs_gpu
 def test_no_cublas_call_while_capturing(monkeypatch):
-    """v1g: the cuBLAS entry points the engine uses (cupy.matmul, cupy.cublas.gemm) are
+    """fused-steps: the cuBLAS entry points the engine uses (cupy.matmul, cupy.cublas.gemm) are
     wrapped to record whether the current stream captures; none may be called while it does
     (CuPy 14 refuses that anyway, in cublas.setStream)."""
     import cupy
@@ -337,7 +339,7 @@ def test_no_cublas_call_while_capturing(monkeypatch):
     monkeypatch.setattr(cupy.cublas, "gemm", recording(cupy.cublas.gemm))
     monkeypatch.setattr(engine, "_GRAPHS", type(engine._GRAPHS)())
     for cell in CELLS:
-        _check_parity(_problem(cell, "v1g", T=4, B=3, I=2, H=5, lengths=True, seed=2),
+        _check_parity(_problem(cell, "fused-steps", T=4, B=3, I=2, H=5, lengths=True, seed=2),
                       np.float64)
     assert seen and not any(seen)  # the GEMMs outside the loops ran, none inside
     assert len(engine._GRAPHS) >= 2 * len(CELLS)  # each cell's forward and backward loop

@@ -61,7 +61,8 @@ def test_dry_run_layout_order_and_limits(tmp_path):
             assert f"--json {tmp_path}/{i:02d}-{name}.json" in text[name]
     assert f"--junitxml {tmp_path}/" in text["tests"]
     assert "gradcheck --backend cupy" in text["gradcheck"]
-    assert "--tool racecheck" in text["racecheck"] and text["racecheck"].endswith("tiny-v2\n")
+    assert "--tool racecheck" in text["racecheck"]
+    assert text["racecheck"].endswith("tiny-persistent\n")
     assert sum(1 for t in text.values() if "rnnkern gradcheck" in t) == 1  # no step twice
     assert "-k not test_parity and not gradcheck_command" in text["tests"]
 

@@ -7,11 +7,12 @@ runs that are not counted. Torch appears twice: with ``cudnn.allow_tf32 = False`
 same arithmetic as ours) and with PyTorch's default setting.
 
 Rows of the JSON (``args.json``): one per (cell, shape, implementation, pass) with
-``median_ms`` and ``status``: "ok"; "unsupported" (a ValueError: v2 asked for a shape whose
-R does not fit on chip) or "failed" (any other error: a CUDA error, v2 refusing a grid that
-cannot be resident), both with median_ms None and the error in ``note``. One failure costs
-only its own rows: each row is printed as it is measured, and the JSON is rewritten after
-every shape, so a run killed part-way keeps every shape it finished.
+``median_ms`` and ``status``: "ok"; "unsupported" (a ValueError: "persistent" asked for a
+shape whose R does not fit on chip) or "failed" (any other error: a CUDA error,
+"persistent" refusing a grid that cannot be resident), both with median_ms None and the
+error in ``note``. One failure costs only its own rows: each row is printed as it is
+measured, and the JSON is rewritten after every shape, so a run killed part-way keeps every
+shape it finished.
 
 ``python -m rnnkern.cli.bench_cuda plot OUT.png RUN.json [RUN.json ...]`` draws the chart from
 JSON files (the GPU machine has no matplotlib).

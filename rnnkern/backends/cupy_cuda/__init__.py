@@ -1,11 +1,11 @@
 """CuPy CUDA backend: the kernel contract of DESIGN.md on the GPU.
 
 CUDA C kernels (``kernels/*.cu``, templated over float/double) are compiled with NVRTC
-through ``cupy.RawModule``; cuBLAS (through CuPy) does the big GEMMs. Three kernel versions,
-listed in ``VARIANTS``: v1 (cuBLAS + one fused pointwise kernel per step), v1g (for small
-shapes: one kernel per step doing the recurrent product and the pointwise step, the loop
-replayed as a CUDA graph) and v2 (one persistent launch for the whole time loop, R on
-chip). Every function takes
+through ``cupy.RawModule``; cuBLAS (through CuPy) does the big GEMMs. Three kernel variants,
+listed in ``VARIANTS``: "cublas-steps" (cuBLAS + one fused pointwise kernel per step),
+"fused-steps" (for small shapes: one kernel per step doing the recurrent product and the
+pointwise step, the loop replayed as a CUDA graph) and "persistent" (one cooperative launch
+for the whole time loop, R on chip). Every function takes
 ``variant=None`` (chosen by shape, see ``variants.choose_variant``) or a variant's name.
 
 CuPy is optional: this module imports without it, and ``is_available()`` is True only

@@ -2,14 +2,14 @@
 
 ``forward`` and ``backward`` run one cell over a whole sequence with the chosen variant:
 
-- v1: the input projection ``x @ W + b`` for all steps as one GEMM before the loop; per
-  step ``h[t] @ R`` into a preallocated buffer (cuBLAS) and one fused pointwise kernel;
-  backward per step one pointwise kernel and ``dh += dgh[t] @ R.T`` (cuBLAS, beta=1).
-- v1g: per step one kernel of the project's own that does the recurrent product and the
-  pointwise step together (fused.cu), the step loop captured in a CUDA graph
+- "cublas-steps": the input projection ``x @ W + b`` for all steps as one GEMM before the
+  loop; per step ``h[t] @ R`` into a preallocated buffer (cuBLAS) and one fused pointwise
+  kernel; backward per step one pointwise kernel and ``dh += dgh[t] @ R.T`` (cuBLAS, beta=1).
+- "fused-steps": per step one kernel of the project's own that does the recurrent product
+  and the pointwise step together (fused.cu), the step loop captured in a CUDA graph
   (``_graphed``) and replayed. Nothing inside the captured loop calls cuBLAS: CuPy refuses
   cuBLAS calls while a stream captures.
-- v2: the same loop inside one persistent launch (persistent.cu).
+- "persistent": the same loop inside one cooperative launch (persistent.cu).
 
 All variants read and write the same arrays, so a cache made by any one serves the
 backward of any other. Weight gradients are GEMMs over the gate gradients of all steps.
@@ -30,10 +30,10 @@ from ..numpy_ref import param_grads
 from . import loader
 from .variants import DeviceLimits, PersistentPlan, choose_variant
 
-#: threads per block of the v1 pointwise kernels
-V1_THREADS = 256
-#: threads per block of the v1g kernels, at most (one thread per hidden unit)
-V1G_THREADS = 128
+#: threads per block of the pointwise kernels of "cublas-steps"
+CUBLAS_THREADS = 256
+#: threads per block of the "fused-steps" kernels, at most (one thread per hidden unit)
+FUSED_THREADS = 128
 #: cache key of the post-activation gates and of the per-step auxiliary array, per cell
 #: (the names numpy_ref uses)
 GATES_KEY = {"rnn": "a", "lstm": "gates", "gru": "gates"}
@@ -62,7 +62,7 @@ def pick(cell: str, d: Dims, direction: str, variant: str | None) -> tuple[str, 
     return choose_variant(cell, d.B, d.H, d.dtype.itemsize, limits, direction, variant)
 
 
-def _launch_v2(name: str, cell: str, d: Dims, plan: PersistentPlan, args: tuple) -> None:
+def _launch_persistent(name: str, cell: str, d: Dims, plan: PersistentPlan, args: tuple) -> None:
     from cupy.cuda import driver
 
     k = loader.kernel(name, d.dtype, cell)
@@ -71,20 +71,21 @@ def _launch_v2(name: str, cell: str, d: Dims, plan: PersistentPlan, args: tuple)
     # The grid barrier spins, so every block must be resident: the launch is cooperative.
     # CuPy shrinks a cooperative grid that does not fit (with only a warning), which here
     # would leave hidden units uncomputed, so refuse instead.
-    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, loader.V2_THREADS,
-                                                              plan.smem_bytes)
+    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        k.kernel.ptr, loader.PERSISTENT_THREADS, plan.smem_bytes)
     resident = per_sm * device_limits(d.xp.cuda.Device().id).sm_count
     if plan.blocks > resident:
-        raise RuntimeError(f"v2: {plan.blocks} blocks of {plan.smem_bytes} bytes of shared "
-                           f"memory cannot all be resident (at most {resident}); use 'v1'")
+        raise RuntimeError(f"persistent: {plan.blocks} blocks of {plan.smem_bytes} bytes of "
+                           f"shared memory cannot all be resident (at most {resident}); "
+                           "use 'cublas-steps'")
     barrier = d.xp.zeros(2, dtype=np.uint32)
     i32 = np.int32
-    k.kernel((plan.blocks,), (loader.V2_THREADS,),
+    k.kernel((plan.blocks,), (loader.PERSISTENT_THREADS,),
              args + (i32(plan.HS), i32(plan.BB), i32(plan.KS), barrier),
              shared_mem=plan.smem_bytes, enable_cooperative_groups=True)
 
 
-#: captured step loops of v1g, least recently used first: (loop, sizes, pointers) -> Graph
+#: captured step loops of "fused-steps", least recently used first: (loop, sizes, pointers) -> Graph
 _GRAPHS: OrderedDict[tuple, Any] = OrderedDict()
 #: how many captured loops are kept
 GRAPH_CACHE_SIZE = 16
@@ -121,70 +122,76 @@ def _graphed(key: tuple, issue: Callable[[], None]) -> None:
     graph.launch()
 
 
-def v1_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, gh: Any, b_hn: Any, h: Any,
-                     c: Any, gates: Any, aux: Any, y: Any, lens: Any) -> None:
-    """v1's forward time loop: per step ``gh = h[t] @ R`` (cuBLAS), then the pointwise kernel.
+def cublas_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, gh: Any, b_hn: Any,
+                         h: Any, c: Any, gates: Any, aux: Any, y: Any, lens: Any) -> None:
+    """The forward time loop of "cublas-steps": per step ``gh = h[t] @ R`` (cuBLAS), then the
+    pointwise kernel.
 
     gh: (B, G*H) scratch; the other arrays as in the cache (``forward``); b_hn, c, aux,
     lens may be None.
     """
     from cupy import cublas
 
-    k = loader.kernel("v1_forward_step", d.dtype, cell)
-    grid = (math.ceil(d.B * d.H / V1_THREADS),)
+    k = loader.kernel("cublas_forward_step", d.dtype, cell)
+    grid = (math.ceil(d.B * d.H / CUBLAS_THREADS),)
     head = (gx, gh, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
     tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
     for t in range(d.T):
         cublas.gemm("N", "N", h[t], R, out=gh)
-        k(grid, (V1_THREADS,), head + (np.int32(t),) + tail)
+        k(grid, (CUBLAS_THREADS,), head + (np.int32(t),) + tail)
 
 
-def v1_backward_steps(cell: str, d: Dims, act: int, R: Any, gates: Any, aux: Any, h: Any, c: Any,
-                      dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any, lens: Any) -> None:
-    """v1's backward time loop: per step the pointwise kernel, then ``dh += dgh[t] @ R.T``.
+def cublas_backward_steps(cell: str, d: Dims, act: int, R: Any, gates: Any, aux: Any, h: Any,
+                          c: Any, dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any,
+                          lens: Any) -> None:
+    """The backward time loop of "cublas-steps": per step the pointwise kernel, then
+    ``dh += dgh[t] @ R.T``.
 
     dh, dc: (B, H) in: gradients w.r.t. the final state; out: w.r.t. the initial state.
     """
     from cupy import cublas
 
-    k = loader.kernel("v1_backward_step", d.dtype, cell)
-    grid = (math.ceil(d.B * d.H / V1_THREADS),)
+    k = loader.kernel("cublas_backward_step", d.dtype, cell)
+    grid = (math.ceil(d.B * d.H / CUBLAS_THREADS),)
     head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
     tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
     for t in reversed(range(d.T)):
-        k(grid, (V1_THREADS,), head + (np.int32(t),) + tail)
+        k(grid, (CUBLAS_THREADS,), head + (np.int32(t),) + tail)
         cublas.gemm("N", "T", dgh[t], R, out=dh, beta=1.0)
 
 
-def v1g_launch_shape(d: Dims) -> tuple[tuple[int, int], tuple[int]]:
-    """(grid, block) of the v1g kernels: a thread per hidden unit, V1G_ROWS rows per block."""
-    threads = min(V1G_THREADS, 32 * math.ceil(d.H / 32))
-    return (math.ceil(d.H / threads), math.ceil(d.B / loader.V1G_ROWS)), (threads,)
+def fused_launch_shape(d: Dims) -> tuple[tuple[int, int], tuple[int]]:
+    """(grid, block) of the "fused-steps" kernels: a thread per hidden unit, FUSED_ROWS rows
+    per block."""
+    threads = min(FUSED_THREADS, 32 * math.ceil(d.H / 32))
+    return (math.ceil(d.H / threads), math.ceil(d.B / loader.FUSED_ROWS)), (threads,)
 
 
-def v1g_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, b_hn: Any, h: Any, c: Any,
-                      gates: Any, aux: Any, y: Any, lens: Any) -> None:
-    """v1g's forward time loop: one fused kernel per step (``h[t] @ R`` and the pointwise step).
+def fused_forward_steps(cell: str, d: Dims, act: int, R: Any, gx: Any, b_hn: Any, h: Any, c: Any,
+                        gates: Any, aux: Any, y: Any, lens: Any) -> None:
+    """The forward time loop of "fused-steps": one fused kernel per step (``h[t] @ R`` and the
+    pointwise step).
 
     The arrays as in the cache (``forward``); b_hn, c, aux, lens may be None.
     """
-    k = loader.kernel(STEP_KERNELS[v1g_forward_steps], d.dtype, cell)
-    grid, block = v1g_launch_shape(d)
+    k = loader.kernel(STEP_KERNELS[fused_forward_steps], d.dtype, cell)
+    grid, block = fused_launch_shape(d)
     head = (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens))
     tail = (np.int32(d.B), np.int32(d.H), np.int32(act))
     for t in range(d.T):
         k(grid, block, head + (np.int32(t),) + tail)
 
 
-def v1g_backward_steps(cell: str, d: Dims, act: int, RT: Any, gates: Any, aux: Any, h: Any,
-                       c: Any, dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any, lens: Any) -> None:
-    """v1g's backward time loop: launch t adds ``dgh[t+1] @ R.T`` into dh, then runs step t's
-    pointwise backward; a last launch (t = -1) adds ``dgh[0] @ R.T``.
+def fused_backward_steps(cell: str, d: Dims, act: int, RT: Any, gates: Any, aux: Any, h: Any,
+                         c: Any, dy: Any, dh: Any, dc: Any, dgx: Any, dgh: Any,
+                         lens: Any) -> None:
+    """The backward time loop of "fused-steps": launch t adds ``dgh[t+1] @ R.T`` into dh, then
+    runs step t's pointwise backward; a last launch (t = -1) adds ``dgh[0] @ R.T``.
 
-    RT: (G*H, H) C-contiguous copy of R.T; dh, dc as in ``v1_backward_steps``.
+    RT: (G*H, H) C-contiguous copy of R.T; dh, dc as in ``cublas_backward_steps``.
     """
-    k = loader.kernel(STEP_KERNELS[v1g_backward_steps], d.dtype, cell)
-    grid, block = v1g_launch_shape(d)
+    k = loader.kernel(STEP_KERNELS[fused_backward_steps], d.dtype, cell)
+    grid, block = fused_launch_shape(d)
     head = (RT, gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
     tail = (np.int32(d.T), np.int32(d.B), np.int32(d.H), np.int32(act))
     for t in range(d.T - 1, -2, -1):
@@ -192,12 +199,12 @@ def v1g_backward_steps(cell: str, d: Dims, act: int, RT: Any, gates: Any, aux: A
 
 
 #: the kernel each captured loop launches (loaded before capturing)
-STEP_KERNELS = {v1g_forward_steps: "v1g_forward_step",
-                v1g_backward_steps: "v1g_backward_step"}
+STEP_KERNELS = {fused_forward_steps: "fused_forward_step",
+                fused_backward_steps: "fused_backward_step"}
 
 
 def run_graphed(loop: Callable[..., None], cell: str, d: Dims, act: int, *arrays: Any) -> None:
-    """``loop(cell, d, act, *arrays)`` through a CUDA graph (v1g).
+    """``loop(cell, d, act, *arrays)`` through a CUDA graph ("fused-steps").
 
     A graph bakes in every pointer and scalar of its launches, so it is keyed by the loop,
     the sizes, and the address of each array, and replayed only for a call whose buffers sit
@@ -238,15 +245,15 @@ def forward(cell: str, d: Dims, lengths: Any, x: Any, h0: Any, c0: Any, W: Any, 
     lens = None if lengths is None else cp.ascontiguousarray(lengths, dtype=np.int32)
     act = ACTIVATION_CODES[activation]
     i32 = np.int32
-    if chosen == "v1":
-        v1_forward_steps(cell, d, act, R, gx, cp.empty((B, GH), d.dtype), b_hn, h, c, gates, aux,
-                         y, lens)
-    elif chosen == "v1g":
-        run_graphed(v1g_forward_steps, cell, d, act, R, gx, b_hn, h, c, gates, aux, y, lens)
+    if chosen == "cublas-steps":
+        cublas_forward_steps(cell, d, act, R, gx, cp.empty((B, GH), d.dtype), b_hn, h, c, gates,
+                             aux, y, lens)
+    elif chosen == "fused-steps":
+        run_graphed(fused_forward_steps, cell, d, act, R, gx, b_hn, h, c, gates, aux, y, lens)
     else:
-        _launch_v2("v2_forward", cell, d, plan,
-                   (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens),
-                    i32(T), i32(B), i32(H), i32(act)))
+        _launch_persistent("persistent_forward", cell, d, plan,
+                           (R, gx, _ptr(b_hn), h, _ptr(c), gates, _ptr(aux), y, _ptr(lens),
+                            i32(T), i32(B), i32(H), i32(act)))
     cache = {"cell": cell, "dims": d, "activation": activation, "x": x, "W": W, "R": R,
              "h": h, GATES_KEY[cell]: gates, "lengths": lens}
     if c is not None:
@@ -281,14 +288,15 @@ def backward(cache: dict[str, Any], dy: Any, dhT: Any, dcT: Any, per_step: bool,
     act = ACTIVATION_CODES[cache["activation"]]
     lens = cache["lengths"]
     i32 = np.int32
-    if chosen == "v1":
-        v1_backward_steps(cell, d, act, R, gates, aux, h, c, dy, dh, dc, dgx, dgh, lens)
-    elif chosen == "v1g":
-        run_graphed(v1g_backward_steps, cell, d, act, cp.ascontiguousarray(R.T), gates, aux, h,
+    if chosen == "cublas-steps":
+        cublas_backward_steps(cell, d, act, R, gates, aux, h, c, dy, dh, dc, dgx, dgh, lens)
+    elif chosen == "fused-steps":
+        run_graphed(fused_backward_steps, cell, d, act, cp.ascontiguousarray(R.T), gates, aux, h,
                     c, dy, dh, dc, dgx, dgh, lens)
     else:
         head = (gates, _ptr(aux), h, _ptr(c), _ptr(dy), dh, _ptr(dc), dgx, dgh, _ptr(lens))
-        _launch_v2("v2_backward", cell, d, plan, (R,) + head + (i32(T), i32(B), i32(H), i32(act)))
+        _launch_persistent("persistent_backward", cell, d, plan,
+                           (R,) + head + (i32(T), i32(B), i32(H), i32(act)))
     dx = cp.matmul(dgx.reshape(T * B, GH), W.T).reshape(T, B, I)
     grads, steps = param_grads(x, h[:-1], dgx, dgh, per_step, cp)
     if cell == "gru":

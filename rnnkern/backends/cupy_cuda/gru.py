@@ -17,7 +17,8 @@ def gru_forward(x: Any, h0: Any, W: Any, R: Any, b: Any, b_hn: Any, lengths: Any
     """GRU over a whole sequence.
 
     x: (T, B, I)   h0: (B, H) or None   W: (I, 3H)   R: (H, 3H)   b: (3H,)   b_hn: (H,)
-    lengths: (B,) int or None   variant: None (by shape) | "v1" | "v1g" | "v2"
+    lengths: (B,) int or None
+    variant: None (by shape) | "cublas-steps" | "fused-steps" | "persistent"
     Returns y: (T, B, H), hT: (B, H), cache (None unless training).
     """
     d, lengths = check_forward("gru", x, h0, None, W, R, b, b_hn, lengths=lengths)

@@ -3,11 +3,11 @@
 The sources live in ``kernels/`` (shipped as package data). Local ``#include "x.cuh"`` lines
 are inlined here rather than resolved with ``-I``, so CuPy's on-disk compile cache, which
 keys on the source text, sees every header. Each ``.cu`` file becomes one ``cupy.RawModule``
-holding the float and double instantiations of every cell. The persistent (v2) kernels use
-no cooperative-groups API (their grid barrier is their own), so the module is compiled
+holding the float and double instantiations of every cell. The persistent kernels use no
+cooperative-groups API (their grid barrier is their own), so the module is compiled
 without ``enable_cooperative_groups``: some CuPy versions turn that flag into ``-rdc=true``
 plus a link against ``libcudadevrt.a``, which pip-only CUDA installs lack. The engine
-launches them cooperatively itself (``engine._launch_v2``).
+launches them cooperatively itself (``engine._launch_persistent``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: rnnkern cell -> the enum constant in common.cuh that selects it in a template
 CELL_ENUMS = {"rnn": "rk::RNN", "lstm": "rk::LSTM", "gru": "rk::GRU"}
-#: threads per block of the v2 kernels (``V2_THREADS`` in persistent.cu)
-V2_THREADS = 256
-#: batch rows one block of the v1g kernels computes (``V1G_ROWS`` in fused.cu)
-V1G_ROWS = 4
+#: threads per block of the persistent kernels (``PERSISTENT_THREADS`` in persistent.cu)
+PERSISTENT_THREADS = 256
+#: batch rows one block of the fused-steps kernels computes (``FUSED_ROWS`` in fused.cu)
+FUSED_ROWS = 4
 
 #: kernel file -> the template kernels it defines
 MODULES = {
-    "pointwise.cu": ("v1_forward_step", "v1_backward_step"),
-    "persistent.cu": ("v2_forward", "v2_backward"),
-    "fused.cu": ("v1g_forward_step", "v1g_backward_step"),
+    "pointwise.cu": ("cublas_forward_step", "cublas_backward_step"),
+    "persistent.cu": ("persistent_forward", "persistent_backward"),
+    "fused.cu": ("fused_forward_step", "fused_backward_step"),
 }
 #: NVRTC options of every module (CuPy adds ``-ftz=true`` and the arch itself)
 OPTIONS = ("-std=c++17",)
@@ -43,7 +43,7 @@ _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
 
 def name_expression(kernel: str, dtype: Any, cell: str) -> str:
-    """The C++ name of one template instantiation, e.g. ``v1_forward_step<float, rk::LSTM>``."""
+    """The C++ name of one template instantiation, e.g. ``cublas_forward_step<float, rk::LSTM>``."""
     return f"{kernel}<{CTYPES[np.dtype(dtype)]}, {CELL_ENUMS[cell]}>"
 
 
@@ -84,6 +84,7 @@ def module(filename: str) -> Any:
 
 @functools.cache
 def kernel(name: str, dtype: Any, cell: str) -> Any:
-    """The ``cupy.RawKernel`` of one instantiation: ``kernel("v2_forward", float32, "gru")``."""
+    """The ``cupy.RawKernel`` of one instantiation, e.g.
+    ``kernel("persistent_forward", float32, "gru")``."""
     filename = next(f for f, names in MODULES.items() if name in names)
     return module(filename).get_function(name_expression(name, dtype, cell))

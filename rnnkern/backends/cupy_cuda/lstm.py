@@ -17,7 +17,8 @@ def lstm_forward(x: Any, h0: Any, c0: Any, W: Any, R: Any, b: Any, lengths: Any 
     """LSTM over a whole sequence.
 
     x: (T, B, I)   h0, c0: (B, H) or None   W: (I, 4H)   R: (H, 4H)   b: (4H,)
-    lengths: (B,) int or None   variant: None (by shape) | "v1" | "v1g" | "v2"
+    lengths: (B,) int or None
+    variant: None (by shape) | "cublas-steps" | "fused-steps" | "persistent"
     Returns y: (T, B, H), (hT, cT): (B, H) each, cache (None unless training).
     """
     d, lengths = check_forward("lstm", x, h0, c0, W, R, b, lengths=lengths)

@@ -17,7 +17,7 @@ def rnn_forward(x: Any, h0: Any, W: Any, R: Any, b: Any, activation: str = "tanh
 
     x: (T, B, I) inputs   h0: (B, H) or None (zeros)   W: (I, H)   R: (H, H)   b: (H,)
     activation: "tanh" | "relu" | "identity"   lengths: (B,) int or None
-    variant: None (by shape) | "v1" | "v1g" | "v2"
+    variant: None (by shape) | "cublas-steps" | "fused-steps" | "persistent"
     Returns y: (T, B, H) outputs, hT: (B, H) final state, cache (None unless training).
     """
     d, lengths = check_forward("rnn", x, h0, None, W, R, b, lengths=lengths)

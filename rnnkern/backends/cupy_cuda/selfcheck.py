@@ -9,9 +9,9 @@
 - ``parity --variant V``: every cell and activation, odd sizes (B=1, T=1, H up to 333),
   with and without lengths and initial state, float32 and float64, per-step gradients,
   against the float64 NumPy oracle with ``gradcheck.PARITY_TOL``;
-- ``large``: B256 H1024 (T=4, I=256) in float32 and float64, every variant (v2 "skip"s
+- ``large``: B256 H1024 (T=4, I=256) in float32 and float64, every variant ("persistent" "skip"s
   where it does not fit the device);
-- ``tiny-v2``: one small v2 forward and backward per cell (a target for
+- ``tiny-persistent``: one small persistent forward and backward per cell (a target for
   ``compute-sanitizer --tool racecheck``).
 
 Each case prints one line as soon as it is done (``ok`` / ``FAIL`` / ``ERROR`` with the
@@ -39,7 +39,8 @@ from .variants import VARIANTS
 
 #: (cell, activation) pairs every parity check covers
 CASES = (("rnn", "tanh"), ("rnn", "relu"), ("rnn", "identity"), ("lstm", "tanh"), ("gru", "tanh"))
-#: (T, B, I, H) of the parity checks: B=1, T=1, odd sizes, partial v2 slices and row chunks
+#: (T, B, I, H) of the parity checks: B=1, T=1, odd sizes, partial slices and row chunks of
+#: "persistent"
 PARITY_SIZES = ((1, 1, 1, 1), (1, 3, 2, 5), (9, 1, 4, 7), (7, 5, 3, 13), (5, 37, 19, 67),
                 (3, 70, 11, 131), (2, 6, 5, 333))
 #: (T, B, I, H) of the large check
@@ -84,7 +85,8 @@ def _torch_versions() -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version(), "gpu": torch.cuda.is_available()}
 
 
-#: what v2 says when a shape does not fit the device (choose_variant, engine._launch_v2)
+#: what "persistent" says when a shape does not fit the device (choose_variant,
+#: engine._launch_persistent)
 UNFIT = ("does not fit", "cannot all be resident")
 
 
@@ -162,19 +164,19 @@ def check_large() -> Iterator[bool]:
                 name = f"large {variant or 'auto'} {cell} {LARGE_SIZE} {np.dtype(dtype).name}"
                 yield _report(name, lambda c=cell, v=variant, dt=dtype:
                               _parity_case(c, "tanh", LARGE_SIZE, v, dt, lengths=True),
-                              unfit_ok=variant == "v2")
+                              unfit_ok=variant == "persistent")
 
 
-def check_tiny_v2() -> Iterator[bool]:
+def check_tiny_persistent() -> Iterator[bool]:
     for cell in ("rnn", "lstm", "gru"):
-        yield _report(f"tiny v2 {cell}", lambda c=cell: _parity_case(
-            c, "tanh", (3, 5, 2, 7), "v2", np.float32, lengths=True))
+        yield _report(f"tiny persistent {cell}", lambda c=cell: _parity_case(
+            c, "tanh", (3, 5, 2, 7), "persistent", np.float32, lengths=True))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rnnkern.backends.cupy_cuda.selfcheck",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("env", "compile", "parity", "large", "tiny-v2"))
+    p.add_argument("check", choices=("env", "compile", "parity", "large", "tiny-persistent"))
     p.add_argument("--variant", choices=tuple(VARIANTS), help="the variant (parity)")
     args = p.parse_args(argv)
     if args.check == "env":
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check == "parity" and args.variant is None:
         p.error("parity needs --variant")
-    cases = {"compile": check_compile, "large": check_large, "tiny-v2": check_tiny_v2,
+    cases = {"compile": check_compile, "large": check_large,
+             "tiny-persistent": check_tiny_persistent,
              "parity": lambda: check_parity(args.variant)}[args.check]()
     results = list(cases)
     print(f"{sum(results)} of {len(results)} passed", flush=True)

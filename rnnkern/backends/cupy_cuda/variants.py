@@ -1,6 +1,6 @@
 """Kernel variants of the CuPy backend and the choice between them (pure Python, no GPU).
 
-``VARIANTS`` is the one table of versions. ``plan_persistent`` decides whether the
+``VARIANTS`` is the one table of variants. ``plan_persistent`` decides whether the
 persistent kernel fits a shape on a device and how to lay it out; ``choose_variant`` picks
 the variant for a call. Both take the device's limits as plain numbers so that they are
 tested on machines without a GPU.
@@ -12,25 +12,25 @@ import math
 from typing import NamedTuple
 
 from ..._validate import GATES
-from .loader import V2_THREADS
+from .loader import PERSISTENT_THREADS
 
-#: every kernel version, with its one-line description; None picks by shape
+#: every kernel variant, by what it does, with its one-line description; None picks by shape
 VARIANTS = {
-    "v1": "cuBLAS GEMMs (input projection for all steps, h @ R per step) + one fused "
-          "pointwise kernel per step; weight gradients as GEMMs over all steps",
-    "v1g": "for small shapes: one fused kernel per step (the recurrent product in registers "
-           "+ the pointwise step, no cuBLAS), the step loop captured once in a CUDA graph and "
-           "replayed while the call's buffers are the same (an LRU of graphs keyed by shape "
-           "and pointers)",
-    "v2": "persistent: one cooperative launch runs the whole time loop, R's slices stay in "
-          "shared memory, blocks exchange states through L2 behind a grid barrier",
+    "cublas-steps": "cuBLAS GEMMs (input projection for all steps, h @ R per step) + one "
+                    "fused pointwise kernel per step; weight gradients as GEMMs over all steps",
+    "fused-steps": "for small shapes: one fused kernel per step (the recurrent product in "
+                   "registers + the pointwise step, no cuBLAS), the step loop captured once in "
+                   "a CUDA graph and replayed while the call's buffers are the same (an LRU of "
+                   "graphs keyed by shape and pointers)",
+    "persistent": "one cooperative launch runs the whole time loop, R's slices stay in shared "
+                  "memory, blocks exchange states through L2 behind a grid barrier",
 }
 #: the persistent kernel is chosen automatically up to this batch size
-V2_MAX_BATCH = 64
+PERSISTENT_MAX_BATCH = 64
 #: rows of the batch staged in shared memory at once, at most
-V2_MAX_ROWS = 64
+PERSISTENT_MAX_ROWS = 64
 #: the fewest reduction elements one thread of the persistent kernel's matmul takes
-V2_MIN_SPLIT = 8
+PERSISTENT_MIN_SPLIT = 8
 
 
 class DeviceLimits(NamedTuple):
@@ -76,10 +76,10 @@ def plan_persistent(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimi
     blocks = math.ceil(H / HS)
     K, NC = (H, G * HS) if direction == "forward" else (G * H, HS)
     NCP = _round4(NC)
-    for BB in range(min(B, V2_MAX_ROWS), 0, -1):
+    for BB in range(min(B, PERSISTENT_MAX_ROWS), 0, -1):
         BBP = _round4(BB)
         tasks = (BBP // 4) * (NCP // 4)
-        KS = max(1, min(V2_THREADS // tasks, K // V2_MIN_SPLIT))
+        KS = max(1, min(PERSISTENT_THREADS // tasks, K // PERSISTENT_MIN_SPLIT))
         smem = (K * NCP + K * (BBP + 1) + KS * BBP * NCP) * itemsize
         if smem <= limits.smem_per_block:
             return PersistentPlan(blocks, HS, BB, KS, smem)
@@ -88,23 +88,24 @@ def plan_persistent(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimi
 
 def choose_variant(cell: str, B: int, H: int, itemsize: int, limits: DeviceLimits | None,
                    direction: str, variant: str | None = None) -> tuple[str, PersistentPlan | None]:
-    """(variant, plan) for one call; plan is None for v1 and v1g.
+    """(variant, plan) for one call; plan is None for cublas-steps and fused-steps.
 
-    variant=None: v2 when B <= V2_MAX_BATCH and R's slices fit on chip, else v1.
-    An explicit "v2" that does not fit raises ValueError rather than running v1 in its place.
+    variant=None: "persistent" when B <= PERSISTENT_MAX_BATCH and R's slices fit on chip,
+    else "cublas-steps". An explicit "persistent" that does not fit raises ValueError rather
+    than running "cublas-steps" in its place.
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant: expected None or one of {', '.join(map(repr, VARIANTS))}, "
                          f"got {variant!r}")
-    if variant in ("v1", "v1g"):
+    if variant in ("cublas-steps", "fused-steps"):
         return variant, None
     plan = None if limits is None else plan_persistent(cell, B, H, itemsize, limits, direction)
-    if variant == "v2":
+    if variant == "persistent":
         if plan is None:
             raise ValueError(
-                f"variant: 'v2' (persistent) does not fit {cell} with B={B}, H={H}, "
-                f"itemsize={itemsize} on this device ({limits}); use 'v1' or None")
-        return "v2", plan
-    if plan is not None and B <= V2_MAX_BATCH:
-        return "v2", plan
-    return "v1", None
+                f"variant: 'persistent' does not fit {cell} with B={B}, H={H}, "
+                f"itemsize={itemsize} on this device ({limits}); use 'cublas-steps' or None")
+        return "persistent", plan
+    if plan is not None and B <= PERSISTENT_MAX_BATCH:
+        return "persistent", plan
+    return "cublas-steps", None

@@ -1,7 +1,8 @@
 // cells.cuh: the pointwise math of one hidden unit of one step, per cell, forward and backward.
 //
-// Both kernel variants call these functions: v1 (pointwise.cu) once per (row, unit) per step
-// launch, v2 (persistent.cu) inside its single launch. They mirror numpy_ref.py line by line;
+// The kernel variants call these functions: cublas-steps (pointwise.cu) once per (row, unit)
+// per step launch, fused-steps (fused.cu) after its recurrent product in each step launch,
+// persistent (persistent.cu) inside its single launch. They mirror numpy_ref.py line by line;
 // caches hold post-activation gates so every derivative is taken from an output.
 #pragma once
 #include "common.cuh"

@@ -1,10 +1,10 @@
-// fused.cu: v1g kernels. One launch per step does the recurrent product and the pointwise
-// step together, with no library call, so that the whole time loop can be captured in a
-// CUDA graph (cuBLAS calls cannot be captured through CuPy). Meant for the small shapes
+// fused.cu: fused-steps kernels. One launch per step does the recurrent product and the
+// pointwise step together, with no library call, so that the whole time loop can be captured
+// in a CUDA graph (cuBLAS calls cannot be captured through CuPy). Meant for the small shapes
 // where launch overhead, not the product, dominates a step.
 //
-// Block (x, y) runs hidden units j = x * blockDim.x + threadIdx.x for the V1G_ROWS batch
-// rows b = y * V1G_ROWS + r: every weight it loads serves all of those rows, and the state
+// Block (x, y) runs hidden units j = x * blockDim.x + threadIdx.x for the FUSED_ROWS batch
+// rows b = y * FUSED_ROWS + r: every weight it loads serves all of those rows, and the state
 // rows it reads are the same address across the block (broadcast loads).
 #include "cells.cuh"
 
@@ -12,17 +12,17 @@ using rk::idx_t;
 
 namespace rk {
 
-constexpr int V1G_ROWS = 4;  // the loader's V1G_ROWS must match
+constexpr int FUSED_ROWS = 4;  // the loader's FUSED_ROWS must match
 
 }  // namespace rk
 
-// v1g forward, step t: gh[b, g*H + j] = sum_k h[t][b, k] R[k, g*H + j] in registers, then
-// the cell's pointwise step of (b, j).
+// fused-steps forward, step t: gh[b, g*H + j] = sum_k h[t][b, k] R[k, g*H + j] in registers,
+// then the cell's pointwise step of (b, j).
 template <typename T, int CELL>
-__global__ void v1g_forward_step(const T* R, const T* gx, const T* b_hn, T* h, T* c, T* gates,
-                                 T* aux, T* y, const int* lengths, int t, int B, int H,
-                                 int act) {
-    constexpr int G = rk::Cell<T, CELL>::G, ROWS = rk::V1G_ROWS;
+__global__ void fused_forward_step(const T* R, const T* gx, const T* b_hn, T* h, T* c,
+                                   T* gates, T* aux, T* y, const int* lengths, int t, int B,
+                                   int H, int act) {
+    constexpr int G = rk::Cell<T, CELL>::G, ROWS = rk::FUSED_ROWS;
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int b0 = blockIdx.y * ROWS, nb = min(ROWS, B - b0);
     if (j >= H) return;
@@ -51,15 +51,15 @@ __global__ void v1g_forward_step(const T* R, const T* gx, const T* b_hn, T* h, T
         if (r < nb) rk::Cell<T, CELL>::forward(a, t, b0 + r, j, acc[r], 1);
 }
 
-// v1g backward, launched for t = T-1 down to 0 and once more with t = -1: first
+// fused-steps backward, launched for t = T-1 down to 0 and once more with t = -1: first
 // dh[b, j] += sum_k dgh[t+1][b, k] RT[k, j] (RT: (G*H, H) = R.T, so that the loads are
 // coalesced over j) when step t+1 exists, then the cell's pointwise backward of step t when
 // t >= 0. Each thread owns dh[b, j] of its rows, so the product and the step need no sync.
 template <typename T, int CELL>
-__global__ void v1g_backward_step(const T* RT, const T* gates, const T* aux, const T* h,
-                                  const T* c, const T* dy, T* dh, T* dc, T* dgx, T* dgh,
-                                  const int* lengths, int t, int T_, int B, int H, int act) {
-    constexpr int G = rk::Cell<T, CELL>::G, ROWS = rk::V1G_ROWS;
+__global__ void fused_backward_step(const T* RT, const T* gates, const T* aux, const T* h,
+                                    const T* c, const T* dy, T* dh, T* dc, T* dgx, T* dgh,
+                                    const int* lengths, int t, int T_, int B, int H, int act) {
+    constexpr int G = rk::Cell<T, CELL>::G, ROWS = rk::FUSED_ROWS;
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int b0 = blockIdx.y * ROWS, nb = min(ROWS, B - b0);
     if (j >= H) return;

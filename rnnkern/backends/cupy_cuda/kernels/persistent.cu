@@ -1,13 +1,14 @@
-// persistent.cu: v2 kernels. One cooperative launch runs the whole time loop; every block
-// owns a slice of hidden units, keeps its slice of R in shared memory for all steps and
-// exchanges the states of each step with the other blocks through L2 behind a grid barrier.
+// persistent.cu: the persistent kernels. One cooperative launch runs the whole time loop;
+// every block owns a slice of hidden units, keeps its slice of R in shared memory for all
+// steps and exchanges the states of each step with the other blocks through L2 behind a grid
+// barrier.
 #include "cells.cuh"
 
 using rk::idx_t;
 
 namespace rk {
 
-constexpr int V2_THREADS = 256;  // the loader's V2_THREADS must match
+constexpr int PERSISTENT_THREADS = 256;  // the loader's PERSISTENT_THREADS must match
 
 __device__ __forceinline__ int round4(int n) { return (n + 3) & ~3; }
 
@@ -97,13 +98,13 @@ __device__ void stage_rows(T* As, const T* src, int b0, int nb, int K, int BBP) 
 
 }  // namespace rk
 
-// v2 forward: the whole sequence in one launch; block i owns units [i*HS, i*HS + HS) with all
-// their gates, and R's columns for them stay in shared memory across steps.
+// persistent forward: the whole sequence in one launch; block i owns units [i*HS, i*HS + HS)
+// with all their gates, and R's columns for them stay in shared memory across steps.
 template <typename T, int CELL>
-__global__ void __launch_bounds__(rk::V2_THREADS)
-v2_forward(const T* R, const T* gx, const T* b_hn, T* h, T* c, T* gates, T* aux, T* y,
-           const int* lengths, int T_, int B, int H, int act, int HS, int BB, int KS,
-           unsigned int* bar) {
+__global__ void __launch_bounds__(rk::PERSISTENT_THREADS)
+persistent_forward(const T* R, const T* gx, const T* b_hn, T* h, T* c, T* gates, T* aux, T* y,
+                   const int* lengths, int T_, int B, int H, int act, int HS, int BB, int KS,
+                   unsigned int* bar) {
     constexpr int G = rk::Cell<T, CELL>::G;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int K = H, NC = G * HS, NCP = rk::round4(NC), BBP = rk::round4(BB);
@@ -132,13 +133,14 @@ v2_forward(const T* R, const T* gx, const T* b_hn, T* h, T* c, T* gates, T* aux,
     }
 }
 
-// v2 backward: the whole BPTT loop in one launch; block i owns units [i*HS, i*HS + HS) of dh
-// and keeps rows j0 .. j0+HS of R (the matching columns of R.T) in shared memory.
+// persistent backward: the whole BPTT loop in one launch; block i owns units
+// [i*HS, i*HS + HS) of dh and keeps rows j0 .. j0+HS of R (the matching columns of R.T) in
+// shared memory.
 template <typename T, int CELL>
-__global__ void __launch_bounds__(rk::V2_THREADS)
-v2_backward(const T* R, const T* gates, const T* aux, const T* h, const T* c, const T* dy,
-            T* dh, T* dc, T* dgx, T* dgh, const int* lengths, int T_, int B, int H, int act,
-            int HS, int BB, int KS, unsigned int* bar) {
+__global__ void __launch_bounds__(rk::PERSISTENT_THREADS)
+persistent_backward(const T* R, const T* gates, const T* aux, const T* h, const T* c,
+                    const T* dy, T* dh, T* dc, T* dgx, T* dgh, const int* lengths, int T_,
+                    int B, int H, int act, int HS, int BB, int KS, unsigned int* bar) {
     constexpr int G = rk::Cell<T, CELL>::G;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int K = G * H, NCP = rk::round4(HS), BBP = rk::round4(BB);
