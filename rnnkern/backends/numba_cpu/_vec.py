@@ -10,7 +10,8 @@ local variables:
 
 - ``vload``/``vstore``: lanes at a flat index into a C-contiguous float array (no
   wraparound check on the index, unlike ``a[i]``, which cost a third of a product's speed),
-  and ``vstore_first``, the first n lanes only;
+  ``vload_first``/``vstore_first``, the first n lanes only, and ``vload_upto``/``vstore_upto``,
+  whichever of the two n asks for (a row's last vector);
 - ``vbcast`` (an element in every lane), ``vsplat`` (a scalar in every lane), ``vzero``;
 - ``vfma`` (a * b + c), ``+ - * /`` between vectors or a vector and a scalar, and
   ``minimum``/``maximum`` (which also take two scalars, so that one source serves both:
@@ -27,7 +28,7 @@ import operator
 
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
-from numba import config, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.core.codegen import get_host_cpu_features
 from numba.core.typing import signature
@@ -114,6 +115,45 @@ def vstore(typingctx, a, i, v):
     return types.none(a, i, v), codegen
 
 
+def _first_mask(context, builder, count, n, lanes):
+    """The mask of the first ``count`` of ``lanes`` lanes (count taken as a 32-bit int)."""
+    i32 = ir.IntType(32)
+    count = context.cast(builder, count, n, types.int32)
+    lane = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
+    return builder.icmp_signed("<", lane, _splat(builder, lane.type, count))
+
+
+def _masked_name(op, ty, bitwidth):
+    # the pointer's part of the name: p0 for opaque pointers, p0v8f32 for LLVM 14's
+    # typed ones; LLVM upgrades the forms it no longer takes as it parses (llvmlite
+    # 0.44's LLVM 15 with typed pointers, LLVM 22's alignment as an attribute): verified
+    # with Numba 0.59 (LLVM 14), 0.61 (15) and 0.68 (22)
+    vt = f"v{ty.count}f{bitwidth}"
+    return f"llvm.masked.{op}.{vt}.p0{'' if _OPAQUE_POINTERS else vt}"
+
+
+@intrinsic
+def vload_first(typingctx, a, i, n):
+    """a.flat[i : i + n] in the first n lanes, zeros in the rest: one masked load
+    (``llvm.masked.load``), which reads nothing past n, so the vector may reach past the
+    array's end (a row's units past its last whole vector)."""
+    if not (_c_array(a) and isinstance(i, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        ty, i32 = context.get_value_type(vt), ir.IntType(32)
+        p = builder.bitcast(_pointer(context, builder, sig.args[0], args[0], args[1]),
+                            ty.as_pointer())
+        mask = _first_mask(context, builder, args[2], n, ty.count)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ty, [p.type, i32, mask.type, ty]),
+            _masked_name("load", ty, a.dtype.bitwidth))
+        return builder.call(fn, [p, ir.Constant(i32, a.dtype.bitwidth // 8), mask,
+                                 ir.Constant(ty, None)])
+    return vt(a, i, n), codegen
+
+
 @intrinsic
 def vstore_first(typingctx, a, i, v, n):
     """a.flat[i : i + n] = v's first n lanes (none where n <= 0, all from lanes; n is taken
@@ -129,17 +169,10 @@ def vstore_first(typingctx, a, i, v, n):
         ty, i32 = args[2].type, ir.IntType(32)
         p = builder.bitcast(_pointer(context, builder, sig.args[0], args[0], args[1]),
                             ty.as_pointer())
-        count = context.cast(builder, args[3], n, types.int32)
-        lane = ir.Constant(ir.VectorType(i32, ty.count), list(range(ty.count)))
-        mask = builder.icmp_signed("<", lane, _splat(builder, lane.type, count))
-        vt = f"v{ty.count}f{a.dtype.bitwidth}"
-        # the pointer's part of the name: p0 for opaque pointers, p0v8f32 for LLVM 14's
-        # typed ones; LLVM upgrades the forms it no longer takes as it parses (llvmlite
-        # 0.44's LLVM 15 with typed pointers, LLVM 22's alignment as an attribute): verified
-        # with Numba 0.59 (LLVM 14), 0.61 (15) and 0.68 (22)
-        name = f"llvm.masked.store.{vt}.p0{'' if _OPAQUE_POINTERS else vt}"
+        mask = _first_mask(context, builder, args[3], n, ty.count)
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ty, p.type, i32, mask.type]), name)
+            builder.module, ir.FunctionType(ir.VoidType(), [ty, p.type, i32, mask.type]),
+            _masked_name("store", ty, a.dtype.bitwidth))
         builder.call(fn, [args[2], p, ir.Constant(i32, a.dtype.bitwidth // 8), mask])
         return context.get_dummy_value()
     return types.none(a, i, v, n), codegen
@@ -191,14 +224,16 @@ def vzero(typingctx, a):
 
 @intrinsic
 def vfma(typingctx, a, b, c):
-    """a * b + c, lane by lane: one fused instruction where the CPU has FMA
-    (``llvm.fmuladd``: a multiply and an add where it has not, never a libm call)."""
-    if not (isinstance(a, Vec) and a == b == c):
+    """a * b + c, lane by lane (or of three scalars of one float type): one fused
+    instruction where the CPU has FMA (``llvm.fmuladd``: a multiply and an add where it has
+    not, never a libm call)."""
+    if not ((isinstance(a, Vec) or isinstance(a, types.Float)) and a == b == c):
         return None
 
     def codegen(context, builder, sig, args):
         ty = args[0].type
-        name = f"llvm.fmuladd.v{ty.count}f{a.dtype.bitwidth}"
+        bits = a.dtype.bitwidth if isinstance(a, Vec) else a.bitwidth
+        name = f"llvm.fmuladd.v{ty.count}f{bits}" if isinstance(a, Vec) else f"llvm.fmuladd.f{bits}"
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
         return builder.call(fn, args)
     return a(a, b, c), codegen
@@ -366,3 +401,21 @@ def where_positive(typingctx, a, d):
         zero = ir.Constant(args[0].type, None)
         return builder.select(builder.fcmp_ordered(">", args[0], zero), args[1], zero)
     return a(a, d), codegen
+
+
+@njit(inline="always")
+def vload_upto(a, i, n):
+    """``vload`` where n >= lanes, else ``vload_first``: the last vector of a row of units
+    that is not a whole number of vectors."""
+    if n >= lanes(a):
+        return vload(a, i)
+    return vload_first(a, i, n)
+
+
+@njit(inline="always")
+def vstore_upto(a, i, v, n):
+    """``vstore`` where n >= lanes, else ``vstore_first``."""
+    if n >= lanes(a):
+        vstore(a, i, v)
+    else:
+        vstore_first(a, i, v, n)

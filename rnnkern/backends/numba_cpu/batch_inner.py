@@ -22,20 +22,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._activations import fast_sigmoid, fast_tanh
 from ._jit import JIT
 from ._memory import empty, kept
 from ._products import transposed
 from ._vec import (
     lanes,
-    maximum,
     vbcast,
     vfma,
     vload,
     vstore,
     vsum,
     vzero,
-    where_positive,
+)
+from .cells import (
+    IDENTITY,
+    gru_step,
+    gru_step_backward,
+    lstm_step,
+    lstm_step_backward,
+    rnn_step,
+    rnn_step_backward,
 )
 
 # ----------------------------------------------------------------------------
@@ -307,18 +313,14 @@ def rnn_forward(x, h0, W, R, b, code, lengths, keep):
     M = stacked(W, R)
     xh = workspace(h0, I + H, Bp)  # (I+H, Bp): [x[t]; h]
     vcopy(xh[I:], h[0])
-    zero = x.dtype.type(0)
     shortest = lengths.min()
     for t in range(T):
         v = a[t % nk]
         transpose_in(x[t], xh)
         affine(M, xh, 0, I + H, b, v)
-        if code == 0:
+        if code != IDENTITY:
             for j in range(0, HB, L):
-                vstore(v, j, fast_tanh(vload(v, j)))
-        elif code == 1:
-            for j in range(0, HB, L):
-                vstore(v, j, maximum(zero, vload(v, j)))  # zero first: a NaN passes
+                vstore(v, j, rnn_step(vload(v, j), code))
         every = t < shortest
         commit(v, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[(t + 1) % (nk + 1)])
@@ -340,7 +342,6 @@ def rnn_backward(dy, dhT, x, W, R, buf, code, lengths):
     Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
     h, a = _rnn_cache(buf, T, H, Bp)
-    one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
     da = np.zeros((T, H, Bp), dy.dtype)  # pre-activation gradients
@@ -355,16 +356,8 @@ def rnn_backward(dy, dhT, x, W, R, buf, code, lengths):
         if not every:
             vcopy(dh, dhs)
         transpose_add(dy[t], dh)
-        # derivative of the activation from its output a = act(v)
-        if code == 0:
-            for j in range(0, HB, L):
-                aj = vload(at, j)
-                vstore(dat, j, vload(dh, j) * (one - aj * aj))
-        elif code == 1:
-            for j in range(0, HB, L):
-                vstore(dat, j, where_positive(vload(at, j), vload(dh, j)))
-        else:
-            vcopy(dh, dat)
+        for j in range(0, HB, L):
+            vstore(dat, j, rnn_step_backward(vload(dh, j), vload(at, j), code))
         if not every:
             zero_inactive(dat, lengths, t)
         affine(RT, dat, 0, H, nobias, dh)
@@ -431,17 +424,16 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, keep):
         transpose_in(x[t], xh)
         affine(M, xh, 0, I + H, b, g)
         for j in range(0, HB, L):
-            i, f = fast_sigmoid(vload(g, j)), fast_sigmoid(vload(g, HB + j))
-            gg, o = fast_tanh(vload(g, 2 * HB + j)), fast_sigmoid(vload(g, 3 * HB + j))
+            i, f, gg, o, cj, tcj, hj = lstm_step(vload(g, j), vload(g, HB + j),
+                                                 vload(g, 2 * HB + j), vload(g, 3 * HB + j),
+                                                 vload(cb, j))
             vstore(g, j, i)
             vstore(g, HB + j, f)
             vstore(g, 2 * HB + j, gg)
             vstore(g, 3 * HB + j, o)
-            cj = f * vload(cb, j) + i * gg
-            tcj = fast_tanh(cj)
             vstore(cn, j, cj)
             vstore(tc, j, tcj)
-            vstore(hn, j, o * tcj)
+            vstore(hn, j, hj)
         every = t < shortest
         commit(cn, cb, lengths, t, every)
         commit(hn, xh[I:], lengths, t, every)
@@ -463,7 +455,6 @@ def lstm_backward(dy, dhT, dcT, x, W, R, buf, lengths):
     Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
     h, c, gates, tanh_c = _lstm_cache(buf, T, H, Bp)
-    one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dc = workspace(dcT, H, Bp)  # (H, Bp): the same for c
     dhs = np.empty((H, Bp), dy.dtype)  # dh, dc kept for the rows a step leaves alone
@@ -482,15 +473,14 @@ def lstm_backward(dy, dhT, dcT, x, W, R, buf, lengths):
             vcopy(dc, dcs)
         transpose_add(dy[t], dh)
         for j in range(0, HB, L):
-            i, f = vload(g, j), vload(g, HB + j)
-            gg, o = vload(g, 2 * HB + j), vload(g, 3 * HB + j)
-            dhj, tcj = vload(dh, j), vload(tc, j)
-            dcj = vload(dc, j) + dhj * o * (one - tcj * tcj)
-            vstore(dg, j, dcj * gg * i * (one - i))
-            vstore(dg, HB + j, dcj * vload(cp, j) * f * (one - f))
-            vstore(dg, 2 * HB + j, dcj * i * (one - gg * gg))
-            vstore(dg, 3 * HB + j, dhj * tcj * o * (one - o))
-            vstore(dc, j, dcj * f)
+            di, df, dgg, do, dcp = lstm_step_backward(
+                vload(dh, j), vload(dc, j), vload(g, j), vload(g, HB + j), vload(g, 2 * HB + j),
+                vload(g, 3 * HB + j), vload(cp, j), vload(tc, j))
+            vstore(dg, j, di)
+            vstore(dg, HB + j, df)
+            vstore(dg, 2 * HB + j, dgg)
+            vstore(dg, 3 * HB + j, do)
+            vstore(dc, j, dcp)
         if not every:
             zero_inactive(dg, lengths, t)
             keep_inactive(dc, dcs, lengths, t)
@@ -549,7 +539,6 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, keep):
     hr = np.empty((3 * H, Bp), x.dtype)  # h @ R + bh
     new = np.empty((H, Bp), x.dtype)  # this step's h
     vcopy(xh[I:], h[0])
-    one = x.dtype.type(1)
     shortest = lengths.min()
     for t in range(T):
         g, hnt = gates[t % nk], hn[t % nk]
@@ -557,15 +546,14 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, keep):
         affine(M, xh, 0, I, b, g)
         affine(M, xh, I, I + H, bh, hr)
         for j in range(0, HB, L):
-            r = fast_sigmoid(vload(g, j) + vload(hr, j))
-            z = fast_sigmoid(vload(g, HB + j) + vload(hr, HB + j))
             hnj = vload(hr, 2 * HB + j)
-            n = fast_tanh(vload(g, 2 * HB + j) + r * hnj)
+            r, z, n, hj = gru_step(vload(g, j) + vload(hr, j), vload(g, HB + j) + vload(hr, HB + j),
+                                   vload(g, 2 * HB + j), hnj, vload(xh, I * Bp + j))
             vstore(g, j, r)
             vstore(g, HB + j, z)
             vstore(g, 2 * HB + j, n)
             vstore(hnt, j, hnj)
-            vstore(new, j, (one - z) * n + z * vload(xh, I * Bp + j))
+            vstore(new, j, hj)
         every = t < shortest
         commit(new, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[(t + 1) % (nk + 1)])
@@ -586,7 +574,6 @@ def gru_backward(dy, dhT, x, W, R, buf, lengths):
     Bp = padded(B, dy)
     HB, L = H * Bp, lanes(dy)
     h, gates, hn = _gru_cache(buf, T, H, Bp)
-    one = dy.dtype.type(1)
     dh = workspace(dhT, H, Bp)  # (H, Bp): gradient w.r.t. h[t+1], then h[t]
     dhs = np.empty((H, Bp), dy.dtype)  # dh kept for the rows a step leaves alone
     dhz = np.empty((H, Bp), dy.dtype)  # the part of dh[t] through z * h[t]
@@ -604,18 +591,16 @@ def gru_backward(dy, dhT, x, W, R, buf, lengths):
             vcopy(dh, dhs)
         transpose_add(dy[t], dh)
         for j in range(0, HB, L):
-            r, z, n = vload(g, j), vload(g, HB + j), vload(g, 2 * HB + j)
-            dhj = vload(dh, j)
-            dn = dhj * (one - z) * (one - n * n)
-            dr = dn * vload(hnt, j) * r * (one - r)
-            dz = dhj * (vload(hp, j) - n) * z * (one - z)
+            r = vload(g, j)
+            dr, dz, dn, dhzj = gru_step_backward(vload(dh, j), r, vload(g, HB + j),
+                                                 vload(g, 2 * HB + j), vload(hnt, j), vload(hp, j))
             vstore(gx, j, dr)
             vstore(gx, HB + j, dz)
             vstore(gx, 2 * HB + j, dn)
             vstore(gh, j, dr)
             vstore(gh, HB + j, dz)
             vstore(gh, 2 * HB + j, dn * r)
-            vstore(dhz, j, dhj * z)
+            vstore(dhz, j, dhzj)
         if not every:
             zero_inactive(gx, lengths, t)
             zero_inactive(gh, lengths, t)

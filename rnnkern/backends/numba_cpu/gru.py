@@ -14,14 +14,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._activations import fast_sigmoid, fast_tanh
-from ._jit import JIT
+from ._jit import JIT, POINTWISE_JIT
 from ._memory import empty, kept, states
 from ._products import add_rows_product, transposed
 from ._simd import input_part, pack_if, product, product_work
+from ._vec import lanes, vload_upto, vstore_upto
+from .cells import gru_step, gru_step_backward
 
 
-@njit(**JIT)
+@njit(**POINTWISE_JIT)
 def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b_hn, h, hn, y,
                   lengths):
     """Every step of batch rows lo <= n < hi.
@@ -36,7 +37,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b
     Without a cache (``_memory.kept``) h is a ring of 2, hn and a stepped gates of 1.
     """
     H = h.shape[2]
-    one = gates.dtype.type(1)
+    L = lanes(h)
     nh, ng, nn = h.shape[0], gates.shape[0], hn.shape[0]
     for t in range(y.shape[0]):
         s, gs = t % nh, t % ng  # h[s] enters step t; gs: gates' slot
@@ -48,23 +49,27 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, rec, work, R, P, b, b
         else:
             product(h[s], R, P, rec, lo, hi, False, work)
         for n in range(lo, hi):
-            g, r = gates[gs, n], rec[n]
-            hp, hnew, hnn, yn = h[s, n], h[(t + 1) % nh, n], hn[t % nn, n], y[t, n]
-            for k in range(2 * H):
-                g[k] = fast_sigmoid(g[k] + r[k] + b[k])
-            for j in range(H):
-                hnn[j] = r[2 * H + j] + b_hn[j]
-            for j in range(H):
-                g[2 * H + j] = fast_tanh(g[2 * H + j] + b[2 * H + j] + g[j] * hnn[j])
-            for j in range(H):
-                z = g[H + j]
-                hnew[j] = (one - z) * g[2 * H + j] + z * hp[j]
+            g, rh = gates[gs, n], rec[n]  # rh: this row's h[t] @ R
+            h_prev, h_new, hn_, yn = h[s, n], h[(t + 1) % nh, n], hn[t % nn, n], y[t, n]
+            for j in range(0, H, L):  # a vector of units at a time; m of them in the last
+                m = H - j
+                hnj = vload_upto(rh, 2 * H + j, m) + vload_upto(b_hn, j, m)
+                r, z, nj, hj = gru_step(
+                    vload_upto(g, j, m) + vload_upto(rh, j, m) + vload_upto(b, j, m),
+                    vload_upto(g, H + j, m) + vload_upto(rh, H + j, m) + vload_upto(b, H + j, m),
+                    vload_upto(g, 2 * H + j, m) + vload_upto(b, 2 * H + j, m), hnj,
+                    vload_upto(h_prev, j, m))
+                vstore_upto(g, j, r, m)
+                vstore_upto(g, H + j, z, m)
+                vstore_upto(g, 2 * H + j, nj, m)
+                vstore_upto(hn_, j, hnj, m)
+                vstore_upto(h_new, j, hj, m)
             if t < lengths[n]:
                 for j in range(H):
-                    yn[j] = hnew[j]
+                    yn[j] = h_new[j]
             else:
                 for j in range(H):
-                    hnew[j] = hp[j]
+                    h_new[j] = h_prev[j]
                     yn[j] = 0
 
 
@@ -110,8 +115,7 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, fused, packed, chunks, stepped, g
     return y, h, gates, hn, h[T % (nk + 1)].copy()
 
 
-
-@njit(**JIT)
+@njit(**POINTWISE_JIT)
 def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
@@ -123,21 +127,26 @@ def _backward_rows(lo, hi, fused, dy, dh, dgx, dgh, work, gates, h, hn, R, RT, P
     P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
-    one = gates.dtype.type(1)
+    L = lanes(dh)
     for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             g, dgx_, dgh_, dhn = gates[t, n], dgx[t, n], dgh[t, n], dh[n]
             if t < lengths[n]:
-                dyn, hp, hnn = dy[t, n], h[t, n], hn[t, n]
-                for j in range(H):
-                    rr, z, nn = g[j], g[H + j], g[2 * H + j]
-                    dh_new = dyn[j] + dhn[j]
-                    dn = dh_new * (one - z) * (one - nn * nn)
-                    dr = dn * hnn[j] * rr * (one - rr)
-                    dz = dh_new * (hp[j] - nn) * z * (one - z)
-                    dgx_[j], dgx_[H + j], dgx_[2 * H + j] = dr, dz, dn
-                    dgh_[j], dgh_[H + j], dgh_[2 * H + j] = dr, dz, dn * rr
-                    dhn[j] = dh_new * z
+                dyn, h_prev, hn_ = dy[t, n], h[t, n], hn[t, n]
+                for j in range(0, H, L):  # a vector of units at a time; m of them in the last
+                    m = H - j
+                    r = vload_upto(g, j, m)
+                    dr, dz, dn, dhz = gru_step_backward(
+                        vload_upto(dyn, j, m) + vload_upto(dhn, j, m), r,
+                        vload_upto(g, H + j, m), vload_upto(g, 2 * H + j, m),
+                        vload_upto(hn_, j, m), vload_upto(h_prev, j, m))
+                    vstore_upto(dgx_, j, dr, m)
+                    vstore_upto(dgx_, H + j, dz, m)
+                    vstore_upto(dgx_, 2 * H + j, dn, m)
+                    vstore_upto(dgh_, j, dr, m)
+                    vstore_upto(dgh_, H + j, dz, m)
+                    vstore_upto(dgh_, 2 * H + j, dn * r, m)
+                    vstore_upto(dhn, j, dhz, m)
             else:
                 for k in range(3 * H):
                     dgx_[k] = 0

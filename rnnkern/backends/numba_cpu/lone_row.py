@@ -27,11 +27,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._activations import fast_sigmoid, fast_tanh
 from ._jit import JIT
 from ._memory import empty, states
 from ._simd import pack_serial, product, product_work
-from ._vec import lanes, maximum, vbcast, vfma, vload, vstore, vstore_first, vzero_like
+from ._vec import lanes, vbcast, vfma, vload, vstore, vstore_first
+from .cells import gru_step, lstm_step, rnn_step
 
 #: vector accumulators of one unit block's pre-activations
 SLOT_VECTORS = 8
@@ -225,17 +225,6 @@ _RNN_SLOTS = np.zeros(1, np.int64)
 
 
 @njit(**JIT)
-def _rnn_activation(v, code):
-    """act(v) of a ``Vec`` by code (see the module): a NaN passes the ReLU, as in
-    np.maximum."""
-    if code == 0:
-        return fast_tanh(v)
-    if code == 1:
-        return maximum(vzero_like(v), v)
-    return v
-
-
-@njit(**JIT)
 def rnn_forward(x, h0, W, R, b, code, lengths, in_step, keep):
     """lone-row: ``rnn.rnn_forward`` one row at a time, each step's pre-activations in
     registers a block of units at a time (one slot of 8 vectors), then their activation.
@@ -267,7 +256,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, in_step, keep):
                 vs = unit_block(Q, bq, u, x, row * I, gx, row * Hp, ring, s)
                 for i, v in enumerate(vs):
                     j = u * BU + i * L
-                    w = _rnn_activation(v, code)
+                    w = rnn_step(v, code)
                     vstore(ring, s1 + j, w)
                     if keep:
                         store_vector(af, row * H, H, j, w)
@@ -323,23 +312,19 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, in_step, keep):
             for u in range(U):
                 i0, i1, f0, f1, g0, g1, o0, o1 = unit_block(Q, bq, u, x, row * I, gx,
                                                             row * 4 * Hp, ring, s)
-                i0, i1, f0, f1 = fast_sigmoid(i0), fast_sigmoid(i1), fast_sigmoid(f0), \
-                    fast_sigmoid(f1)
-                g0, g1, o0, o1 = fast_tanh(g0), fast_tanh(g1), fast_sigmoid(o0), fast_sigmoid(o1)
                 j = u * BU
-                cn0 = f0 * vload(ring, s + Hp + j) + i0 * g0
-                cn1 = f1 * vload(ring, s + Hp + j + L) + i1 * g1
-                tc0, tc1 = fast_tanh(cn0), fast_tanh(cn1)
-                hn0, hn1 = o0 * tc0, o1 * tc1
-                vstore(ring, s1 + j, hn0)
-                vstore(ring, s1 + j + L, hn1)
-                vstore(ring, s1 + Hp + j, cn0)
-                vstore(ring, s1 + Hp + j + L, cn1)
+                i0, f0, g0, o0, c_0, tc0, h_0 = lstm_step(i0, f0, g0, o0, vload(ring, s + Hp + j))
+                i1, f1, g1, o1, c_1, tc1, h_1 = lstm_step(i1, f1, g1, o1,
+                                                          vload(ring, s + Hp + j + L))
+                vstore(ring, s1 + j, h_0)
+                vstore(ring, s1 + j + L, h_1)
+                vstore(ring, s1 + Hp + j, c_0)
+                vstore(ring, s1 + Hp + j + L, c_1)
                 if keep:
                     store_pairs(gf, row * 4 * H, H, j, ((i0, i1), (f0, f1), (g0, g1), (o0, o1)))
                     store_pairs(tf, row * H, H, j, ((tc0, tc1),))
-                    store_pairs(hf, so, H, j, ((hn0, hn1),))
-                    store_pairs(cf, so, H, j, ((cn0, cn1),))
+                    store_pairs(hf, so, H, j, ((h_0, h_1),))
+                    store_pairs(cf, so, H, j, ((c_0, c_1),))
             active = t < lengths[n]
             end_step(ring, s, s1, y[t, n], active)
             if keep and not active:  # the states an inactive step carries
@@ -385,7 +370,6 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, in_step, keep):
     gates, hn = empty((nk, B, 3 * H), x), empty((nk, B, H), x)
     y, hT = empty((T, B, H), x), empty((B, H), x)
     ring = np.zeros(2 * Hp, x.dtype)
-    one = x.dtype.type(1)
     hf, gf, nf = h.reshape(h.size), gates.reshape(gates.size), hn.reshape(hn.size)
     for n in range(B):
         for j in range(H):
@@ -396,18 +380,15 @@ def gru_forward(x, h0, W, R, b, b_hn, lengths, in_step, keep):
             for u in range(U):
                 r0, r1, z0, z1, nx0, nx1, nh0, nh1 = unit_block(Q, bq, u, x, row * I, gx,
                                                                 row * 4 * Hp, ring, s)
-                r0, r1, z0, z1 = fast_sigmoid(r0), fast_sigmoid(r1), fast_sigmoid(z0), \
-                    fast_sigmoid(z1)
-                n0, n1 = fast_tanh(nx0 + r0 * nh0), fast_tanh(nx1 + r1 * nh1)
                 j = u * BU
-                hn0 = (one - z0) * n0 + z0 * vload(ring, s + j)
-                hn1 = (one - z1) * n1 + z1 * vload(ring, s + j + L)
-                vstore(ring, s1 + j, hn0)
-                vstore(ring, s1 + j + L, hn1)
+                r0, z0, n0, h_0 = gru_step(r0, z0, nx0, nh0, vload(ring, s + j))
+                r1, z1, n1, h_1 = gru_step(r1, z1, nx1, nh1, vload(ring, s + j + L))
+                vstore(ring, s1 + j, h_0)
+                vstore(ring, s1 + j + L, h_1)
                 if keep:
                     store_pairs(gf, row * 3 * H, H, j, ((r0, r1), (z0, z1), (n0, n1)))
                     store_pairs(nf, row * H, H, j, ((nh0, nh1),))
-                    store_pairs(hf, (row + B) * H, H, j, ((hn0, hn1),))
+                    store_pairs(hf, (row + B) * H, H, j, ((h_0, h_1),))
             active = t < lengths[n]
             end_step(ring, s, s1, y[t, n], active)
             if keep and not active:  # the state an inactive step carries

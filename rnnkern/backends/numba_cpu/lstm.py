@@ -18,14 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._activations import fast_sigmoid, fast_tanh
-from ._jit import FASTMATH, JIT
+from ._jit import JIT, POINTWISE_JIT
 from ._memory import empty, kept, states
 from ._products import add_rows_product, transposed
 from ._simd import input_part, pack_if, product, product_work
+from ._vec import lanes, vload_upto, vstore_upto
+from .cells import lstm_step, lstm_step_backward
 
 
-@njit(**JIT)
+@njit(**POINTWISE_JIT)
 def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, tanh_c, y,
                   lengths):
     """Every step of batch rows lo <= n < hi.
@@ -39,6 +40,7 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, 
     Without a cache (``_memory.kept``) h, c are rings of 2, tanh_c and a stepped gates of 1.
     """
     H = h.shape[2]
+    L = lanes(h)
     nh, ng, nc = h.shape[0], gates.shape[0], tanh_c.shape[0]
     for t in range(y.shape[0]):
         s, s1, gs = t % nh, (t + 1) % nh, t % ng  # h[s], c[s] enter step t; gs: gates' slot
@@ -50,31 +52,30 @@ def _forward_rows(lo, hi, fused, stepped, x, W, PW, gates, work, R, P, b, h, c, 
             product(h[s], R, P, gates[gs], lo, hi, True, work)
         for n in range(lo, hi):
             g = gates[gs, n]
-            # each gate block from offset 0 of its own loop: loops over range(lo, hi) of the row
-            # ran 2.5x slower (H=256), calls on sliced views slower too
-            for k in range(2 * H):
-                g[k] = fast_sigmoid(g[k] + b[k])
-            for k in range(H):
-                g[2 * H + k] = fast_tanh(g[2 * H + k] + b[2 * H + k])
-            for k in range(H):
-                g[3 * H + k] = fast_sigmoid(g[3 * H + k] + b[3 * H + k])
-            # loops over few arrays each: LLVM vectorises a loop only after checking that its
-            # arrays do not overlap, and gives up when a loop touches too many
-            hp, cp, hn, cn = h[s, n], c[s, n], h[s1, n], c[s1, n]
+            h_prev, c_prev, h_new, c_new = h[s, n], c[s, n], h[s1, n], c[s1, n]
             tc, yn = tanh_c[t % nc, n], y[t, n]
-            for j in range(H):
-                cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
-            for j in range(H):
-                tc[j] = fast_tanh(cn[j])
-            for j in range(H):
-                hn[j] = g[3 * H + j] * tc[j]
+            for j in range(0, H, L):  # a vector of units at a time; m of them in the last
+                m = H - j
+                i, f, gg, o, cj, tcj, hj = lstm_step(
+                    vload_upto(g, j, m) + vload_upto(b, j, m),
+                    vload_upto(g, H + j, m) + vload_upto(b, H + j, m),
+                    vload_upto(g, 2 * H + j, m) + vload_upto(b, 2 * H + j, m),
+                    vload_upto(g, 3 * H + j, m) + vload_upto(b, 3 * H + j, m),
+                    vload_upto(c_prev, j, m))
+                vstore_upto(g, j, i, m)
+                vstore_upto(g, H + j, f, m)
+                vstore_upto(g, 2 * H + j, gg, m)
+                vstore_upto(g, 3 * H + j, o, m)
+                vstore_upto(c_new, j, cj, m)
+                vstore_upto(tc, j, tcj, m)
+                vstore_upto(h_new, j, hj, m)
             if t < lengths[n]:
                 for j in range(H):
-                    yn[j] = hn[j]
+                    yn[j] = h_new[j]
             else:
                 for j in range(H):
-                    cn[j] = cp[j]
-                    hn[j] = hp[j]
+                    c_new[j] = c_prev[j]
+                    h_new[j] = h_prev[j]
                     yn[j] = 0
 
 
@@ -119,15 +120,6 @@ def lstm_forward(x, h0, c0, W, R, b, lengths, fused, packed, chunks, stepped, ge
     return y, h, c, gates, tanh_c, h[T % (nk + 1)].copy(), c[T % (nk + 1)].copy()
 
 
-
-#: the backward's pointwise pass, without reassociation: it has no reduction to vectorise,
-#: and with it LLVM regrouped the products of the o-gate's and the cell's gradients
-#: differently in the function compiled on its own than in its callers' copies of it
-#: (optimised again with them); a process that compiles runs the former, one that loads
-#: the kernels from Numba's cache the latter, so the two gave different gradients
-POINTWISE_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
-
-
 @njit(**POINTWISE_JIT)
 def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R, RT, P,
                    lengths):
@@ -141,30 +133,25 @@ def _backward_rows(lo, hi, fused, dy, dh, dc, dgates, work, gates, c, tanh_c, R,
     P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
-    one = gates.dtype.type(1)
+    L = lanes(dh)
     for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             g, dg = gates[t, n], dgates[t, n]
             dhn, dcn = dh[n], dc[n]
             if t < lengths[n]:
-                dyn, cp, tc = dy[t, n], c[t, n], tanh_c[t, n]
-                # dhn becomes the gradient w.r.t. h[t+1] in full, dcn the one w.r.t. c[t+1];
-                # short loops over few arrays vectorise (one loop over all of them ran 1.6x slower)
-                for j in range(H):
-                    dhn[j] += dyn[j]
-                for j in range(H):
-                    dcn[j] += dhn[j] * g[3 * H + j] * (one - tc[j] * tc[j])
-                for j in range(H):
-                    o = g[3 * H + j]
-                    dg[3 * H + j] = dhn[j] * tc[j] * o * (one - o)
-                for j in range(H):
-                    i, gg = g[j], g[2 * H + j]
-                    dg[j] = dcn[j] * gg * i * (one - i)
-                    dg[2 * H + j] = dcn[j] * i * (one - gg * gg)
-                for j in range(H):
-                    f = g[H + j]
-                    dg[H + j] = dcn[j] * cp[j] * f * (one - f)
-                    dcn[j] *= f
+                dyn, c_prev, tc = dy[t, n], c[t, n], tanh_c[t, n]
+                for j in range(0, H, L):  # a vector of units at a time; m of them in the last
+                    m = H - j
+                    di, df, dgg, do, dcp = lstm_step_backward(
+                        vload_upto(dyn, j, m) + vload_upto(dhn, j, m), vload_upto(dcn, j, m),
+                        vload_upto(g, j, m), vload_upto(g, H + j, m),
+                        vload_upto(g, 2 * H + j, m), vload_upto(g, 3 * H + j, m),
+                        vload_upto(c_prev, j, m), vload_upto(tc, j, m))
+                    vstore_upto(dg, j, di, m)
+                    vstore_upto(dg, H + j, df, m)
+                    vstore_upto(dg, 2 * H + j, dgg, m)
+                    vstore_upto(dg, 3 * H + j, do, m)
+                    vstore_upto(dcn, j, dcp, m)
                 for j in range(H):
                     dhn[j] = 0
             else:

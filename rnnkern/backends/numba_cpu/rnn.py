@@ -13,14 +13,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._activations import fast_tanh
-from ._jit import JIT
+from ._jit import JIT, POINTWISE_JIT
 from ._memory import empty, kept, states
 from ._products import add_rows_product, transposed
 from ._simd import input_part, pack_if, product, product_work
+from ._vec import lanes, vload_upto, vstore_upto
+from .cells import rnn_step, rnn_step_backward
 
 
-@njit(**JIT)
+@njit(**POINTWISE_JIT)
 def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y, lengths):
     """Every step of batch rows lo <= n < hi.
 
@@ -33,6 +34,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
     Without a cache (``_memory.kept``) h is a ring of 2, a stepped a one of 1.
     """
     H = h.shape[2]
+    L = lanes(h)
     zero = a.dtype.type(0)
     nh, na = h.shape[0], a.shape[0]
     for t in range(y.shape[0]):
@@ -44,24 +46,17 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
         else:
             product(h[s], R, P, a[gs], lo, hi, True, work)
         for n in range(lo, hi):
-            an, hp, hn, yn = a[gs, n], h[s, n], h[(t + 1) % nh, n], y[t, n]
-            if code == 0:
-                for j in range(H):
-                    an[j] = fast_tanh(an[j] + b[j])
-            elif code == 1:
-                for j in range(H):
-                    v = an[j] + b[j]
-                    an[j] = zero if v < zero else v  # a NaN passes, as in np.maximum
-            else:
-                for j in range(H):
-                    an[j] = an[j] + b[j]
+            an, h_prev, h_new, yn = a[gs, n], h[s, n], h[(t + 1) % nh, n], y[t, n]
+            for j in range(0, H, L):  # a vector of units at a time; m of them in the last
+                m = H - j
+                vstore_upto(an, j, rnn_step(vload_upto(an, j, m) + vload_upto(b, j, m), code), m)
             if t < lengths[n]:
                 for j in range(H):
-                    hn[j] = an[j]
+                    h_new[j] = an[j]
                     yn[j] = an[j]
             else:
                 for j in range(H):
-                    hn[j] = hp[j]
+                    h_new[j] = h_prev[j]
                     yn[j] = zero
 
 
@@ -102,8 +97,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, fused, packed, chunks, stepped, g
     return y, h, a, h[T % (nk + 1)].copy()
 
 
-
-@njit(**JIT)
+@njit(**POINTWISE_JIT)
 def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     """Every step, from the last, of batch rows lo <= n < hi.
 
@@ -114,21 +108,18 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
     P: R.T packed for ``_simd.product``
     """
     H = dh.shape[1]
-    zero, one = a.dtype.type(0), a.dtype.type(1)
+    L = lanes(dh)
+    zero = a.dtype.type(0)
     for t in range(dy.shape[0] - 1, -1, -1):
         for n in range(lo, hi):
             an, dan, dyn, dhn = a[t, n], da[t, n], dy[t, n], dh[n]
             if t < lengths[n]:
                 # derivative of the activation from its output a = act(v)
-                if code == 0:
-                    for j in range(H):
-                        dan[j] = (dyn[j] + dhn[j]) * (one - an[j] * an[j])
-                elif code == 1:
-                    for j in range(H):
-                        dan[j] = dyn[j] + dhn[j] if an[j] > zero else zero
-                else:
-                    for j in range(H):
-                        dan[j] = dyn[j] + dhn[j]
+                for j in range(0, H, L):
+                    m = H - j
+                    vstore_upto(dan, j, rnn_step_backward(
+                        vload_upto(dyn, j, m) + vload_upto(dhn, j, m), vload_upto(an, j, m),
+                        code), m)
                 for j in range(H):
                     dhn[j] = zero
             else:
