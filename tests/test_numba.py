@@ -161,6 +161,30 @@ def test_dense_against_the_oracle(chunks, dtype):
             assert nb.dense_forward(xs, Ws, bs, act, lengths, training=False)[1] is None
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])
+def test_dense_padding_steps_stay_zero_with_nonfinite_values(activation):
+    """A NaN or inf in a padding step's input gives zeros there, and one in a padding step's
+    output gradient reaches neither dx nor dW, db: the oracle and the kernels alike (a
+    masked product, y * active, would turn them into NaN)."""
+    from rnnkern.backends import numpy_ref
+
+    rng = np.random.default_rng(0)
+    T, B, I, O = 4, 3, 5, 32
+    x, dy = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, O))
+    W, b = rng.standard_normal((I, O)), rng.standard_normal(O)
+    lengths = np.array([4, 2, 1])
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    bad_x = x.copy()
+    bad_x[3, 1, 0], bad_x[2, 2, 1] = np.nan, np.inf
+    dy[3, 1, 0], dy[1, 2, 3] = np.inf, np.nan
+    for be in (numpy_ref, nb):
+        y = be.dense_forward(bad_x, W, b, activation, lengths)[0]
+        assert (y[pad] == 0).all() and np.isfinite(y[~pad]).all(), be.__name__
+        dx, grads = be.dense_backward(dy, be.dense_forward(x, W, b, activation, lengths)[1])
+        assert np.isfinite(grads["W"]).all() and np.isfinite(grads["b"]).all(), be.__name__
+        assert (dx[pad] == 0).all() and np.isfinite(dx[~pad]).all(), be.__name__
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("variant", numba_plan.ROWS)
 @pytest.mark.parametrize("cell,activation", CELLS)

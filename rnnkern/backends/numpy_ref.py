@@ -402,13 +402,15 @@ def _dense_act(name: str | None, z: Any, xp: Any) -> Any:
     return 0.5 * (1 + xp.tanh(0.5 * z))  # sigmoid without exp overflow
 
 
-def _dense_act_grad(name: str, a: Any) -> Any:
-    """f'(z) written in terms of the output a = f(z)."""
+def _dense_grad(name: str | None, dy: Any, a: Any, xp: Any) -> Any:
+    """dL/dz = dy * f'(z), f' written in terms of the output a = f(z)."""
+    if name is None:
+        return dy
     if name == "relu":
-        return a > 0
+        return xp.where(a > 0, dy, 0)  # an inf in dy where a <= 0 must not give NaN
     if name == "tanh":
-        return 1 - a * a
-    return a * (1 - a)
+        return dy * (1 - a * a)
+    return dy * (a * (1 - a))
 
 
 def dense_forward(x: Any, W: Any, b: Any, activation: str | None = None,
@@ -424,7 +426,7 @@ def dense_forward(x: Any, W: Any, b: Any, activation: str | None = None,
     active = None if lengths is None else active_mask(lengths, T, B, xp)  # (T, B, 1)
     y = _dense_act(activation, x @ W + b, xp)
     if active is not None:
-        y = y * active
+        y = xp.where(active, y, 0)  # zeros, whatever a padding step's x holds
     cache = {"x": x, "W": W, "y": y, "active": active, "activation": activation}
     return y, cache if training else None
 
@@ -433,9 +435,10 @@ def dense_backward(dy: Any, cache: Cache) -> tuple[Any, Grads]:
     """dy: (T, B, O) -> dx: (T, B, I), grads {W: (I, O), b: (O,)}; nothing flows back
     through padding steps."""
     x, W, y, active, activation = (cache[k] for k in ("x", "W", "y", "active", "activation"))
-    dz = dy if activation is None else dy * _dense_act_grad(activation, y)  # (T, B, O)
+    xp = array_module(dy=dy, y=y)
+    dz = _dense_grad(activation, dy, y, xp)  # (T, B, O)
     if active is not None:
-        dz = dz * active
+        dz = xp.where(active, dz, 0)
     dz2 = dz.reshape(-1, W.shape[1])
     grads = {"W": x.reshape(-1, W.shape[0]).T @ dz2, "b": dz2.sum(axis=0)}
     return dz @ W.T, grads

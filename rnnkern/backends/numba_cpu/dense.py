@@ -4,11 +4,12 @@
 All steps' rows at once, N = T * B, split into row blocks, one per Numba thread: a block
 makes its rows' product (``_simd.product``: on the micro-kernel where the output columns
 are whole panels, else single-threaded BLAS) and then adds the bias, applies the activation
-and zeroes the padding steps of those rows while they are in cache. The backward makes the
-pre-activation gradient dz the same way and hands it to ``_simd.weight_grads`` without a
-recurrent part (dx, dW, db). Where NumPy's products ran here, held to one thread beside
-Numba's pool, a Dense(125, 320) over 6400 rows took 16 ms forward and backward;
-benchmarks/README.md, "Design notes", the trainer's own products.
+and zeroes the padding steps of those rows while they are in cache, rather than NumPy's
+products held to one thread beside Numba's pool (benchmarks/README.md, "Design notes", the
+trainer's own products). The backward makes the pre-activation gradient dz the same way and
+hands it to ``_simd.weight_grads`` without a recurrent part (dx, dW, db); dW and db are
+summed block by block in order, so their last bits follow the thread count, as a cell's
+weight gradients do.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _forward_parallel(chunks, x2, W, PW, b, act, lengths, B, y2, work):
 
 @njit(**JIT)
 def dense_forward(x, W, PW, b, act, lengths, chunks):
-    """x: (T, B, I) C-contiguous   W: (I, O)   PW: W packed (``_simd.pack``) where O is
+    """x: (T, B, I) C-contiguous   W: (I, O)   PW: W packed (``_simd.pack_serial``) where O is
     whole panels, else None (BLAS)   b: (O,)   act: a code of ``ACTIVATIONS``
     lengths: (B,)   chunks: row blocks of the T*B rows (None: one, serial).
     Returns y: (T, B, O)."""
