@@ -99,3 +99,19 @@ def test_moments_are_views_of_one_buffer_and_state_round_trips():
     assert fresh._flat.base_of(fresh.m) is not None  # still fused after the load
     for k in opt.m:
         np.testing.assert_array_equal(fresh.m[k], opt.m[k])
+
+
+def test_a_replaced_moment_is_seen():
+    """The buffer check is remembered per dict while it holds the same arrays: replacing
+    one array (not a view of the buffer) turns the fused step off, putting a view back on."""
+    params = {"w": np.ones((2, 3)), "b": np.ones(3)}
+    opt = rk.Adam(params, lr=0.1)
+    f = opt._flat
+    assert f.base_of(opt.m) is not None
+    view = opt.m["w"]
+    opt.m["w"] = np.zeros((2, 3))
+    assert f.base_of(opt.m) is None
+    opt.m["w"] = view
+    assert f.base_of(opt.m) is not None
+    opt.step({"w": np.ones((2, 3)), "b": np.ones(3)})
+    assert opt.t == 1
