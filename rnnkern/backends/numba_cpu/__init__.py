@@ -409,9 +409,9 @@ def gru_backward(
 # Dense
 
 
-def _dense_plan(T: int, B: int, I: int, O: int, macs: int) -> tuple[int, int | None]:
-    """(SciPy BLAS threads, row blocks) of a Dense pass of ``macs`` multiply-adds over its
-    T*B rows, by the rule of a cell's products over all steps (``_gemm_chunks``)."""
+def _dense_plan(macs: int) -> tuple[int, int | None]:
+    """(SciPy BLAS threads, row blocks) of a Dense pass of ``macs`` multiply-adds, by the
+    rule of a cell's products over all steps (``_gemm_chunks``)."""
     blas = 1 if macs >= SMALL_MACS else 0
     return blas, _gemm_chunks(blas, macs, None)
 
@@ -427,11 +427,11 @@ def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str |
     O = W.shape[1]
     x = np.ascontiguousarray(x)
     lens = _lengths(lengths, Dims(T, B, I, O, x.dtype, np))
-    blas, chunks = _dense_plan(T, B, I, O, T * B * I * O)
+    blas, chunks = _dense_plan(T * B * I * O)
     # the micro-kernel where the columns are whole panels, else BLAS (``_simd.product``)
     PW = pack_serial(W) if O % (2 * VECTOR_BYTES // x.itemsize) == 0 else None
     act = dense.ACTIVATIONS[activation]
-    y = _call(blas, dense.dense_forward, x, W, PW, b, act, lens, chunks)
+    y = _call(blas, dense.dense_forward, x, W, PW, np.ascontiguousarray(b), act, lens, chunks)
     return y, _cache(training, x=x, W=W, y=y, activation=act, lengths=lens)
 
 
@@ -439,7 +439,7 @@ def dense_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict]:
     """dy: (T, B, O) -> dx: (T, B, I), grads {W, b}; see ``numpy_ref.dense_backward``."""
     x, W = cache["x"], cache["W"]
     T, B, I = x.shape
-    blas, chunks = _dense_plan(T, B, I, W.shape[1], 2 * T * B * I * W.shape[1])
+    blas, chunks = _dense_plan(2 * T * B * I * W.shape[1])
     dx, dW, db = _call(blas, dense.dense_backward, np.ascontiguousarray(dy), x, W, cache["y"],
                        cache["activation"], cache["lengths"], chunks)
     return dx, {"W": dW, "b": db}

@@ -36,12 +36,12 @@ from ._vec import (
 )
 from .cells import (
     IDENTITY,
+    activate,
+    activation_grad,
     gru_step,
     gru_step_backward,
     lstm_step,
     lstm_step_backward,
-    rnn_step,
-    rnn_step_backward,
 )
 
 # ----------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, keep):
         affine(M, xh, 0, I + H, b, v)
         if code != IDENTITY:
             for j in range(0, HB, L):
-                vstore(v, j, rnn_step(vload(v, j), code))
+                vstore(v, j, activate(vload(v, j), code))
         every = t < shortest
         commit(v, xh[I:], lengths, t, every)
         vcopy(xh[I:], h[(t + 1) % (nk + 1)])
@@ -357,7 +357,7 @@ def rnn_backward(dy, dhT, x, W, R, buf, code, lengths):
             vcopy(dh, dhs)
         transpose_add(dy[t], dh)
         for j in range(0, HB, L):
-            vstore(dat, j, rnn_step_backward(vload(dh, j), vload(at, j), code))
+            vstore(dat, j, activation_grad(vload(dh, j), vload(at, j), code))
         if not every:
             zero_inactive(dat, lengths, t)
         affine(RT, dat, 0, H, nobias, dh)

@@ -24,8 +24,9 @@ from ._vec import Vec, maximum, vfma, where_positive
 #: kernel's fastmath flags
 CELL_JIT = {"inline": "always", "fastmath": FASTMATH, "error_model": "numpy"}
 
-#: RNN activations by code (``_validate.ACTIVATION_CODES``)
-TANH, RELU, IDENTITY = 0, 1, 2
+#: activations by code: the RNN's (``_validate.ACTIVATION_CODES``), then the Dense layer's
+#: sigmoid (``dense.ACTIVATIONS``)
+TANH, RELU, IDENTITY, SIGMOID = 0, 1, 2, 3
 
 
 def one(v):
@@ -51,26 +52,30 @@ overload(zero, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})(_cons
 
 
 # ----------------------------------------------------------------------------
-# Elman RNN: h = act(x W + h R + b)
+# Activations: the Elman RNN's step, h = act(x W + h R + b), and the Dense layer's
 
 
 @njit(**CELL_JIT)
-def rnn_step(v, code):
+def activate(v, code):
     """act(v) by code; a NaN passes the ReLU, as in np.maximum."""
     if code == TANH:
         return fast_tanh(v)
     if code == RELU:
         return maximum(zero(v), v)  # zero first: a NaN in v comes out
+    if code == SIGMOID:
+        return fast_sigmoid(v)
     return v
 
 
 @njit(**CELL_JIT)
-def rnn_step_backward(dh, a, code):
-    """dL/dv from dh = dL/dh (dy added) and the output a = act(v)."""
+def activation_grad(dh, a, code):
+    """dL/dv from dh = dL/d act(v) (for the RNN, dy added) and the output a = act(v)."""
     if code == TANH:
         return dh * (one(a) - a * a)
     if code == RELU:
         return _relu_grad(dh, a)
+    if code == SIGMOID:
+        return dh * a * (one(a) - a)
     return dh
 
 

@@ -4,52 +4,41 @@
 All steps' rows at once, N = T * B, split into row blocks, one per Numba thread: a block
 makes its rows' product (``_simd.product``: on the micro-kernel where the output columns
 are whole panels, else single-threaded BLAS) and then adds the bias, applies the activation
-and zeroes the padding steps of those rows while they are in cache, rather than NumPy's
-products held to one thread beside Numba's pool (benchmarks/README.md, "Design notes", the
-trainer's own products). The backward makes the pre-activation gradient dz the same way and
-hands it to ``_simd.weight_grads`` without a recurrent part (dx, dW, db); dW and db are
-summed block by block in order, so their last bits follow the thread count, as a cell's
-weight gradients do.
+(``cells.activate``, the RNN's too) and zeroes the padding steps of those rows while they
+are in cache, rather than NumPy's products held to one thread beside Numba's pool
+(benchmarks/README.md, "Design notes", the trainer's own products). The backward makes the
+pre-activation gradient dz the same way and hands it to ``_simd.weight_grads`` without a
+recurrent part (dx, dW, db); dW and db are summed block by block in order, so their last
+bits follow the thread count, as a cell's weight gradients do.
 """
 
 from __future__ import annotations
 
 from numba import njit, prange
 
-from ._activations import fast_sigmoid, fast_tanh
 from ._jit import JIT
 from ._memory import empty
 from ._simd import product, product_work, weight_grads
+from ._vec import lanes, vload_upto, vstore_upto
+from .cells import IDENTITY, RELU, SIGMOID, TANH, activate, activation_grad
 
-#: the activation argument of the kernels (``layers.Dense``'s names)
-ACTIVATIONS = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3}
-_RELU, _TANH, _SIGMOID = 1, 2, 3
+#: the activation argument of the kernels (``layers.Dense``'s names), codes of ``cells``
+ACTIVATIONS = {None: IDENTITY, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
 
 
 @njit(**JIT)
 def _activate_rows(y, b, act, lengths, B, lo, hi):
     """y[n] = act(y[n] + b) for rows lo <= n < hi of y: (T*B, O), zero on padding steps
     (row n is step n // B of batch row n % B)."""
-    O = y.shape[1]
-    zero = y.dtype.type(0)
+    O, L = y.shape[1], lanes(y)
     for n in range(lo, hi):
         yn = y[n]
         if n // B >= lengths[n % B]:
-            for j in range(O):
-                yn[j] = zero
-        elif act == _RELU:
-            for j in range(O):
-                v = yn[j] + b[j]
-                yn[j] = zero if v < zero else v  # NaN stays NaN
-        elif act == _TANH:
-            for j in range(O):
-                yn[j] = fast_tanh(yn[j] + b[j])
-        elif act == _SIGMOID:
-            for j in range(O):
-                yn[j] = fast_sigmoid(yn[j] + b[j])
-        else:
-            for j in range(O):
-                yn[j] += b[j]
+            yn[:] = 0
+            continue
+        for j in range(0, O, L):  # a vector of units at a time; m of them in the last
+            m = O - j
+            vstore_upto(yn, j, activate(vload_upto(yn, j, m) + vload_upto(b, j, m), act), m)
 
 
 @njit(**JIT)
@@ -89,25 +78,16 @@ def dense_forward(x, W, PW, b, act, lengths, chunks):
 def _grad_rows(dy, y, act, lengths, B, dz, lo, hi):
     """dz[n] = dy[n] * act'(z[n]), written with the output y = act(z), for rows
     lo <= n < hi of (T*B, O); zero on padding steps."""
-    O = y.shape[1]
-    zero, one = y.dtype.type(0), y.dtype.type(1)
+    O, L = y.shape[1], lanes(y)
     for n in range(lo, hi):
         dyn, yn, dzn = dy[n], y[n], dz[n]
         if n // B >= lengths[n % B]:
-            for j in range(O):
-                dzn[j] = zero
-        elif act == _RELU:
-            for j in range(O):
-                dzn[j] = dyn[j] if yn[j] > zero else zero
-        elif act == _TANH:
-            for j in range(O):
-                dzn[j] = dyn[j] * (one - yn[j] * yn[j])
-        elif act == _SIGMOID:
-            for j in range(O):
-                dzn[j] = dyn[j] * yn[j] * (one - yn[j])
-        else:
-            for j in range(O):
-                dzn[j] = dyn[j]
+            dzn[:] = 0
+            continue
+        for j in range(0, O, L):
+            m = O - j
+            vstore_upto(dzn, j, activation_grad(vload_upto(dyn, j, m), vload_upto(yn, j, m),
+                                                act), m)
 
 
 @njit(parallel=True, **JIT)

@@ -31,7 +31,7 @@ from ._jit import JIT
 from ._memory import empty, states
 from ._simd import pack_serial, product, product_work
 from ._vec import lanes, vbcast, vfma, vload, vstore, vstore_first
-from .cells import gru_step, lstm_step, rnn_step
+from .cells import activate, gru_step, lstm_step
 
 #: vector accumulators of one unit block's pre-activations
 SLOT_VECTORS = 8
@@ -256,7 +256,7 @@ def rnn_forward(x, h0, W, R, b, code, lengths, in_step, keep):
                 vs = unit_block(Q, bq, u, x, row * I, gx, row * Hp, ring, s)
                 for i, v in enumerate(vs):
                     j = u * BU + i * L
-                    w = rnn_step(v, code)
+                    w = activate(v, code)
                     vstore(ring, s1 + j, w)
                     if keep:
                         store_vector(af, row * H, H, j, w)

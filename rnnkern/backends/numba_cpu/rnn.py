@@ -18,7 +18,7 @@ from ._memory import empty, kept, states
 from ._products import add_rows_product, transposed
 from ._simd import input_part, pack_if, product, product_work
 from ._vec import lanes, vload_upto, vstore_upto
-from .cells import rnn_step, rnn_step_backward
+from .cells import activate, activation_grad
 
 
 @njit(**POINTWISE_JIT)
@@ -49,7 +49,7 @@ def _forward_rows(lo, hi, fused, stepped, code, x, W, PW, a, work, R, P, b, h, y
             an, h_prev, h_new, yn = a[gs, n], h[s, n], h[(t + 1) % nh, n], y[t, n]
             for j in range(0, H, L):  # a vector of units at a time; m of them in the last
                 m = H - j
-                vstore_upto(an, j, rnn_step(vload_upto(an, j, m) + vload_upto(b, j, m), code), m)
+                vstore_upto(an, j, activate(vload_upto(an, j, m) + vload_upto(b, j, m), code), m)
             if t < lengths[n]:
                 for j in range(H):
                     h_new[j] = an[j]
@@ -117,7 +117,7 @@ def _backward_rows(lo, hi, fused, code, dy, dh, da, work, a, R, RT, P, lengths):
                 # derivative of the activation from its output a = act(v)
                 for j in range(0, H, L):
                     m = H - j
-                    vstore_upto(dan, j, rnn_step_backward(
+                    vstore_upto(dan, j, activation_grad(
                         vload_upto(dyn, j, m) + vload_upto(dhn, j, m), vload_upto(an, j, m),
                         code), m)
                 for j in range(H):
