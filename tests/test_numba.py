@@ -116,13 +116,14 @@ def test_products_over_all_steps_in_row_blocks(chunks):
         for packed in (None, True):  # BLAS, the micro-kernel
             np.testing.assert_allclose(
                 input_projection(x, W, pack_if(W, packed), G * H, chunks), x @ W, rtol=1e-12)
-        dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh, chunks)
         xs, hs = x.reshape(T * B, I), h[:T].reshape(T * B, H)
         gx, gh = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
-        np.testing.assert_allclose(dx, dgx @ W.T, rtol=1e-12)
-        np.testing.assert_allclose(dW, xs.T @ gx, rtol=1e-12)
-        np.testing.assert_allclose(dR, hs.T @ gh, rtol=1e-12)
-        np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
+        for packed in (None, True):  # BLAS, the micro-kernel where G*H is whole panels
+            dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh, chunks, packed)
+            np.testing.assert_allclose(dx, dgx @ W.T, rtol=1e-12)
+            np.testing.assert_allclose(dW, xs.T @ gx, rtol=1e-12)
+            np.testing.assert_allclose(dR, hs.T @ gh, rtol=1e-12)
+            np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 7])
@@ -130,7 +131,7 @@ def test_products_over_all_steps_in_row_blocks(chunks):
 def test_dense_against_the_oracle(chunks, dtype):
     """The Dense kernels against ``numpy_ref.dense_forward``/``dense_backward`` in float64:
     every activation, with and without lengths, T=1 and B=1, output columns in whole
-    panels of the micro-kernel (on it) and not (BLAS), serially and in row blocks (more
+    panels of the micro-kernel (on it and on BLAS) and not (BLAS), serially and in row blocks (more
     blocks than rows too); and the backend's own entry points."""
     from rnnkern.backends import numpy_ref
     from rnnkern.backends.numba_cpu import dense
@@ -146,14 +147,18 @@ def test_dense_against_the_oracle(chunks, dtype):
             dx, grads = numpy_ref.dense_backward(dy, cache)
             lens = np.full(B, T) if lengths is None else lengths
             xs, Ws, bs, dys = (a.astype(dtype) for a in (x, W, b, dy))
-            PW = pack_serial(Ws) if O % (2 * VECTOR_BYTES // xs.itemsize) == 0 else None
+            whole = O % (2 * VECTOR_BYTES // xs.itemsize) == 0
             c = None if chunks == 1 else chunks
-            got = dense.dense_forward(xs, Ws, PW, bs, dense.ACTIVATIONS[act], lens, c)
-            np.testing.assert_allclose(got, y, rtol=tol, atol=tol)
-            gdx, gdW, gdb = dense.dense_backward(dys, xs, Ws, got, dense.ACTIVATIONS[act], lens, c)
-            for name, a, want in (("dx", gdx, dx), ("W", gdW, grads["W"]), ("b", gdb, grads["b"])):
-                assert a.dtype == dtype, name
-                np.testing.assert_allclose(a, want, rtol=tol, atol=10 * tol, err_msg=name)
+            for packed in (None, True):  # BLAS, the micro-kernel (where O is whole panels)
+                PW = pack_serial(Ws) if whole and packed else None
+                got = dense.dense_forward(xs, Ws, PW, bs, dense.ACTIVATIONS[act], lens, c)
+                np.testing.assert_allclose(got, y, rtol=tol, atol=tol)
+                gdx, gdW, gdb = dense.dense_backward(dys, xs, Ws, got, dense.ACTIVATIONS[act],
+                                                     lens, c, packed)
+                for name, a, want in (("dx", gdx, dx), ("W", gdW, grads["W"]),
+                                      ("b", gdb, grads["b"])):
+                    assert a.dtype == dtype, name
+                    np.testing.assert_allclose(a, want, rtol=tol, atol=10 * tol, err_msg=name)
             ny, ncache = nb.dense_forward(xs, Ws, bs, act, lengths)
             np.testing.assert_allclose(ny, y, rtol=tol, atol=tol)
             np.testing.assert_allclose(nb.dense_backward(dys, ncache)[0], dx, rtol=tol,

@@ -39,7 +39,14 @@ from ._products import SMALL_MACS
 from ._simd import pack_serial, weight_grads
 from ._vec import VECTOR_BYTES
 from .embedding import embedding_backward, embedding_forward
-from .plan import GEMM_PARALLEL_MIN_MACS, UNITS_IN_STEP_MAX_I, VARIANTS, Plan, choose
+from .plan import (
+    GEMM_PARALLEL_MIN_MACS,
+    PACKED_MIN_MACS,
+    UNITS_IN_STEP_MAX_I,
+    VARIANTS,
+    Plan,
+    choose,
+)
 
 __all__ = ["VARIANTS", "dense_backward", "dense_forward", "embedding_backward",
            "embedding_forward", "gru_backward",
@@ -130,12 +137,20 @@ def _in_step(d: Dims) -> bool:
     return d.I <= UNITS_IN_STEP_MAX_I
 
 
+def _packed(macs: int) -> bool | None:
+    """``_simd.weight_grads``' packed for a product of ``macs`` multiply-adds: True (the
+    micro-kernel) from ``PACKED_MIN_MACS``, else None (BLAS)."""
+    return True if macs >= PACKED_MIN_MACS else None
+
+
 def _weight_grads(blas: int, cache: Cache, dgx: np.ndarray, dgh: np.ndarray,
                   threads: int | None) -> tuple:
     """dx, dW, dR, db from the stored gate gradients, a few GEMMs over all steps at once."""
     d: Dims = cache["dims"]
     chunks = _gemm_chunks(blas, d.T * d.B * (2 * d.I + d.H) * dgx.shape[2], threads)
-    return _call(blas, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks)
+    packed = _packed(d.T * d.B * (d.I + d.H) * dgx.shape[2])
+    return _call(blas, weight_grads, cache["x"], cache["W"], cache["h"], dgx, dgh, chunks,
+                 packed)
 
 
 def _cache(keep: bool, **arrays: Any) -> Cache | None:
@@ -427,9 +442,11 @@ def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str |
     O = W.shape[1]
     x = np.ascontiguousarray(x)
     lens = _lengths(lengths, Dims(T, B, I, O, x.dtype, np))
-    blas, chunks = _dense_plan(T * B * I * O)
+    macs = T * B * I * O
+    blas, chunks = _dense_plan(macs)
     # the micro-kernel where the columns are whole panels, else BLAS (``_simd.product``)
-    PW = pack_serial(W) if O % (2 * VECTOR_BYTES // x.itemsize) == 0 else None
+    whole = O % (2 * VECTOR_BYTES // x.itemsize) == 0
+    PW = pack_serial(W) if whole and _packed(macs) else None
     act = dense.ACTIVATIONS[activation]
     y = _call(blas, dense.dense_forward, x, W, PW, np.ascontiguousarray(b), act, lens, chunks)
     return y, _cache(training, x=x, W=W, y=y, activation=act, lengths=lens)
@@ -441,5 +458,6 @@ def dense_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict]:
     T, B, I = x.shape
     blas, chunks = _dense_plan(2 * T * B * I * W.shape[1])
     dx, dW, db = _call(blas, dense.dense_backward, np.ascontiguousarray(dy), x, W, cache["y"],
-                       cache["activation"], cache["lengths"], chunks)
+                       cache["activation"], cache["lengths"], chunks,
+                       _packed(T * B * I * W.shape[1]))
     return dx, {"W": dW, "b": db}

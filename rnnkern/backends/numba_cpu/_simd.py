@@ -561,20 +561,31 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 
 
 @njit(**JIT)
-def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
+def _blas_grads(x2, h2, dgx2, dgh2, dW, dR):
+    """dW = x2.T @ dgx2, dR = h2.T @ dgh2 (nothing for h2 None) on BLAS."""
+    matmul(x2.T, dgx2, dW)
+    if h2 is not None:
+        matmul(h2.T, dgh2, dR)
+
+
+@njit(**JIT)
+def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
     """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
     make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
-    entry), their sums over these rows. h2, dgh2 and dR None: no recurrent part (Dense)."""
+    entry), their sums over these rows. h2, dgh2 and dR None: no recurrent part (Dense).
+    packed: True or None, see ``weight_grads``."""
     matmul(dgx2, W.T, dx2)
     # dW and dR on the micro-kernel over the gate gradients packed once (one pack when
     # dgx2 is dgh2), faster than OpenBLAS (B64 T100 I256 H256: 39.8 -> 36.1 ms;
     # benchmarks/README.md, "Design notes", weight gradients after the loop). Where the
     # gate columns end past a whole panel, the columns left over would run in product's
     # scalar loop, a K = rows long one: BLAS.
-    if dgx2.shape[1] % (2 * lanes(dgx2)):
-        matmul(x2.T, dgx2, dW)
-        if h2 is not None:
-            matmul(h2.T, dgh2, dR)
+    # (a branch of its own: Numba drops ``packed is None``'s other branch only from a
+    # condition that is that test alone)
+    if packed is None:
+        _blas_grads(x2, h2, dgx2, dgh2, dW, dR)
+    elif dgx2.shape[1] % (2 * lanes(dgx2)):
+        _blas_grads(x2, h2, dgx2, dgh2, dW, dR)
     else:
         Px = pack_serial(dgx2)
         xt = transposed(x2)  # product's rows are C-contiguous
@@ -616,14 +627,15 @@ def _ol_sum_into(a, partials, i):
 
 
 @njit(parallel=True, **JIT)
-def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db):
+def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db, packed):
     """``_weight_grads_rows`` over ``chunks`` row blocks, one per Numba thread: block 0
     into dW, dR, db[0], block i > 0 into the partials pW[i - 1], pR[i - 1], db[i]."""
     N = x2.shape[0]
     for i in prange(chunks):
         lo, hi = i * N // chunks, (i + 1) * N // chunks
         _weight_grads_rows(x2[lo:hi], W, _block(h2, lo, hi), dgx2[lo:hi], _block(dgh2, lo, hi),
-                           dx2[lo:hi], _sum_into(dW, pW, i), _sum_into(dR, pR, i), db[i])
+                           dx2[lo:hi], _sum_into(dW, pW, i), _sum_into(dR, pR, i), db[i],
+                           packed)
 
 
 def _recurrent_part(h, dgh, T, chunks):
@@ -646,7 +658,7 @@ def _ol_recurrent_part(h, dgh, T, chunks):
 
 
 @njit(**JIT)
-def weight_grads(x, W, h, dgx, dgh, chunks):
+def weight_grads(x, W, h, dgx, dgh, chunks, packed):
     """dx and the weight gradients as GEMMs over all steps at once.
 
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
@@ -654,6 +666,9 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     h and dgh None: no recurrent part (a Dense layer's dx, dW, db; dR None)
     chunks: row blocks of T*B, one per Numba thread, each with its own partial weight
     gradients (``product`` on that thread, or single-threaded BLAS calls); None: serial
+    packed: True for dW and dR on ``product``'s micro-kernel where the gate columns are
+    whole panels, None for BLAS (``plan.PACKED_MIN_MACS``); the argument's type decides,
+    so that a call with None compiles without the micro-kernel
     Returns dx: (T, B, I), dW: (I, G*H), dR: (H, G*H), db: (G*H,).
     """
     T, B, I = x.shape
@@ -666,11 +681,11 @@ def weight_grads(x, W, h, dgx, dgh, chunks):
     db = np.zeros((1 if chunks is None else chunks, GH), np.float64)
     h2, dgh2, dR, pR = _recurrent_part(h, dgh, T, chunks)
     if chunks is None:
-        _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
+        _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0], packed)
     else:
         # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
         pW = empty((chunks - 1, I, GH), x)
-        _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db)
+        _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db, packed)
         for i in range(1, chunks):
             add_into(dW, pW[i - 1])
             if h is not None:

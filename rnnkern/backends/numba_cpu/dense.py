@@ -98,9 +98,9 @@ def _grad_parallel(chunks, dy, y, act, lengths, B, dz):
 
 
 @njit(**JIT)
-def dense_backward(dy, x, W, y, act, lengths, chunks):
+def dense_backward(dy, x, W, y, act, lengths, chunks, packed):
     """dy: (T, B, O) C-contiguous   x, W, y, act, lengths, chunks: as ``dense_forward``
-    took and returned them.
+    took and returned them   packed: True or None, ``_simd.weight_grads``'s.
     Returns dx: (T, B, I), dW: (I, O), db: (O,)."""
     T, B, O = dy.shape
     N = T * B
@@ -110,5 +110,5 @@ def dense_backward(dy, x, W, y, act, lengths, chunks):
         _grad_rows(dy2, y2, act, lengths, B, dz2, 0, N)
     else:
         _grad_parallel(chunks, dy2, y2, act, lengths, B, dz2)
-    dx, dW, _, db = weight_grads(x, W, None, dz, None, chunks)
+    dx, dW, _, db = weight_grads(x, W, None, dz, None, chunks, packed)
     return dx, dW, db

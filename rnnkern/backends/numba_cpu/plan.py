@@ -98,6 +98,12 @@ PARALLEL_MIN_CALL_MACS = 1 << 24
 #: below it a product takes less time serially than a parallel region can cost on a busy
 #: machine, waiting for a descheduled thread
 GEMM_PARALLEL_MIN_MACS = 1 << 23
+#: multiply-adds of a weight-gradient or Dense product over all steps from which it runs on
+#: the packed micro-kernel (``_simd.product``), below it on BLAS: so small a product gains
+#: nothing measurable from it (RNN B1 T1000 H32 backward, 1.3e6: within noise), and a
+#: model whose calls are all this small compiles without the micro-kernel, which is most
+#: of a first run's compilation (``rnnkern demo`` on a fresh install: 54 -> 31 s)
+PACKED_MIN_MACS = 1 << 21
 
 
 def _choices(name: str, values: tuple) -> str:
