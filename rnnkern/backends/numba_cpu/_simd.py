@@ -561,14 +561,6 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 
 
 @njit(**JIT)
-def _blas_grads(x2, h2, dgx2, dgh2, dW, dR):
-    """dW = x2.T @ dgx2, dR = h2.T @ dgh2 (nothing for h2 None) on BLAS."""
-    matmul(x2.T, dgx2, dW)
-    if h2 is not None:
-        matmul(h2.T, dgh2, dR)
-
-
-@njit(**JIT)
 def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
     """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
     make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
@@ -580,12 +572,10 @@ def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
     # benchmarks/README.md, "Design notes", weight gradients after the loop). Where the
     # gate columns end past a whole panel, the columns left over would run in product's
     # scalar loop, a K = rows long one: BLAS.
-    # (a branch of its own: Numba drops ``packed is None``'s other branch only from a
-    # condition that is that test alone)
-    if packed is None:
-        _blas_grads(x2, h2, dgx2, dgh2, dW, dR)
-    elif dgx2.shape[1] % (2 * lanes(dgx2)):
-        _blas_grads(x2, h2, dgx2, dgh2, dW, dR)
+    if packed is None or dgx2.shape[1] % (2 * lanes(dgx2)):
+        matmul(x2.T, dgx2, dW)
+        if h2 is not None:
+            matmul(h2.T, dgh2, dR)
     else:
         Px = pack_serial(dgx2)
         xt = transposed(x2)  # product's rows are C-contiguous

@@ -102,7 +102,7 @@ GEMM_PARALLEL_MIN_MACS = 1 << 23
 #: the packed micro-kernel (``_simd.product``), below it on BLAS: so small a product gains
 #: nothing measurable from it (RNN B1 T1000 H32 backward, 1.3e6: within noise), and a
 #: model whose calls are all this small compiles without the micro-kernel, which is most
-#: of a first run's compilation (``rnnkern demo`` on a fresh install: 54 -> 31 s)
+#: of a first run's compilation (``rnnkern demo`` on a fresh install: 53 -> 35-39 s)
 PACKED_MIN_MACS = 1 << 21
 
 
