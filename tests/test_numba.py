@@ -99,14 +99,17 @@ def test_products_over_all_steps_in_row_blocks(chunks):
     """The input projection (on BLAS and on the packed micro-kernel) and the weight
     gradients split into row blocks (one per Numba thread) against float64 NumPy,
     including more blocks than rows (empty ones); dW, dR on BLAS (gate columns past a
-    whole panel) and on the micro-kernel (G*H a multiple of 16), over two gradient arrays
-    and over one (dgx is dgh, packed once)."""
+    whole panel) and on the micro-kernel (G*H a multiple of 16: serially, or split by
+    gate columns between the blocks, dx then on the micro-kernel too where I is whole
+    panels), over two gradient arrays and over one (dgx is dgh, packed once)."""
     from rnnkern.backends.numba_cpu._simd import input_projection, pack_if, weight_grads
 
     rng = np.random.default_rng(chunks)
+    ATOL = 1e-12  # round-off of sums of a few dozen unit-sized terms that nearly cancel
     chunks = None if chunks == 1 else chunks  # the kernels' serial case (``numba_cpu._par``)
     for T, B, I, H, G in [(5, 3, 4, 7, 4), (2, 2, 3, 5, 3), (1, 1, 2, 3, 1), (3, 5, 6, 37, 1),
-                          (6, 5, 9, 16, 4), (4, 7, 3, 32, 3), (2, 3, 5, 16, 1)]:
+                          (6, 5, 9, 16, 4), (4, 7, 3, 32, 3), (2, 3, 5, 16, 1), (3, 4, 32, 8, 4),
+                          (2, 5, 16, 48, 3)]:
         x = rng.standard_normal((T, B, I))
         W = rng.standard_normal((I, G * H))
         h = rng.standard_normal((T + 1, B, H))
@@ -115,15 +118,16 @@ def test_products_over_all_steps_in_row_blocks(chunks):
             dgh = dgx
         for packed in (None, True):  # BLAS, the micro-kernel
             np.testing.assert_allclose(
-                input_projection(x, W, pack_if(W, packed), G * H, chunks), x @ W, rtol=1e-12)
+                input_projection(x, W, pack_if(W, packed), G * H, chunks), x @ W,
+                rtol=1e-12, atol=ATOL)
         xs, hs = x.reshape(T * B, I), h[:T].reshape(T * B, H)
         gx, gh = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
         for packed in (None, True):  # BLAS, the micro-kernel where G*H is whole panels
             dx, dW, dR, db = weight_grads(x, W, h, dgx, dgh, chunks, packed)
-            np.testing.assert_allclose(dx, dgx @ W.T, rtol=1e-12)
-            np.testing.assert_allclose(dW, xs.T @ gx, rtol=1e-12)
-            np.testing.assert_allclose(dR, hs.T @ gh, rtol=1e-12)
-            np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12)
+            np.testing.assert_allclose(dx, dgx @ W.T, rtol=1e-12, atol=ATOL)
+            np.testing.assert_allclose(dW, xs.T @ gx, rtol=1e-12, atol=ATOL)
+            np.testing.assert_allclose(dR, hs.T @ gh, rtol=1e-12, atol=ATOL)
+            np.testing.assert_allclose(db, gx.sum(0), rtol=1e-12, atol=ATOL)
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 7])
@@ -329,12 +333,21 @@ def test_packed_product_against_numpy(dtype):
     and in three (the last partial; a pair of panels and a lone one, both in blocks), the
     tiles' rows read from A and, from ``PACK_ROWS_MIN_N`` columns, from a packed copy; the
     rows outside lo..hi stay untouched, and so does the work outside rows lo..hi. An empty
-    pack calls BLAS."""
-    from rnnkern.backends.numba_cpu._simd import KB, PACK_ROWS_MIN_N, pack, pack_if, product
+    pack calls BLAS. Rows of A past ``K_OUTER_MIN_BYTES`` in a product narrower than deep
+    run K blocks outermost."""
+    from rnnkern.backends.numba_cpu._simd import (
+        K_OUTER_MIN_BYTES,
+        KB,
+        PACK_ROWS_MIN_N,
+        pack,
+        pack_if,
+        product,
+    )
     from rnnkern.backends.numba_cpu._vec import VECTOR_BYTES
 
     rng = np.random.default_rng(11)
     nr = 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+    deep = K_OUTER_MIN_BYTES // ((2 * KB + 7) * np.dtype(dtype).itemsize) + 9
     # whole tiles, left-over rows over 4 panels at once and one at a time, no rows at all,
     # K = 0 (an empty sum)
     for M, K, N, lo, hi in [(1, 1, 1, 0, 1), (5, 3, nr + 1, 0, 5), (9, 7, 2 * nr, 2, 9),
@@ -346,7 +359,9 @@ def test_packed_product_against_numpy(dtype):
                             (32, 9, nr, 0, 32), (10, 2 * KB + 3, nr + 2, 0, 10),
                             # wide enough for the tiles' rows to be packed
                             (17, 40, PACK_ROWS_MIN_N + nr + 3, 1, 16),
-                            (12, KB + 5, PACK_ROWS_MIN_N, 2, 12)]:
+                            (12, KB + 5, PACK_ROWS_MIN_N, 2, 12),
+                            # K blocks outermost, over a pair of panels and a lone one
+                            (deep, 2 * KB + 7, 3 * nr + 5, 1, deep - 1)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         for B in (rng.standard_normal((K, N)).astype(dtype),
                   rng.standard_normal((N, K)).astype(dtype).T):
