@@ -99,8 +99,7 @@ def test_products_over_all_steps_in_row_blocks(chunks):
     """The input projection (on BLAS and on the packed micro-kernel) and the weight
     gradients split into row blocks (one per Numba thread) against float64 NumPy,
     including more blocks than rows (empty ones); dW, dR on BLAS (gate columns past a
-    whole panel) and on the micro-kernel (G*H a multiple of 16: serially, or split by
-    gate columns between the blocks, dx then on the micro-kernel too where I is whole
+    whole panel) and on the micro-kernel (G*H a multiple of 16; dx too where I is whole
     panels), over two gradient arrays and over one (dgx is dgh, packed once)."""
     from rnnkern.backends.numba_cpu._simd import input_projection, pack_if, weight_grads
 
@@ -333,8 +332,8 @@ def test_packed_product_against_numpy(dtype):
     and in three (the last partial; a pair of panels and a lone one, both in blocks), the
     tiles' rows read from A and, from ``PACK_ROWS_MIN_N`` columns, from a packed copy; the
     rows outside lo..hi stay untouched, and so does the work outside rows lo..hi. An empty
-    pack calls BLAS. Rows of A past ``K_OUTER_MIN_BYTES`` in a product narrower than deep
-    run K blocks outermost."""
+    pack calls BLAS. Rows of A past ``K_OUTER_MIN_BYTES`` over panels whose K block fits in
+    L2 run K blocks outermost."""
     from rnnkern.backends.numba_cpu._simd import (
         K_OUTER_MIN_BYTES,
         KB,

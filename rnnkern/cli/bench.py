@@ -217,13 +217,18 @@ def cpu_meta(threads: int, torch_too: bool, first: dict[str, float]) -> dict[str
                                 text=True, cwd=os.path.dirname(__file__)).stdout.strip()
     except OSError:
         commit = ""
-    cpu = platform.processor()
+    info: dict[str, str] = {}
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
+            for ln in f:
+                key, _, value = ln.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    # a guest's model name can hide the generation ("AMD EPYC"); family and model tell it
+    # (AMD family 25: Zen 3 and 4, 26: Zen 5)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit,
-            "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "dtype": "float32",
+            "cpu": info.get("model name", platform.processor()),
+            "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+            "cores": os.cpu_count(), "threads": threads, "dtype": "float32",
             "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "numba_first_call_ms": first,
             # the kernels' vector width: AVX2 and AVX-512 run different tiles (``_simd``)

@@ -105,19 +105,11 @@ def transposed(a):
     every element of that walk to a few cache sets (640x1024 float32: 2.1 -> 0.5 ms)."""
     M, N = a.shape
     out = np.empty((N, M), a.dtype)
-    transpose_rows(a, out, 0, N)
-    return out
-
-
-@njit(**JIT)
-def transpose_rows(a, out, j0, j1):
-    """out[j0:j1] = a[:, j0:j1].T, ``transposed``'s blocks for rows j0..j1 of its result
-    (a thread's share)."""
-    M = a.shape[0]
     for i0 in range(0, M, TRANSPOSE_BLOCK):
         i1 = min(M, i0 + TRANSPOSE_BLOCK)
-        for b0 in range(j0, j1, TRANSPOSE_BLOCK):
-            b1 = min(j1, b0 + TRANSPOSE_BLOCK)
+        for j0 in range(0, N, TRANSPOSE_BLOCK):
+            j1 = min(N, j0 + TRANSPOSE_BLOCK)
             for i in range(i0, i1):
-                for j in range(b0, b1):
+                for j in range(j0, j1):
                     out[j, i] = a[i, j]
+    return out

@@ -32,7 +32,7 @@ from numba.extending import overload
 
 from ._jit import FASTMATH, JIT
 from ._memory import empty
-from ._products import add_into, matmul, transpose_rows, transposed
+from ._products import add_into, matmul, transposed
 from ._vec import VECTOR_BYTES, lanes, vbcast, vfma, vload, vstore, vzero
 
 # ----------------------------------------------------------------------------
@@ -376,53 +376,64 @@ def _pack_rows(A, Ap, lo, m6, m4):
 
 
 @njit(**JIT)
-def _panel_tiles(Ap, P, out, lo, m6, m4, p, p1, acc, k0, k1, ks6, ks4, rs):
-    """The row tiles of ``_row_tiles_product`` over panel p (and p + 1 in a pair), K
-    block k0..k1."""
-    for m in range(lo, m6, 6):
-        if PAIRED and p + 1 < p1:
-            _tile6x2(Ap, P, out, m, p, acc, k0, k1, ks6, rs)
+def _tile(Ap, P, out, m, p, acc, k0, k1, ks, rs, six):
+    """One tile of ``_row_tiles_product``: rows m..m+6 (``six``) or m..m+4, panel p and,
+    where there is one, p + 1, K block k0..k1."""
+    if six:
+        if PAIRED and p + 1 < P.shape[0]:
+            _tile6x2(Ap, P, out, m, p, acc, k0, k1, ks, rs)
         else:
-            _tile6(Ap, P, out, m, p, acc, k0, k1, ks6, rs)
-    for m in range(m6, m4, 4):
-        if PAIRED and p + 1 < p1:
-            _tile4x2(Ap, P, out, m, p, acc, k0, k1, ks4, rs)
-        else:
-            _tile4(Ap, P, out, m, p, acc, k0, k1, ks4, rs)
+            _tile6(Ap, P, out, m, p, acc, k0, k1, ks, rs)
+    elif PAIRED and p + 1 < P.shape[0]:
+        _tile4x2(Ap, P, out, m, p, acc, k0, k1, ks, rs)
+    else:
+        _tile4(Ap, P, out, m, p, acc, k0, k1, ks, rs)
 
 
-#: bytes of a product's row tiles (their rows of A: rows x K) from which, where the
-#: product is narrower than it is deep (N < K), its K blocks run outermost: each tile's
-#: block of A then stays in L1 across all the panels instead of coming back from L3 once
-#: per pair of panels (dx = dgates @ W.T at LSTM T20 B64 I512 H1024, 1278 x 4096 @
-#: 4096 x 512 on one AVX-512 core: 130 -> 180 GF/s); rows that fit in L2 read it from
-#: there either way, and panels first is faster for them (the per-step products)
+#: bytes of a product's row tiles (their rows of A: rows x K) from which, where one K block
+#: of all its panels fits in L2 (``K_OUTER_MAX_PANEL_BYTES``), its K blocks run outermost
+#: and each tile runs over all the panels: the tile's block of A then stays in L1 instead of
+#: coming back from L3 once per pair of panels (dx = dgates @ W.T, LSTM T20 B64 I512 H1024
+#: on one AVX-512 core: 130 -> 185 GF/s; B64 T100 I256 H256: 131 -> 187). Rows that fit in
+#: L2 are read from there either way, and panels first is faster for them (the per-step
+#: products)
 K_OUTER_MIN_BYTES = 1 << 20
+#: bytes of one K block of a product's panels up to which it stays in L2 (see above)
+K_OUTER_MAX_PANEL_BYTES = 1 << 20
 
 
 @njit(**JIT)
-def _row_tiles_product(Ap, P, out, lo, m6, m4, add, ks6, ks4, rs, p0, p1):
-    """``product``'s rows lo..m4 in its tiles of 6 rows (lo..m6) and of 4 (m6..m4), over
-    the whole panels p0..p1. Ap: A's rows, element (r, k) of the tile from row m at
+def _row_tiles_product(Ap, P, out, lo, m6, m4, add, ks6, ks4, rs):
+    """``product``'s rows lo..m4 in its tiles of 6 rows (lo..m6) and of 4 (m6..m4), every
+    whole panel. Ap: A's rows, element (r, k) of the tile from row m at
     Ap[m*K + k*ks + r*rs], ks = ks6 or ks4 (see ``_tile4x2``)."""
-    K = P.shape[1]
+    panels, K = P.shape[0], P.shape[1]
     step = 2 if PAIRED else 1
-    if (m4 - lo) * K * Ap.itemsize >= K_OUTER_MIN_BYTES and (p1 - p0) * P.shape[2] < K:
+    if (m4 - lo) * K * Ap.itemsize >= K_OUTER_MIN_BYTES \
+            and min(K, KB) * panels * P.shape[2] * P.itemsize <= K_OUTER_MAX_PANEL_BYTES:
         for k0 in range(0, K, KB):
             k1 = min(K, k0 + KB)
-            for p in range(p0, p1, step):
-                _panel_tiles(Ap, P, out, lo, m6, m4, p, p1, add or k0 > 0, k0, k1, ks6, ks4,
-                             rs)
+            acc = add or k0 > 0
+            for m in range(lo, m6, 6):
+                for p in range(0, panels, step):
+                    _tile(Ap, P, out, m, p, acc, k0, k1, ks6, rs, True)
+            for m in range(m6, m4, 4):
+                for p in range(0, panels, step):
+                    _tile(Ap, P, out, m, p, acc, k0, k1, ks4, rs, False)
         return
     # K in blocks: one block of a pair of panels (KB * 2 * NR elements) stays in L2 while
     # every row tile uses it, the tiles' partial sums going through out; the blocks of a
     # pair run one after the other, so that those partial sums are still in cache when
     # the next block reads them (K outermost, they came back from L3 at N = 4096: 32 rows
     # by 1024 @ 1024 x 4096 ran ~3% slower)
-    for p in range(p0, p1, step):
+    for p in range(0, panels, step):
         for k0 in range(0, K, KB):
-            _panel_tiles(Ap, P, out, lo, m6, m4, p, p1, add or k0 > 0, k0, min(K, k0 + KB),
-                         ks6, ks4, rs)
+            k1 = min(K, k0 + KB)
+            acc = add or k0 > 0
+            for m in range(lo, m6, 6):
+                _tile(Ap, P, out, m, p, acc, k0, k1, ks6, rs, True)
+            for m in range(m6, m4, 4):
+                _tile(Ap, P, out, m, p, acc, k0, k1, ks4, rs, False)
 
 
 @njit(**JIT)
@@ -444,33 +455,6 @@ def _blas_product(A, B, out, lo, hi, add, work):
         add_into(out[lo:hi], scratch[lo:hi])
     else:
         matmul(A[lo:hi], B, out[lo:hi])
-
-
-@njit(**JIT)
-def product_panels(A, P, out, lo, hi, add, work, p0, p1):
-    """``product``'s micro-kernel part: out[lo:hi, panels p0..p1] (+)= A[lo:hi] @ those
-    panels of P, for a caller that splits the columns between threads (each its own work).
-    A, P, out, work as for ``product``, K > 0."""
-    K = P.shape[1]
-    sixes, fours = _row_tiles(hi - lo)
-    m6 = lo + 6 * sixes
-    m4 = m6 + 4 * fours
-    if m4 > lo:
-        # the row tiles' rows from a copy (element (r, k) at k*MR + r) or from A itself
-        if (p1 - p0) * P.shape[2] >= PACK_ROWS_MIN_N:
-            _pack_rows(A, work, lo, m6, m4)
-            _row_tiles_product(work, P, out, lo, m6, m4, add, 6, 4, 1, p0, p1)
-        else:
-            _row_tiles_product(A.reshape(A.size), P, out, lo, m6, m4, add, 1, 1, K, p0, p1)
-    p4 = p0 + (p1 - p0) // 4 * 4
-    for k0 in range(0, K, KB):
-        k1 = min(K, k0 + KB)
-        acc = add or k0 > 0
-        for m in range(m4, hi):
-            for p in range(p0, p4, 4):
-                _tile1x4(A, P, out, m, p, acc, k0, k1)
-            for p in range(p4, p1):
-                _tile1(A, P, out, m, p, acc, k0, k1)
 
 
 @njit(**JIT)
@@ -506,8 +490,26 @@ def product(A, B, P, out, lo, hi, add, work):
             out[lo:hi] = 0
         return
     assert P.shape[0] == N // nr and work.shape[0] >= hi * K
+    sixes, fours = _row_tiles(hi - lo)
+    m6 = lo + 6 * sixes
+    m4 = m6 + 4 * fours
+    if m4 > lo:
+        # the row tiles' rows from a copy (element (r, k) at k*MR + r) or from A itself
+        if N >= PACK_ROWS_MIN_N:
+            _pack_rows(A, work, lo, m6, m4)
+            _row_tiles_product(work, P, out, lo, m6, m4, add, 6, 4, 1)
+        else:
+            _row_tiles_product(A.reshape(A.size), P, out, lo, m6, m4, add, 1, 1, K)
     panels = P.shape[0]
-    product_panels(A, P, out, lo, hi, add, work, 0, panels)
+    p4 = panels // 4 * 4
+    for k0 in range(0, K, KB):
+        k1 = min(K, k0 + KB)
+        acc = add or k0 > 0
+        for m in range(m4, hi):
+            for p in range(0, p4, 4):
+                _tile1x4(A, P, out, m, p, acc, k0, k1)
+            for p in range(p4, panels):
+                _tile1(A, P, out, m, p, acc, k0, k1)
     # columns past the last whole panel, read from B itself
     for m in range(lo, hi):
         if not add:
@@ -592,12 +594,13 @@ def input_part(x, W, G, gemm_chunks, packed, stepped, n):
 
 
 @njit(**JIT)
-def _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
+def _weight_grads_rows(x2, W, PWt, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
     """The part of ``weight_grads`` that rows x2: (N, I), h2: (N, H), dgx2, dgh2: (N, G*H)
     make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
     entry), their sums over these rows. h2, dgh2 and dR None: no recurrent part (Dense).
-    packed: True or None, see ``weight_grads``."""
-    matmul(dgx2, W.T, dx2)
+    PWt: ``_dx_panels``; packed: True or None, see ``weight_grads``."""
+    n = dgx2.shape[0]
+    product(dgx2, W.T, PWt, dx2, 0, n, False, product_work(n, dgx2.shape[1], 0, dgx2, PWt))
     # dW and dR on the micro-kernel over the gate gradients packed once (one pack when
     # dgx2 is dgh2), faster than OpenBLAS (B64 T100 I256 H256: 39.8 -> 36.1 ms;
     # benchmarks/README.md, "Design notes", weight gradients after the loop). Where the
@@ -648,122 +651,16 @@ def _ol_sum_into(a, partials, i):
 
 
 @njit(parallel=True, **JIT)
-def _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db, packed):
+def _weight_grads_parallel(chunks, x2, W, PWt, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db,
+                           packed):
     """``_weight_grads_rows`` over ``chunks`` row blocks, one per Numba thread: block 0
     into dW, dR, db[0], block i > 0 into the partials pW[i - 1], pR[i - 1], db[i]."""
     N = x2.shape[0]
     for i in prange(chunks):
         lo, hi = i * N // chunks, (i + 1) * N // chunks
-        _weight_grads_rows(x2[lo:hi], W, _block(h2, lo, hi), dgx2[lo:hi], _block(dgh2, lo, hi),
-                           dx2[lo:hi], _sum_into(dW, pW, i), _sum_into(dR, pR, i), db[i],
-                           packed)
-
-
-def _gate_panels(dgx2, dgh2, Px):
-    """Px again where dgh2 is None or dgx2 itself (a cell whose dgx is its dgh: one pack),
-    else room for dgh2's panels."""
-
-
-@overload(_gate_panels, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_gate_panels(dgx2, dgh2, Px):
-    if isinstance(dgh2, types.NoneType):
-        return lambda dgx2, dgh2, Px: Px
-    return lambda dgx2, dgh2, Px: Px if dgh2.ctypes.data == dgx2.ctypes.data \
-        else _panels(dgh2)
-
-
-def _columns_product(A, B, P, out, work, p0, p1, pack_first):
-    """out[:, panels p0..p1] = A @ B's panels p0..p1, packing those panels of P from B
-    first where ``pack_first``; nothing for A None (a Dense layer's missing recurrent
-    part)."""
-
-
-@overload(_columns_product, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_columns_product(A, B, P, out, work, p0, p1, pack_first):
-    if isinstance(A, types.NoneType):
-        return lambda A, B, P, out, work, p0, p1, pack_first: None
-
-    def run(A, B, P, out, work, p0, p1, pack_first):
-        if pack_first:
-            for p in range(p0, p1):
-                _panel(B, P, p)
-        if p1 > p0:
-            product_panels(A, P, out, 0, A.shape[0], False, work, p0, p1)
-    return run
-
-
-def _rows(a):
-    """a.shape[0], 0 for None."""
-
-
-@overload(_rows, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_rows(a):
-    if isinstance(a, types.NoneType):
-        return lambda a: 0
-    return lambda a: a.shape[0]
-
-
-def _empty_transposed(a):
-    """Room for a.T, C-contiguous; None for None."""
-
-
-@overload(_empty_transposed, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_empty_transposed(a):
-    if isinstance(a, types.NoneType):
-        return lambda a: None
-    return lambda a: empty((a.shape[1], a.shape[0]), a)
-
-
-def _transpose_share(a, out, i, chunks):
-    """Block i of ``chunks`` of out = a.T (``transpose_rows``); nothing for None."""
-
-
-@overload(_transpose_share, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_transpose_share(a, out, i, chunks):
-    if isinstance(a, types.NoneType):
-        return lambda a, out, i, chunks: None
-
-    def share(a, out, i, chunks):
-        n = out.shape[0]
-        transpose_rows(a, out, i * n // chunks, (i + 1) * n // chunks)
-    return share
-
-
-@njit(parallel=True, **JIT)
-def _weight_grads_columns(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, db):
-    """``weight_grads`` on the micro-kernel in ``chunks`` blocks, one per Numba thread:
-    block i makes rows i of dx2 and gate columns i (whole pairs of panels) of dW, dR, db,
-    so that no block has partial sums to add (at H1024 a block's partial dW and dR were
-    24 MB each, each of their elements only T*B / chunks multiply-adds).
-    x2: (N, I)   h2: (N, H) or None   dgx2, dgh2: (N, G*H), G*H whole panels."""
-    N = dgx2.shape[0]
-    WT = W.T
-    Px = _panels(dgx2)
-    Ph = _gate_panels(dgx2, dgh2, Px)
-    nr = Px.shape[2]
-    # dx on the micro-kernel where the inputs are whole panels (the columns left over would
-    # run in product's scalar loop, K = G*H long), else on BLAS
-    PWt = _panels(WT) if WT.shape[1] % nr == 0 else empty((0, WT.shape[0], nr), WT)
-    xt, ht = empty((x2.shape[1], N), x2), _empty_transposed(h2)  # the products' rows
-    for i in prange(chunks):  # the copies the products read, a share each
-        _transpose_share(x2, xt, i, chunks)
-        _transpose_share(h2, ht, i, chunks)
-        for p in range(i * PWt.shape[0] // chunks, (i + 1) * PWt.shape[0] // chunks):
-            _panel(WT, PWt, p)
-    work = empty((chunks, max(xt.shape[0], _rows(ht)) * N), dgx2)
-    dx_work = empty((dgx2.size,), dgx2)
-    unit = 2 if PAIRED else 1  # the panels a tile reads at once
-    units = (Px.shape[0] + unit - 1) // unit
-    for i in prange(chunks):
-        lo, hi = i * N // chunks, (i + 1) * N // chunks
-        product(dgx2, WT, PWt, dx2, lo, hi, False, dx_work)
-        p0 = min(Px.shape[0], unit * (i * units // chunks))
-        p1 = min(Px.shape[0], unit * ((i + 1) * units // chunks))
-        _columns_product(xt, dgx2, Px, dW, work[i], p0, p1, True)
-        _columns_product(ht, dgh2, Ph, dR, work[i], p0, p1, Ph.ctypes.data != Px.ctypes.data)
-        for n in range(N):
-            for g in range(p0 * nr, p1 * nr):
-                db[g] += dgx2[n, g]
+        _weight_grads_rows(x2[lo:hi], W, PWt, _block(h2, lo, hi), dgx2[lo:hi],
+                           _block(dgh2, lo, hi), dx2[lo:hi], _sum_into(dW, pW, i),
+                           _sum_into(dR, pR, i), db[i], packed)
 
 
 def _recurrent_part(h, dgh, T, chunks):
@@ -785,37 +682,24 @@ def _ol_recurrent_part(h, dgh, T, chunks):
     return arrays
 
 
-@njit(**JIT)
-def _weight_grads_row_blocks(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db, packed):
-    """``weight_grads`` in row blocks: block i > 0 sums into the partials [i - 1], added
-    to block 0's afterwards in order."""
-    pW = empty((chunks - 1,) + dW.shape, dW)
-    _weight_grads_parallel(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db, packed)
-    for i in range(1, chunks):
-        add_into(dW, pW[i - 1])
-        if h2 is not None:
-            add_into(dR, pR[i - 1])
-        add_into(db[:1], db[i:i + 1])
+def _dx_panels(W, packed, chunks):
+    """W.T packed for dx = dgates @ W.T on the micro-kernel (``pack``, or ``pack_serial``
+    for chunks None), where the inputs are whole panels; for fewer, an empty pack (dx on
+    BLAS: the columns left over would run in product's scalar loop, K = G*H long); None
+    for ``packed`` None."""
 
 
-def _weight_grads_split(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db, packed):
-    """``weight_grads`` over ``chunks`` threads: by gate columns on the micro-kernel where
-    G*H is whole panels (``_weight_grads_columns``), else in row blocks; for ``packed``
-    None (BLAS) the columns' kernel is never compiled."""
-
-
-@overload(_weight_grads_split, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_weight_grads_split(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db, packed):
+@overload(_dx_panels, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_dx_panels(W, packed, chunks):
     if isinstance(packed, types.NoneType):
-        return _weight_grads_row_blocks.py_func
+        return lambda W, packed, chunks: None
+    pack_all = pack_serial if isinstance(chunks, types.NoneType) else pack
 
-    def either(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db, packed):
-        if dgx2.shape[1] % (2 * lanes(dgx2)) == 0:
-            _weight_grads_columns(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0])
-        else:
-            _weight_grads_row_blocks(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db,
-                                     packed)
-    return either
+    def panels(W, packed, chunks):
+        if W.shape[0] % (2 * lanes(W)):
+            return empty((0, W.shape[1], 2 * lanes(W)), W)
+        return pack_all(W.T)
+    return panels
 
 
 @njit(**JIT)
@@ -825,9 +709,8 @@ def weight_grads(x, W, h, dgx, dgh, chunks, packed):
     x: (T, B, I) inputs   W: (I, G*H)   h: (T+1, B, H) states, h[t] enters step t
     dgx: (T, B, G*H) gradient of x @ W + b   dgh: (T, B, G*H) gradient of h @ R
     h and dgh None: no recurrent part (a Dense layer's dx, dW, db; dR None)
-    chunks: blocks, one per Numba thread (None: serial): on the micro-kernel, rows of dx
-    and gate columns of the weight gradients (``_weight_grads_columns``); on BLAS, row
-    blocks of T*B, each with its own partial weight gradients (single-threaded calls)
+    chunks: row blocks of T*B, one per Numba thread, each with its own partial weight
+    gradients (``product`` on that thread, or single-threaded BLAS calls); None: serial
     packed: True for dW and dR on ``product``'s micro-kernel where the gate columns are
     whole panels, None for BLAS (``plan.PACKED_MIN_MACS``); the argument's type decides,
     so that a call with None compiles without the micro-kernel
@@ -842,8 +725,17 @@ def weight_grads(x, W, h, dgx, dgh, chunks, packed):
     dW = empty((I, GH), x)
     db = np.zeros((1 if chunks is None else chunks, GH), np.float64)
     h2, dgh2, dR, pR = _recurrent_part(h, dgh, T, chunks)
+    PWt = _dx_panels(W, packed, chunks)
     if chunks is None:
-        _weight_grads_rows(x2, W, h2, dgx2, dgh2, dx2, dW, dR, db[0], packed)
+        _weight_grads_rows(x2, W, PWt, h2, dgx2, dgh2, dx2, dW, dR, db[0], packed)
     else:
-        _weight_grads_split(chunks, x2, W, h2, dgx2, dgh2, dx2, dW, dR, pR, db, packed)
+        # block i > 0 sums into the partials [i - 1], added to block 0's afterwards in order
+        pW = empty((chunks - 1, I, GH), x)
+        _weight_grads_parallel(chunks, x2, W, PWt, h2, dgx2, dgh2, dx2, dW, pW, dR, pR, db,
+                               packed)
+        for i in range(1, chunks):
+            add_into(dW, pW[i - 1])
+            if h is not None:
+                add_into(dR, pR[i - 1])
+            add_into(db[:1], db[i:i + 1])
     return dx, dW, dR, db[0].astype(x.dtype)
