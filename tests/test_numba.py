@@ -312,11 +312,12 @@ def test_kernel_from_cache_starts_threads(tmp_path):
 def test_transposed(dtype):
     """``_products.transposed``: a.T, C-contiguous, for sizes inside one block, across
     blocks with partial ones at both edges, and empty."""
-    from rnnkern.backends.numba_cpu._products import TRANSPOSE_BLOCK, transposed
+    from rnnkern.backends.numba_cpu._products import TRANSPOSE_COLS, TRANSPOSE_ROWS, transposed
 
     rng = np.random.default_rng(5)
-    n = TRANSPOSE_BLOCK
-    for M, N in [(1, 1), (3, 7), (n, n), (2 * n + 1, n - 1), (n + 3, 4 * n), (0, 5), (5, 0)]:
+    r, n = TRANSPOSE_ROWS, TRANSPOSE_COLS
+    for M, N in [(1, 1), (3, 7), (r, n), (2 * r + 1, n - 1), (r + 3, 4 * n), (r - 1, 2 * n + 5),
+                 (0, 5), (5, 0)]:
         a = rng.standard_normal((M, N)).astype(dtype)
         t = transposed(a)
         assert t.flags.c_contiguous and t.dtype == dtype
