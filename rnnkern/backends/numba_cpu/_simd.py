@@ -599,28 +599,27 @@ def _weight_grads_rows(x2, W, PWt, h2, dgx2, dgh2, dx2, dW, dR, db, packed):
     make: writes dx2: (N, I) and dW: (I, G*H), dR: (H, G*H), db: (G*H,) float64 (zeros on
     entry), their sums over these rows. h2, dgh2 and dR None: no recurrent part (Dense).
     PWt: ``_dx_panels``; packed: True or None, see ``weight_grads``."""
-    n = dgx2.shape[0]
-    product(dgx2, W.T, PWt, dx2, 0, n, False, product_work(n, dgx2.shape[1], 0, dgx2, PWt))
+    n, GH = dgx2.shape
+    # the micro-kernel's copies of its products' rows: dgx2's (dx), x2.T's and h2.T's (dW,
+    # dR; H <= G*H), one after another in one buffer (none for packed None: BLAS)
+    work = product_work(n, max(GH, x2.shape[1]), 0, dgx2, packed)
+    product(dgx2, W.T, PWt, dx2, 0, n, False, work)
     # dW and dR on the micro-kernel over the gate gradients packed once (one pack when
     # dgx2 is dgh2), faster than OpenBLAS (B64 T100 I256 H256: 39.8 -> 36.1 ms;
     # benchmarks/README.md, "Design notes", weight gradients after the loop). Where the
     # gate columns end past a whole panel, the columns left over would run in product's
     # scalar loop, a K = rows long one: BLAS.
-    if packed is None or dgx2.shape[1] % (2 * lanes(dgx2)):
+    if packed is None or GH % (2 * lanes(dgx2)):
         matmul(x2.T, dgx2, dW)
         if h2 is not None:
             matmul(h2.T, dgh2, dR)
     else:
         Px = pack_serial(dgx2)
         xt = transposed(x2)  # product's rows are C-contiguous
-        if h2 is None:
-            product(xt, dgx2, Px, dW, 0, xt.shape[0], False,
-                    product_work(xt.shape[0], xt.shape[1], 0, xt, True))
-        else:
+        product(xt, dgx2, Px, dW, 0, xt.shape[0], False, work)
+        if h2 is not None:
             Ph = Px if dgh2.ctypes.data == dgx2.ctypes.data else pack_serial(dgh2)
             ht = transposed(h2)
-            work = product_work(max(xt.shape[0], ht.shape[0]), xt.shape[1], 0, xt, True)
-            product(xt, dgx2, Px, dW, 0, xt.shape[0], False, work)
             product(ht, dgh2, Ph, dR, 0, ht.shape[0], False, work)
     # float64 accumulator: N float32 terms would otherwise lose digits
     for n in range(dgx2.shape[0]):
